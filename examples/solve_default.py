@@ -1,0 +1,25 @@
+"""Plan the default instance with every baseline and print one line each.
+
+Run: python examples/solve_default.py
+"""
+
+from pathlib import Path
+
+from planner import api
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(instance_path: Path = ROOT / "instances" / "default.toml") -> dict:
+    inst = api.load_instance(instance_path)
+    results = {name: api.solve(inst, name) for name in api.available_solvers()}
+    for name, res in results.items():
+        tps = res.solution.metrics["throughput_tokens_per_s"] if res.solution else float("nan")
+        print(f"{name:14s} {res.status.value:11s} {tps:8.1f} tokens/s  {res.message[:70]}")
+    best = max((r for r in results.values() if r.solution), key=lambda r: r.objective)
+    assert api.validate(inst, best.solution) == []
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""Cost model: predicted time, throughput, latency, memory and energy of a plan on an instance.
+
+Per-operator terms (roofline), summed along the plan:
+
+* **Compute** of one operation on device ``d``: ``max(FLOPs / F_d(FLOPs), bytes / B_d(bytes))`` where
+  ``F_d``, ``B_d`` are the device's effective FLOP/s and memory bandwidth (datasheet peak x
+  efficiency, or a measured profile's fitted curve). Per layer: the non-expert block (attention
+  projections, attention scores over the KV cache, router, shared experts or dense FFN) is one
+  operation; each routed expert replica is one operation whose weights are read when at least one
+  token of the micro-batch picks it (probability ``1 - (1 - q)^n`` for selection probability ``q``).
+* **Transfer** of ``n`` bytes over a route of links: per hop ``rtt/2 + n / bandwidth`` (latency) and
+  ``n / bandwidth`` of link busy time (throughput). At a pipeline cut a codec of rank ``r`` sends
+  ``r`` instead of ``hidden_size`` elements per token and costs an encoder and a decoder GEMM.
+  A routed expert placed away from its layer's stage costs a round trip of the token's hidden state.
+* **Decode**: a micro-batch of ``b`` sequences, each at the mean context ``prompt + output/2``.
+  TPOT (one token's trip around the pipeline and back to the origin) is the sum of stage critical
+  times and transfers; the pipeline sustains ``min(b / max busy, b*m / TPOT)`` tokens/s (busy: the
+  time each device and link is occupied per micro-batch step; ``m`` micro-batches in flight).
+* **Prefill**: one request's ``prompt`` tokens through the pipeline (causal attention at mean
+  context ``prompt/2``); TTFT adds the first token's way back to the origin.
+* **Throughput** (output tokens/s): requests/s is the lower of ``1 / max_r busy_r`` (busy per
+  request over devices and links, prefill plus decode) and ``b*m / latency``.
+* **Memory** per device: weights (its layers' non-expert weights, the routed experts it holds,
+  embedding / LM head, codec matrices) + KV cache for ``b*m`` sequences of ``prompt + output``
+  tokens + a prefill activation workspace.
+* **Energy** per output token: busy time x (power - idle power) + idle power x wall time, summed
+  over the plan's devices.
+
+Units: seconds, bytes, FLOPs, FLOP/s, bytes/s, watts, joules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from planner.device import Device
+from planner.instance import Instance
+from planner.plan import Pipeline, Plan
+
+TOKEN_ID_BYTES = 4.0
+# Route choice weight: one-way latency + the time of a 1 MB message (a typical cut payload).
+_ROUTE_REFERENCE_BYTES = 1e6
+
+
+def op_time_s(device: Device, flops, nbytes, dtype_bytes: float):
+    """Vectorised roofline time (s) of operations of ``flops`` FLOPs moving ``nbytes`` bytes."""
+    flops = np.asarray(flops, dtype=float)
+    nbytes = np.asarray(nbytes, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tc = np.where(flops > 0, flops / device.effective_flops_per_s(np.maximum(flops, 1.0), dtype_bytes), 0.0)
+        tm = np.where(nbytes > 0, nbytes / device.effective_bytes_per_s(np.maximum(nbytes, 1.0)), 0.0)
+    return np.maximum(tc, tm)
+
+
+@dataclass
+class PhaseCost:
+    """One pass (a decode step of a micro-batch, or one request's prefill) through a pipeline."""
+
+    latency_s: float = 0.0
+    busy_s: dict = field(default_factory=dict)  # device name or (a, b) link -> busy seconds
+
+    def add_busy(self, key, seconds: float) -> None:
+        self.busy_s[key] = self.busy_s.get(key, 0.0) + float(seconds)
+
+
+@dataclass
+class PipelineMetrics:
+    tpot_s: float
+    ttft_s: float
+    latency_s: float
+    decode_tokens_per_s: float
+    requests_per_s: float
+    throughput_tokens_per_s: float
+    bottleneck: str
+    accuracy_loss: float
+    energy_j_per_token: float
+    decode_busy_s: dict
+    prefill_busy_s: dict
+
+
+@dataclass
+class Evaluation:
+    """Predicted figures of a plan. ``memory_bytes`` and ``memory_capacity_bytes`` per device;
+    ``bytes_per_token`` per link ``"a->b"`` (decode, averaged per output token)."""
+
+    throughput_tokens_per_s: float
+    requests_per_s: float
+    latency_s: float
+    ttft_s: float
+    tpot_s: float
+    decode_tokens_per_s: float
+    energy_j_per_token: float
+    accuracy_loss: float
+    memory_bytes: dict
+    memory_capacity_bytes: dict
+    bytes_per_token: dict
+    bottleneck: str
+    pipelines: list
+
+    def objective(self, kind: str) -> float:
+        """The instance objective's value: tokens/s (maximise), latency ms or J/token (minimise)."""
+        if kind == "throughput":
+            return self.throughput_tokens_per_s
+        if kind == "latency":
+            return self.latency_s * 1e3
+        return self.energy_j_per_token
+
+    def metrics(self) -> dict:
+        """The ``metrics`` object of the JSON contract."""
+        return {
+            "throughput_tokens_per_s": float(self.throughput_tokens_per_s),
+            "requests_per_s": float(self.requests_per_s),
+            "latency_ms": float(self.latency_s * 1e3),
+            "ttft_ms": float(self.ttft_s * 1e3),
+            "tpot_ms": float(self.tpot_s * 1e3),
+            "decode_tokens_per_s": float(self.decode_tokens_per_s),
+            "energy_j_per_token": float(self.energy_j_per_token),
+            "accuracy_loss": float(self.accuracy_loss),
+            "bottleneck": self.bottleneck,
+            "memory_bytes": {k: float(v) for k, v in self.memory_bytes.items()},
+            "memory_capacity_bytes": {k: float(v) for k, v in self.memory_capacity_bytes.items()},
+            "bytes_per_token": {k: float(v) for k, v in self.bytes_per_token.items()},
+        }
+
+
+def is_better(kind: str, a: float, b: float) -> bool:
+    """Whether objective value ``a`` beats ``b`` for objective ``kind``."""
+    return a > b if kind == "throughput" else a < b
+
+
+class CostModel:
+    """Predicts a plan's figures on one instance. Build once per instance; :meth:`evaluate` is cheap."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+        m = instance.model
+        self.model = m
+        self.db = m.dtype_bytes
+        self.devices = instance.device_index
+        w = instance.workload
+        self.prompt = float(w.prompt_tokens)
+        self.output = float(w.output_tokens)
+        self.decode_context = self.prompt + self.output / 2.0
+        self.moe_index = {layer: k for k, layer in enumerate(m.moe_layers)}
+        self.q = w.popularity  # [moe layer, expert] selection probability per token
+        self.expert_flops_per_token = 2.0 * m.expert_params
+        self.expert_bytes = m.expert_params * self.db
+        self.nonexpert_bytes = np.array([m.layer_nonexpert_params(i) * self.db for i in range(m.num_layers)])
+        self.nonexpert_flops_per_token = np.array(
+            [2.0 * (m.layer_active_params(i) - (m.top_k * m.expert_params if m.is_moe_layer(i) else 0))
+             for i in range(m.num_layers)]
+        )
+        self.graph = instance.graph()
+        self._routes: dict = {}
+        self._cache: dict = {}
+
+    # ----- network ----------------------------------------------------------------------------
+    def route(self, a: str, b: str) -> list:
+        """Links (as ``Link`` objects, in order) from ``a`` to ``b``: fastest path for a 1 MB message."""
+        if a == b:
+            return []
+        key = (a, b)
+        if key not in self._routes:
+            def weight(u, v, data):
+                link = data["link"]
+                return link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s
+
+            try:
+                nodes = nx.dijkstra_path(self.graph, a, b, weight=weight)
+            except (nx.NetworkXNoPath, nx.NodeNotFound):
+                self._routes[key] = None
+            else:
+                self._routes[key] = [(u, v, self.graph.edges[u, v]["link"]) for u, v in zip(nodes, nodes[1:])]
+        route = self._routes[key]
+        if route is None:
+            raise ValueError(f"no route from {a!r} to {b!r}")
+        return route
+
+    def transfer(self, cost: PhaseCost | None, a: str, b: str, nbytes: float) -> float:
+        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``; adds link busy time to ``cost``."""
+        latency = 0.0
+        for u, v, link in self.route(a, b):
+            t = nbytes / link.bandwidth_bytes_per_s
+            latency += link.one_way_s + t
+            if cost is not None:
+                cost.add_busy((min(u, v), max(u, v)), t)
+        return latency
+
+    # ----- one pass ---------------------------------------------------------------------------
+    def _pass(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> PhaseCost:
+        """One pass of ``tokens`` tokens (micro-batch in decode, prompt in prefill) through ``pipe``."""
+        m, db = self.model, self.db
+        hb = m.hidden_bytes_per_token
+        cost = PhaseCost()
+        origin = self.instance.workload.origin
+        placement: dict[int, list] = {}
+        for e in pipe.expert_placement:
+            placement.setdefault(e.layer, []).append(e)
+        stages = pipe.stages
+        # Token ids reach the first stage.
+        cost.latency_s += self.transfer(cost, origin, stages[0].device, tokens * TOKEN_ID_BYTES)
+        for si, stage in enumerate(stages):
+            dev = self.devices[stage.device]
+            for layer in stage.layers:
+                t_ne = self._nonexpert_time(stage.device, layer, tokens, context, prefill)
+                cost.add_busy(stage.device, t_ne)
+                t_experts = 0.0
+                if m.is_moe_layer(layer):
+                    entries = placement.get(layer)
+                    if entries:
+                        t_experts = self._experts(cost, entries, layer, stage.device, tokens)
+                    else:
+                        t_experts = self._home_experts_time(stage.device, layer, tokens)
+                        cost.add_busy(stage.device, t_experts)
+                cost.latency_s += t_ne + t_experts
+            if stage.first_layer == 0:
+                t = float(op_time_s(dev, 0.0, tokens * hb, db))
+                cost.add_busy(stage.device, t)
+                cost.latency_s += t
+            if stage.end_layer == m.num_layers:
+                lm_tokens = 1.0 if prefill else tokens
+                t = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * db, db))
+                cost.add_busy(stage.device, t)
+                cost.latency_s += t
+            if si + 1 < len(stages):
+                nxt = stages[si + 1].device
+                rank = pipe.codec_ranks[si] if si < len(pipe.codec_ranks) else None
+                per_token = hb if rank is None else rank * db
+                if rank is not None:
+                    codec_flops = tokens * 2.0 * m.hidden_size * rank
+                    t_enc = float(op_time_s(dev, codec_flops, m.hidden_size * rank * db, db))
+                    t_dec = float(op_time_s(self.devices[nxt], codec_flops, m.hidden_size * rank * db, db))
+                    cost.add_busy(stage.device, t_enc)
+                    cost.add_busy(nxt, t_dec)
+                    cost.latency_s += t_enc + t_dec
+                cost.latency_s += self.transfer(cost, stage.device, nxt, tokens * per_token)
+        # The sampled token goes back to the origin.
+        out_tokens = 1.0 if prefill else tokens
+        cost.latency_s += self.transfer(cost, stages[-1].device, origin, out_tokens * TOKEN_ID_BYTES)
+        return cost
+
+    def _nonexpert_time(self, device: str, layer: int, tokens: float, context: float, prefill: bool) -> float:
+        """Time (s) of layer ``layer``'s non-expert block for ``tokens`` tokens on ``device`` (cached)."""
+        key = ("ne", device, layer, tokens, context, prefill)
+        t = self._cache.get(key)
+        if t is None:
+            m = self.model
+            kv = m.kv_bytes_per_token_per_layer * tokens * (1.0 if prefill else context)
+            flops = tokens * (self.nonexpert_flops_per_token[layer] + m.attention_score_flops_per_token(context))
+            t = self._cache[key] = float(op_time_s(self.devices[device], flops, self.nonexpert_bytes[layer] + kv, self.db))
+        return t
+
+    def _home_experts_time(self, device: str, layer: int, tokens: float) -> float:
+        """Time (s) of all routed experts of ``layer`` on ``device`` for ``tokens`` tokens (cached)."""
+        key = ("ex", device, layer, tokens)
+        t = self._cache.get(key)
+        if t is None:
+            q = self.q[self.moe_index[layer]]
+            touched = 1.0 - np.power(1.0 - np.clip(q, 0.0, 1.0), tokens)
+            t = self._cache[key] = float(np.sum(op_time_s(
+                self.devices[device], q * tokens * self.expert_flops_per_token, touched * self.expert_bytes, self.db)))
+        return t
+
+    def _experts(self, cost: PhaseCost, entries: list, layer: int, home: str, tokens: float) -> float:
+        """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
+        experts off ``home``; records busy time of devices and links."""
+        m, db = self.model, self.db
+        q = self.q[self.moe_index[layer]]
+        per_device_prob: dict[str, np.ndarray] = {home: q.copy()}
+        for entry in entries:
+            per_device_prob[home][entry.expert] = 0.0
+            for d, s in zip(entry.devices, entry.shares):
+                per_device_prob.setdefault(d, np.zeros(m.num_experts))[entry.expert] += q[entry.expert] * s
+        per_device_tokens = {d: p * tokens for d, p in per_device_prob.items()}
+        local, remote = 0.0, 0.0
+        hb = m.hidden_bytes_per_token
+        for d, toks in per_device_tokens.items():
+            dev = self.devices[d]
+            touched = 1.0 - np.power(1.0 - np.clip(per_device_prob[d], 0.0, 1.0), tokens)
+            t = float(np.sum(op_time_s(dev, toks * self.expert_flops_per_token, touched * self.expert_bytes, db)))
+            cost.add_busy(d, t)
+            if d == home:
+                local = t
+            else:
+                sent = float(toks.sum()) * hb
+                there = self.transfer(cost, home, d, sent)
+                back = self.transfer(cost, d, home, sent)
+                remote = max(remote, there + t + back)
+        return max(local, remote)
+
+    # ----- memory -----------------------------------------------------------------------------
+    def memory_bytes(self, plan: Plan) -> dict[str, float]:
+        """Bytes each device of the plan holds (weights + KV cache + activation workspace)."""
+        m, db = self.model, self.db
+        mem: dict[str, float] = {}
+
+        def add(d, v):
+            mem[d] = mem.get(d, 0.0) + float(v)
+
+        ctx = self.prompt + self.output
+        workspace = self.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size, m.shared_expert_intermediate_size))
+        for pipe in plan.pipelines:
+            seqs = pipe.micro_batch_size * pipe.num_micro_batches
+            placed = {(e.layer, e.expert): e for e in pipe.expert_placement}
+            for si, stage in enumerate(pipe.stages):
+                add(stage.device, workspace)
+                for layer in stage.layers:
+                    add(stage.device, self.nonexpert_bytes[layer] + seqs * ctx * m.kv_bytes_per_token_per_layer)
+                    if m.is_moe_layer(layer):
+                        for e in range(m.num_experts):
+                            entry = placed.get((layer, e))
+                            for d in (entry.devices if entry else (stage.device,)):
+                                add(d, self.expert_bytes)
+                if stage.first_layer == 0:
+                    add(stage.device, m.embedding_params * db)
+                if stage.end_layer == m.num_layers and not (m.tie_word_embeddings and stage.first_layer == 0):
+                    add(stage.device, m.lm_head_params * db)
+                rank = pipe.codec_ranks[si] if si < len(pipe.codec_ranks) else None
+                if rank is not None and si + 1 < len(pipe.stages):
+                    add(stage.device, m.hidden_size * rank * db)
+                    add(pipe.stages[si + 1].device, m.hidden_size * rank * db)
+        return mem
+
+    # ----- whole plan -------------------------------------------------------------------------
+    def pipeline_metrics(self, pipe: Pipeline) -> PipelineMetrics:
+        b = float(pipe.micro_batch_size)
+        concurrency = b * pipe.num_micro_batches
+        decode = self._pass(pipe, b, self.decode_context, prefill=False)
+        prefill = self._pass(pipe, self.prompt, self.prompt / 2.0, prefill=True)
+        tpot, ttft = decode.latency_s, prefill.latency_s
+        latency = ttft + (self.output - 1.0) * tpot
+        step_busy = max(decode.busy_s.values())
+        decode_tps = min(b / step_busy, concurrency / tpot)
+        per_request = {}
+        for key in set(decode.busy_s) | set(prefill.busy_s):
+            per_request[key] = prefill.busy_s.get(key, 0.0) + (self.output - 1.0) * decode.busy_s.get(key, 0.0) / b
+        bottleneck_key = max(per_request, key=per_request.get)
+        rps_busy = 1.0 / per_request[bottleneck_key]
+        rps_loop = concurrency / latency
+        if rps_loop < rps_busy:
+            rps, bottleneck = rps_loop, f"latency loop ({int(concurrency)} sequences in flight)"
+        else:
+            rps = rps_busy
+            bottleneck = bottleneck_key if isinstance(bottleneck_key, str) else f"link {bottleneck_key[0]}<->{bottleneck_key[1]}"
+        accuracy = sum(self.instance.constraints.codec.loss(r) for r in pipe.codec_ranks if r is not None)
+        energy = 0.0
+        for key, busy in per_request.items():
+            if isinstance(key, str):
+                d = self.devices[key]
+                energy += d.idle_power_w / rps + (d.power_w - d.idle_power_w) * busy
+        return PipelineMetrics(tpot, ttft, latency, decode_tps, rps, rps * self.output, bottleneck, accuracy,
+                               energy / self.output, decode.busy_s, prefill.busy_s)
+
+    def evaluate(self, plan: Plan) -> Evaluation:
+        """Predicted figures of ``plan`` (assumes a structurally valid plan: see :mod:`planner.validator`)."""
+        pms = [self.pipeline_metrics(p) for p in plan.pipelines]
+        shares = np.array([p.request_share for p in plan.pipelines], dtype=float)
+        shares = shares / shares.sum() if shares.sum() > 0 else np.full(len(pms), 1.0 / len(pms))
+        # Requests split by share: the whole serves rps until the first pipeline saturates.
+        rps = min(pm.requests_per_s / s for pm, s in zip(pms, shares) if s > 0)
+        limiting = int(np.argmin([pm.requests_per_s / s if s > 0 else np.inf for pm, s in zip(pms, shares)]))
+        memory = self.memory_bytes(plan)
+        bytes_per_token: dict[str, float] = {}
+        for pipe, pm, s in zip(plan.pipelines, pms, shares):
+            for key, busy in pm.decode_busy_s.items():
+                if isinstance(key, tuple):
+                    bw = self.graph.edges[key]["link"].bandwidth_bytes_per_s
+                    name = f"{key[0]}<->{key[1]}"
+                    bytes_per_token[name] = bytes_per_token.get(name, 0.0) + s * busy * bw / pipe.micro_batch_size
+        return Evaluation(
+            throughput_tokens_per_s=float(rps * self.output),
+            requests_per_s=float(rps),
+            latency_s=float(np.dot(shares, [pm.latency_s for pm in pms])),
+            ttft_s=float(np.dot(shares, [pm.ttft_s for pm in pms])),
+            tpot_s=float(np.dot(shares, [pm.tpot_s for pm in pms])),
+            decode_tokens_per_s=sum(pm.decode_tokens_per_s for pm in pms),
+            energy_j_per_token=float(np.dot(shares, [pm.energy_j_per_token for pm in pms])),
+            accuracy_loss=max(pm.accuracy_loss for pm in pms),
+            memory_bytes=memory,
+            memory_capacity_bytes={d: self.devices[d].memory_bytes for d in memory},
+            bytes_per_token=bytes_per_token,
+            bottleneck=pms[limiting].bottleneck if len(pms) == 1 else f"pipeline {limiting}: {pms[limiting].bottleneck}",
+            pipelines=pms,
+        )

@@ -1,0 +1,64 @@
+"""Plan JSON: lossless round trip (property-based) and clear errors on malformed plans."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from planner.errors import InputError
+from planner.plan import SCHEMA, ExpertPlacement, Pipeline, Plan, Stage
+
+names = st.sampled_from(["phone", "edge", "gpu-0", "gpu-1"])
+
+
+@st.composite
+def plans(draw):
+    pipes = []
+    for _ in range(draw(st.integers(1, 3))):
+        cuts = sorted(draw(st.sets(st.integers(1, 30), max_size=4)))
+        bounds = [0, *cuts, 31]
+        stages = tuple(Stage(draw(names), a, b) for a, b in zip(bounds, bounds[1:]))
+        ranks = tuple(draw(st.one_of(st.none(), st.integers(1, 512))) for _ in range(len(stages) - 1))
+        placement = tuple(
+            ExpertPlacement(draw(st.integers(0, 30)), draw(st.integers(0, 7)), (draw(names),), (1.0,))
+            for _ in range(draw(st.integers(0, 3)))
+        )
+        pipes.append(Pipeline(stages, ranks, draw(st.integers(1, 64)), draw(st.integers(1, 8)),
+                              draw(st.floats(0, 1)), placement))
+    return Plan(tuple(pipes), "inst", "solver", {"throughput_tokens_per_s": 1.5}, {"gap": 0.0})
+
+
+@given(plans())
+def test_round_trip_is_lossless(plan):
+    again = Plan.from_dict(json.loads(plan.to_json()))
+    assert again == plan
+    assert again.to_dict() == plan.to_dict()
+
+
+def test_load_names_file_and_field(tmp_path):
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps({"schema": SCHEMA, "pipelines": [{"stages": [{"device": "x", "first_layer": "0", "end_layer": 2}]}]}))
+    with pytest.raises(InputError) as err:
+        Plan.load(p)
+    assert str(p) in str(err.value) and "pipelines[0].stages[0]" in str(err.value)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("not json", ""),
+    ('{"schema": "other/9", "pipelines": []}', "schema"),
+    (f'{{"schema": "{SCHEMA}", "pipelines": []}}', "pipelines"),
+    (f'{{"schema": "{SCHEMA}", "pipelines": [{{"stages": [], "micro_batch_size": 0}}]}}', "pipelines[0].stages"),
+])
+def test_malformed_plans(tmp_path, text, field):
+    p = tmp_path / "plan.json"
+    p.write_text(text)
+    with pytest.raises(InputError) as err:
+        Plan.load(p)
+    assert err.value.problems[0].field.startswith(field)
+
+
+def test_missing_plan_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        Plan.load(tmp_path / "nope.json")
