@@ -39,6 +39,10 @@ def read_toml(path: Path, *, label: str | None = None) -> dict:
         raise InputError(Problem(name, "", "is not UTF-8 text")) from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(Problem(name, "", f"is not valid TOML: {exc}")) from None
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise InputError(Problem(name, "", f"is not usable TOML: {exc}")) from None
+    except RecursionError:
+        raise InputError(Problem(name, "", "is nested too deeply to be an instance or card")) from None
 
 
 def available(kind: str) -> list[str]:

@@ -159,7 +159,9 @@ def device_fields(table: dict, table_path: str, col: Collector, *, base: Device 
     else:
         out["peak_flops_per_s"] = dict(base.peak_flops_per_s) if base else None
 
-    if isinstance(table.get("display_name"), str):
+    if "display_name" in table and not isinstance(table["display_name"], str):
+        col.add(f"{table_path}.display_name", f"must be a string, got {type(table['display_name']).__name__}")
+    elif isinstance(table.get("display_name"), str):
         out["display_name"] = table["display_name"]
     elif base is not None:
         out["display_name"] = base.display_name

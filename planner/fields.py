@@ -51,20 +51,29 @@ def number(
     if integer and not (isinstance(value, int) or float(value).is_integer()):
         col.add(field, f"must be an integer, got {value!r}")
         return default
-    if not math.isfinite(value):
+    limit = ABSURD if maximum is None else maximum
+    # Compare before any float conversion: a 400-digit TOML integer does not fit a float.
+    if isinstance(value, float) and not math.isfinite(value):
         col.add(field, f"must be finite, got {value!r}")
         return default
     if positive and value <= 0:
-        col.add(field, f"must be > 0, got {value!r}")
+        col.add(field, f"must be > 0, got {_short(value)}")
         return default
     if nonnegative and value < 0:
-        col.add(field, f"must be >= 0, got {value!r}")
+        col.add(field, f"must be >= 0, got {_short(value)}")
         return default
-    limit = ABSURD if maximum is None else maximum
     if abs(value) > limit:
-        col.add(field, f"is absurdly large ({value!r} > {limit:g}); check the unit in the field name")
+        if limit <= 1.0:
+            col.add(field, f"must be a fraction between 0 and {limit:g}, got {_short(value)}")
+        else:
+            col.add(field, f"is absurdly large ({_short(value)} > {limit:g}); check the unit in the field name")
         return default
     return int(value) if integer else float(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def string(

@@ -150,15 +150,17 @@ def instance_from_dict(data: dict, *, file: str = "<instance>", base_dir: Path |
     if not isinstance(name, str) or not name:
         col.add("name", f"must be a non-empty string, got {name!r}")
         name = Path(file).stem
-    description = data.get("description", "") if isinstance(data.get("description", ""), str) else ""
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        col.add("description", f"must be a string, got {type(description).__name__}")
+        description = ""
 
     model = _read_model(data, file, base_dir, col)
-    devices, mesh_links = _read_devices(data, file, base_dir, col)
-    names = {d.name for d in devices}
-    links = _read_links(data, names, base_dir, col) + mesh_links
+    devices, mesh_links, declared = _read_devices(data, file, base_dir, col)
+    links = _read_links(data, {d.name for d in devices}, declared, base_dir, col) + mesh_links
     objective = F.string(data, "objective", "", col, required=False, default="throughput", choices=OBJECTIVES)
     constraints = _read_constraints(data, model, col)
-    workload = _read_workload(data, model, devices, base_dir, col)
+    workload = _read_workload(data, model, devices, declared, base_dir, col)
     col.raise_if_any()
 
     instance = Instance(name, model, tuple(devices), tuple(links), workload, objective, constraints, file, description)
@@ -198,14 +200,17 @@ def _read_model(data: dict, file: str, base_dir: Path, col: Collector) -> MoEMod
     return model_from_dict(table, "model", col)
 
 
-def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tuple[list[Device], list[Link]]:
+def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tuple[list[Device], list[Link], set[str]]:
+    """Devices that passed every check, the links of their interconnects, and every declared
+    device name (valid or not, so that links to a device with a problem are not reported twice)."""
     entries = data.get("devices")
+    declared: set[str] = set()
     if entries is None:
         col.add("devices", "is required: an array of tables [[devices]]")
-        return [], []
+        return [], [], declared
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         col.add("devices", "must be a non-empty array of tables [[devices]]")
-        return [], []
+        return [], [], declared
     devices: list[Device] = []
     mesh: list[Link] = []
     seen: set[str] = set()
@@ -215,6 +220,10 @@ def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tupl
         F.unknown_keys(entry, _DEVICE_KEYS, tp, col)
         name = F.string(entry, "name", tp, col)
         count = F.number(entry, "count", tp, col, required=False, default=1, integer=True, positive=True, maximum=MAX_DEVICES)
+        if name is not None:
+            declared.add(name)
+            if isinstance(count, int) and count > 1:
+                declared.update(f"{name}-{k}" for k in range(count))
         base = None
         if "catalog" in entry:
             cat = F.string(entry, "catalog", tp, col)
@@ -247,7 +256,7 @@ def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tupl
                                   source=base.source if base else {}, **kwargs))
         if len(devices) > MAX_DEVICES:
             col.add("devices", f"more than {MAX_DEVICES} devices in all")
-            return devices, mesh
+            return devices, mesh, declared
         has_mesh = "interconnect_gb_per_s" in entry
         if has_mesh:
             bw = F.number(entry, "interconnect_gb_per_s", tp, col, positive=True, maximum=1e6)
@@ -258,7 +267,7 @@ def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tupl
                         mesh.append(Link(members[x], members[y], bw * 1e9, rtt / 1e3))
         elif count > 1:
             col.add(f"{tp}.interconnect_gb_per_s", f"is required when count > 1 (how the {count} devices are joined)")
-    return devices, mesh
+    return devices, mesh, declared
 
 
 def _expand(name: str, names: set[str]) -> list[str]:
@@ -268,7 +277,7 @@ def _expand(name: str, names: set[str]) -> list[str]:
     return sorted(n for n in names if n.rsplit("-", 1)[0] == name and n.rsplit("-", 1)[-1].isdigit())
 
 
-def _read_links(data: dict, names: set[str], base_dir: Path, col: Collector) -> list[Link]:
+def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path, col: Collector) -> list[Link]:
     entries = data.get("links", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         col.add("links", "must be an array of tables [[links]]")
@@ -283,8 +292,8 @@ def _read_links(data: dict, names: set[str], base_dir: Path, col: Collector) -> 
         ends = []
         for key, end in (("a", a), ("b", b)):
             members = _expand(end, names) if end else []
-            if end and not members:
-                col.add(f"{tp}.{key}", f"names no device: {end!r} (devices: {', '.join(sorted(names))})")
+            if end and not members and not _expand(end, declared):
+                col.add(f"{tp}.{key}", f"names no device: {end!r} (devices: {', '.join(sorted(declared))})")
             ends.append(members)
         if a and a == b:
             col.add(f"{tp}.b", "a link must join two different devices")
@@ -314,7 +323,8 @@ def _read_links(data: dict, names: set[str], base_dir: Path, col: Collector) -> 
     return links
 
 
-def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], base_dir: Path, col: Collector) -> Workload | None:
+def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], declared: set[str], base_dir: Path,
+                   col: Collector) -> Workload | None:
     table = F.table(data, "workload", "", col)
     if table is None:
         return None
@@ -323,8 +333,8 @@ def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], ba
     names = [d.name for d in devices]
     default_origin = next((d.name for d in devices if d.tier == "end"), names[0] if names else None)
     origin = F.string(table, "origin", tp, col, required=False, default=default_origin)
-    if origin is not None and names and origin not in names:
-        col.add(f"{tp}.origin", f"names no device: {origin!r} (devices: {', '.join(names)})")
+    if origin is not None and origin not in declared:
+        col.add(f"{tp}.origin", f"names no device: {origin!r} (devices: {', '.join(sorted(declared))})")
     trace = None
     trace_path = ""
     if "trace" in table:
@@ -368,8 +378,8 @@ def _read_popularity(table: dict, model: MoEModel | None, base_dir: Path, col: C
     if model is None or kind is None:
         return None, ""
     layers, experts, k = model.num_moe_layers, model.num_experts, model.top_k
-    if experts == 0:
-        return np.zeros((0, 0)), kind
+    if experts == 0 or layers == 0:
+        return np.zeros((layers, experts)), kind
     if kind == "uniform":
         weights = np.ones((layers, experts))
     elif kind == "zipf":

@@ -244,6 +244,11 @@ def model_from_dict(table: dict, table_path: str, col: Collector, source: dict |
         col.add(f"{table_path}.num_kv_heads", "must be <= num_attention_heads")
     if values["ffn_matrices"] not in (2, 3):
         col.add(f"{table_path}.ffn_matrices", f"must be 2 (classic MLP) or 3 (gated, e.g. SwiGLU), got {values['ffn_matrices']}")
+    if values["num_experts"] > 0 and not any(
+        i >= values["first_dense_layers"] and (i + 1) % max(values["moe_layer_step"], 1) == 0 and i not in values["dense_layers"]
+        for i in range(values["num_layers"])
+    ):
+        col.add(f"{table_path}.moe_layer_step", "num_experts > 0 but no layer is an MoE layer: check first_dense_layers, moe_layer_step and dense_layers")
     if values["attention"] == "mla" and (values["kv_lora_rank"] <= 0 or values["v_head_dim"] <= 0):
         col.add(f"{table_path}.kv_lora_rank", "attention = 'mla' needs kv_lora_rank > 0 and v_head_dim > 0")
     if len(col.problems) > before:

@@ -185,10 +185,10 @@ class HardwareProfile:
 
 def _samples(d: dict, key: str, spec: dict[str, bool], col: Collector) -> list | None:
     """A list of sample objects whose fields (``spec``: name -> integer?) are all positive numbers."""
-    value = d.get(key)
     if key not in d:
         col.add(key, f"is required (a list of samples with {', '.join(spec)})")
         return None
+    value = d[key]
     if not isinstance(value, list):
         col.add(key, f"must be a list of samples, got {type(value).__name__}")
         return None
@@ -243,7 +243,7 @@ def fit(matmul: list[dict], memory: list[dict], expert_ffn: list[dict] = ()) -> 
         [s["bytes"] for s in memory], [s["seconds"] for s in memory], "memory bandwidth")
     compute = list(matmul)
     for s in expert_ffn:
-        memory_s = s["bytes"] * (s["bytes"] + half_bytes) / (peak_bytes * s["bytes"])
+        memory_s = (s["bytes"] + half_bytes) / peak_bytes  # = bytes / effective_bytes_per_s(bytes)
         if memory_s <= COMPUTE_BOUND_MEMORY_SHARE * s["seconds"]:
             compute.append(s)
     peak_flops, half_flops = _fit_overhead_and_rate(

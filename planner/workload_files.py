@@ -20,6 +20,8 @@ from planner.errors import InputError, Problem
 # Column names of the Azure LLM inference trace (2023).
 AZURE_COLUMNS = {"timestamp": "TIMESTAMP", "prompt": "ContextTokens", "output": "GeneratedTokens"}
 MAX_TOKENS = 10_000_000
+# Selection counts above this are not measurements (and their sums would overflow).
+MAX_COUNT = 1e15
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, lab
                         obj = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise InputError(Problem(label, f"line {i}", f"is not valid JSON: {exc.msg}")) from None
+                    except (RecursionError, ValueError) as exc:
+                        raise InputError(Problem(label, f"line {i}", f"is not usable JSON: {type(exc).__name__}")) from None
                     if not isinstance(obj, dict):
                         raise InputError(Problem(label, f"line {i}", "must be a JSON object"))
                     rows.append((i, obj))
@@ -106,7 +110,7 @@ def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, lab
             o = float(row[cols["output"]])
         except KeyError as exc:
             problems.append(Problem(label, f"line {line}", f"missing field {exc.args[0]!r}"))
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             problems.append(Problem(label, f"line {line}", f"bad value: {exc}"))
         else:
             if not (math.isfinite(t) and math.isfinite(p) and math.isfinite(o)) or p < 0 or o < 0 or p > MAX_TOKENS or o > MAX_TOKENS:
@@ -145,6 +149,8 @@ def read_bandwidth_series(path: Path, *, label: str | None = None) -> np.ndarray
                 values.append(v)
     except UnicodeDecodeError:
         raise InputError(Problem(label, "", "is not UTF-8 text")) from None
+    except csv.Error as exc:
+        raise InputError(Problem(label, "", f"is not valid CSV: {exc}")) from None
     if not values:
         raise InputError(Problem(label, "", "holds no rows"))
     series = np.asarray(values) * 1e6 / 8.0
@@ -167,6 +173,8 @@ def read_popularity_counts(path: Path, num_layers: int, num_experts: int, *, lab
         raise InputError(Problem(label, "", f"is not valid JSON: {exc.msg} (line {exc.lineno})")) from None
     except UnicodeDecodeError:
         raise InputError(Problem(label, "", "is not UTF-8 text")) from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError(Problem(label, "", f"is not usable JSON: {type(exc).__name__}")) from None
     field = ""
     if isinstance(data, dict):
         for key in ("expert_popularity", "counts"):
@@ -180,12 +188,16 @@ def read_popularity_counts(path: Path, num_layers: int, num_experts: int, *, lab
     if len(data) != num_layers or any(len(r) != num_experts for r in data):
         shape = f"[{len(data)}][{', '.join(sorted({str(len(r)) for r in data})) or 0}]"
         raise InputError(Problem(label, field, f"has shape {shape}; the model needs [{num_layers}][{num_experts}] (MoE layers x experts)"))
-    try:
-        arr = np.asarray(data, dtype=float)
-    except (TypeError, ValueError):
-        raise InputError(Problem(label, field, "must hold numbers only")) from None
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise InputError(Problem(label, field, "counts must be finite and >= 0"))
+    arr = np.zeros((num_layers, num_experts))
+    prefix = field or "counts"
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            where = f"{prefix}[{i}][{j}]"
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(Problem(label, where, f"must be a number, got {v!r}"))
+            if (isinstance(v, float) and not math.isfinite(v)) or v < 0 or v > MAX_COUNT:
+                raise InputError(Problem(label, where, f"must be a count between 0 and {MAX_COUNT:g}, got {str(v)[:24]}"))
+            arr[i, j] = v
     if np.any(arr.sum(axis=1) <= 0):
         bad = int(np.flatnonzero(arr.sum(axis=1) <= 0)[0])
         raise InputError(Problem(label, f"{field}[{bad}]", "a layer's counts sum to zero"))
