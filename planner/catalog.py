@@ -92,9 +92,27 @@ def load_device_card(path: Path) -> Device:
 
     F.unknown_keys(table, CARD_FIELDS, "device", col)
     kwargs = device_fields(table, "device", col, base=None)
+    profile = load_profile_field(table, "device", path.parent, col)
     col.raise_if_any()
     name = table.get("name") if isinstance(table.get("name"), str) else path.stem
-    return Device(name=name, kind=path.stem, source=data.get("source", {}), **kwargs)
+    return Device(name=name, kind=path.stem, source=data.get("source", {}), profile=profile, **kwargs)
+
+
+def load_profile_field(table: dict, table_path: str, base_dir: Path, col: Collector):
+    """The measured profile named by ``table.profile`` (a path relative to ``base_dir``), or None."""
+    if "profile" not in table:
+        return None
+    from planner import fields as F
+    from planner.profile import HardwareProfile
+
+    ref = F.string(table, "profile", table_path, col)
+    if ref is None:
+        return None
+    try:
+        return HardwareProfile.load(base_dir / ref)
+    except InputError as exc:
+        col.extend(exc.problems)
+        return None
 
 
 @lru_cache(maxsize=None)

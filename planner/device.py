@@ -104,7 +104,7 @@ class Device:
 
 CARD_FIELDS = {
     "name", "display_name", "tier", "memory_gb", "memory_bandwidth_gb_per_s", "power_w",
-    "idle_power_w", "compute_efficiency", "bandwidth_efficiency", "peak_tflops",
+    "idle_power_w", "compute_efficiency", "bandwidth_efficiency", "peak_tflops", "profile",
 }
 
 

@@ -234,16 +234,8 @@ def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tupl
                     col.extend(exc.problems)
                     continue
         kwargs = device_fields(entry, tp, col, base=base)
-        profile = None
-        if "profile" in entry:
-            ref = F.string(entry, "profile", tp, col)
-            if ref:
-                from planner.profile import HardwareProfile
-
-                try:
-                    profile = HardwareProfile.load(base_dir / ref)
-                except InputError as exc:
-                    col.extend(exc.problems)
+        # An entry's own profile wins over the card's.
+        profile = catalog.load_profile_field(entry, tp, base_dir, col) if "profile" in entry else (base.profile if base else None)
         if len(col.problems) > before or kwargs is None or name is None:
             continue
         members = [name] if count == 1 else [f"{name}-{k}" for k in range(count)]
