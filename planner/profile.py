@@ -378,18 +378,23 @@ def _cpu_name() -> str:
 
 
 def _best_seconds(fn: Callable[[], Any], ops, repeats: int, min_s: float) -> float:
-    """Seconds of one call of ``fn``: the best of at least ``repeats`` timings after a warm-up call,
-    about ``repeats * min_s`` seconds of timings in all.
+    """Seconds of one call of ``fn``: the best of at least ``repeats`` timings, about
+    ``repeats * min_s`` seconds of timings in all, after calls for about ``min_s`` seconds to warm
+    up (threads started, caches and clocks settled).
 
     On the CPU each timing is one call, so that a stall of the machine (another process, a busy
     neighbour of a virtual machine) spoils that timing only. On an asynchronous device (CUDA) one
     timing queues calls back to back for about ``min_s`` seconds and divides, so that the
     synchronisation after a lone call is not counted.
     """
-    ops.sync()
-    start = time.perf_counter()
-    fn()
-    ops.sync()
+    warm_start = time.perf_counter()
+    while True:
+        ops.sync()
+        start = time.perf_counter()
+        fn()
+        ops.sync()
+        if start - warm_start >= min_s:
+            break
     first = max(time.perf_counter() - start, 1e-9)
     if ops.asynchronous:
         inner, timings = max(1, min(10_000, math.ceil(min_s / first))), repeats
@@ -423,7 +428,7 @@ FULL = _Plan(matmul_sizes=(64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 204
              memory_mib=(8, 16, 32, 64, 128, 256, 512), tokens=(1, 4, 16, 64, 256),
              hidden=1024, intermediate=2816, repeats=5, min_s=0.02)
 QUICK = _Plan(matmul_sizes=(64, 128, 256, 512, 1024), memory_mib=(16, 64, 128),
-              tokens=(1, 4, 16, 64, 256), hidden=1024, intermediate=1408, repeats=3, min_s=0.005)
+              tokens=(1, 4, 16, 64, 256), hidden=1024, intermediate=1408, repeats=5, min_s=0.01)
 # A GPU needs larger operations to approach its peak; they take milliseconds there.
 FULL_GPU = replace(FULL, matmul_sizes=FULL.matmul_sizes + (3072, 4096, 6144, 8192),
                    memory_mib=FULL.memory_mib + (1024,), tokens=FULL.tokens + (1024, 4096))
@@ -440,8 +445,8 @@ def measure(backend: str = "numpy", device: str = "cpu", quick: bool = False,
     ``backend``: ``"numpy"`` (CPU only) or ``"torch"`` (``device`` ``"cpu"``, ``"cuda"`` or
     ``"cuda:N"``). Measures square matrix multiplies, memory copies (bytes counted as read + write)
     and a SwiGLU expert FFN ``(silu(x @ W1) * (x @ W3)) @ W2`` at several token counts; each figure
-    is the best of a few timings after a warm-up call. ``quick`` uses fewer and smaller sizes (about
-    1 s on two CPU cores instead of about 7 s); on a GPU the sizes reach further (matrices up to 8192,
+    is the best of several timings after warm-up calls. ``quick`` uses fewer and smaller sizes (about
+    2 s on two CPU cores instead of about 7 s); on a GPU the sizes reach further (matrices up to 8192,
     copies up to 1 GiB, 4096 tokens). ``progress`` receives one line per sample.
     Raises :class:`ProfileError` when the backend or device is not available.
     """
@@ -472,15 +477,10 @@ def measure(backend: str = "numpy", device: str = "cpu", quick: bool = False,
 
 
 def _sample(ops, plan: _Plan, say: Callable[[str], None]) -> tuple[list, list, list]:
-    """Time the matrix multiplies, copies and expert FFNs of ``plan``; returns the three sample lists."""
-    matmul = []
-    for n in plan.matmul_sizes:
-        a, b = ops.array((n, n)), ops.array((n, n))
-        seconds = _best_seconds(lambda: ops.matmul(a, b), ops, plan.repeats, plan.min_s)
-        flops = 2.0 * n * n * n
-        matmul.append({"m": n, "n": n, "k": n, "flops": flops, "seconds": seconds})
-        say(f"matmul {n}x{n}x{n}: {seconds * 1e3:.3f} ms, {flops / seconds / 1e9:.1f} GFLOP/s")
-
+    """Time the copies, matrix multiplies and expert FFNs of ``plan``; returns matmul, memory and
+    expert-FFN samples."""
+    # Copies first: after a matrix multiply the BLAS threads spin a while, and would take the cores
+    # from the copy threads.
     memory = []
     for mib in plan.memory_mib:
         src, dst = ops.filled(mib * 2**20 // 4), ops.filled(mib * 2**20 // 4)
@@ -488,6 +488,14 @@ def _sample(ops, plan: _Plan, say: Callable[[str], None]) -> tuple[list, list, l
         nbytes = 2.0 * mib * 2**20
         memory.append({"bytes": nbytes, "seconds": seconds})
         say(f"copy {mib} MiB: {seconds * 1e3:.3f} ms, {nbytes / seconds / 1e9:.1f} GB/s (read + write)")
+
+    matmul = []
+    for n in plan.matmul_sizes:
+        a, b = ops.array((n, n)), ops.array((n, n))
+        seconds = _best_seconds(lambda: ops.matmul(a, b), ops, plan.repeats, plan.min_s)
+        flops = 2.0 * n * n * n
+        matmul.append({"m": n, "n": n, "k": n, "flops": flops, "seconds": seconds})
+        say(f"matmul {n}x{n}x{n}: {seconds * 1e3:.3f} ms, {flops / seconds / 1e9:.1f} GFLOP/s")
 
     h, f = plan.hidden, plan.intermediate
     w1, w3 = ops.array((h, f), 1.0 / math.sqrt(h)), ops.array((h, f), 1.0 / math.sqrt(h))

@@ -1,0 +1,140 @@
+"""Solve an OR-Tools CP-SAT model: one entry point, :func:`solve_cpsat`, returning the solver (to read
+values from) and a :class:`CpOutcome` with the same fields as :class:`solvers.milp.MilpOutcome`.
+
+Status mapping (every CP-SAT status named):
+    OPTIMAL        -> OPTIMAL (proven within ``rel_gap``)
+    FEASIBLE       -> TIME_LIMIT when the time limit was reached, else FEASIBLE (stopped by another limit)
+    INFEASIBLE     -> INFEASIBLE
+    MODEL_INVALID  -> ERROR, message from ``CpModel.validate()``
+    UNKNOWN        -> TIME_LIMIT without a solution when the time limit was reached, else ERROR
+
+Defaults: ``threads=None`` means 1 worker, so that a solve is deterministic for a given ``seed`` (CP-SAT
+with several workers is deterministic only with ``interleave_search``); pass ``threads`` for speed.
+``rel_gap=None`` means 0 (prove optimality); it maps to ``relative_gap_limit``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from ortools.sat.python import cp_model
+
+from solvers.result import Status
+
+SENSES = ("min", "max")
+# A solve that stops within this fraction of the time limit counts as stopped by it.
+_TIME_LIMIT_SLACK = 0.98
+
+
+@dataclass
+class CpOutcome:
+    """Why a CP-SAT solve stopped and what it found, in the model's (integer) objective units.
+
+    ``objective``: incumbent value (NaN without one). ``bound``: ``BestObjectiveBound()`` (NaN when
+    the model has no objective or none was proven). ``solve_time_s``: CP-SAT's wall time.
+    """
+
+    status: Status
+    objective: float
+    bound: float
+    solve_time_s: float
+    solver_name: str
+    solver_version: str
+    stop_reason: str
+    native_status: str
+
+    @property
+    def has_solution(self) -> bool:
+        return not math.isnan(self.objective)
+
+
+class _ProgressCallback(cp_model.CpSolverSolutionCallback):
+    """Sends one line per improving solution: incumbent, bound and time, objective / ``display_scale``."""
+
+    def __init__(self, progress: Callable[[str], None], display_scale: float):
+        super().__init__()
+        self.progress = progress
+        self.display_scale = display_scale
+
+    def on_solution_callback(self) -> None:
+        self.progress(f"incumbent {self.objective_value / self.display_scale:.9g} "
+                      f"bound {self.best_objective_bound / self.display_scale:.9g} time {self.wall_time:.2f}s")
+
+
+def _version() -> str:
+    import ortools
+
+    return ortools.__version__
+
+
+def map_status(native: str, *, has_solution: bool, hit_time_limit: bool, detail: str = "") -> tuple[Status, str]:
+    """Map a CP-SAT status name to ``(Status, stop_reason)``; ``detail`` is added to ERROR reasons."""
+    if native == "OPTIMAL":
+        return Status.OPTIMAL, "optimal within the requested gap"
+    if native == "FEASIBLE":
+        if hit_time_limit:
+            return Status.TIME_LIMIT, "time limit reached with an incumbent"
+        return Status.FEASIBLE, "stopped by a limit other than time before proving optimality"
+    if native == "INFEASIBLE":
+        return Status.INFEASIBLE, "proven infeasible"
+    if native == "MODEL_INVALID":
+        return Status.ERROR, f"CP-SAT rejected the model as invalid: {detail or 'no validation message'}"
+    if native == "UNKNOWN":
+        if hit_time_limit and not has_solution:
+            return Status.TIME_LIMIT, "time limit reached before any feasible solution"
+        return Status.ERROR, f"CP-SAT stopped with status UNKNOWN before the time limit: {detail}"
+    return Status.ERROR, f"CP-SAT returned status {native!r}: {detail}"
+
+
+def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel_gap: float | None = None,
+                threads: int | None = None, seed: int = 0, hint: list[tuple[cp_model.IntVar, int]] | None = None,
+                progress: Callable[[str], None] | None = None, sense: str = "min",
+                display_scale: float = 1.0) -> tuple[cp_model.CpSolver, CpOutcome]:
+    """Solve ``model`` and return ``(solver, outcome)``; read the incumbent with ``solver.value(var)``
+    when ``outcome.has_solution``.
+
+    ``hint``: ``(variable, value)`` pairs added as a solution hint (replacing any hint the model
+    had). ``sense``: the objective's sense, checked against the model. ``display_scale``: progress
+    lines show objective and bound divided by it (the model's objective is often scaled to integers).
+    """
+    if sense not in SENSES:
+        raise ValueError(f"sense must be one of {SENSES}, got {sense!r}")
+    proto = model.proto
+    if proto.has_objective() and (proto.objective.scaling_factor < 0) != (sense == "max"):
+        raise ValueError(f"the model's objective sense differs from sense={sense!r}")
+    if time_limit is not None and time_limit <= 0:
+        raise ValueError(f"time_limit must be > 0 seconds, got {time_limit}")
+    if hint is not None:
+        model.clear_hints()
+        for var, value in hint:
+            model.add_hint(var, int(value))
+
+    solver = cp_model.CpSolver()
+    params = solver.parameters
+    params.random_seed = int(seed)
+    params.num_workers = 1 if threads is None else int(threads)
+    params.relative_gap_limit = 0.0 if rel_gap is None else float(rel_gap)
+    if time_limit is not None:
+        params.max_time_in_seconds = float(time_limit)
+    callback = _ProgressCallback(progress, display_scale) if progress is not None else None
+    native_status = solver.solve(model, callback)
+    native = solver.status_name(native_status)
+
+    has_solution = native in ("OPTIMAL", "FEASIBLE")
+    hit_time_limit = time_limit is not None and solver.wall_time >= _TIME_LIMIT_SLACK * time_limit
+    detail = model.validate() if native == "MODEL_INVALID" else ""
+    if native == "UNKNOWN":
+        detail = solver.solution_info or solver.response_stats().splitlines()[0]
+    status, reason = map_status(native, has_solution=has_solution, hit_time_limit=hit_time_limit, detail=detail)
+    has_objective = proto.has_objective() or proto.has_floating_point_objective()
+    objective = float(solver.objective_value) if has_solution and has_objective else math.nan
+    if has_solution and not has_objective:
+        objective = 0.0
+    bound = float(solver.best_objective_bound) if has_objective and native != "INFEASIBLE" else math.nan
+    if not math.isfinite(bound):
+        bound = math.nan
+    return solver, CpOutcome(status=status, objective=objective, bound=bound, solve_time_s=float(solver.wall_time),
+                             solver_name="cpsat", solver_version=_version(), stop_reason=reason,
+                             native_status=native)
