@@ -154,3 +154,12 @@ def violations(problem: ReplicatedAssignment, sol: AssignmentSolution, tol: floa
     for b in np.nonzero(used > problem.capacity * (1 + tol) + tol)[0]:
         out.append(f"bin {b} needs {used[b]:.6g} memory, capacity {problem.capacity[b]:.6g}")
     return out
+
+
+def normalise_shares(replicas: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Shares [G, I, B] cleaned of solver round-off: clipped to [0, 1], zero off replicas, summing to 1
+    per item; an item whose shares all vanish is split evenly over its replicas."""
+    s = np.where(replicas, np.clip(shares, 0.0, 1.0), 0.0)
+    total = s.sum(axis=2, keepdims=True)
+    even = replicas / np.maximum(replicas.sum(axis=2, keepdims=True), 1)
+    return np.where(total > 0, s / np.where(total > 0, total, 1.0), even)

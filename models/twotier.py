@@ -149,13 +149,11 @@ def evaluate(p: TwoTierProblem, s: TwoTierSolution) -> TwoTierValue:
     y = np.zeros(p.num_options)
     y[s.option] = cut
     first, last = a[0], a[L - 1]
-    lat = np.zeros(p.ne_lat.shape[2])
-    for l in range(L):
-        near_items = (x[l, :, None] * p.item_lat[NEAR, l]).sum(axis=0)
-        far_path = u[l] * p.fixed_lat + (away[l, :, None] * (p.item_lat[FAR, l] + p.item_link_lat[l])).sum(axis=0)
-        m = np.maximum(near_items, far_path) if a[l] else np.zeros_like(lat)
-        far_all = (p.exists[l, :, None] * p.item_lat[FAR, l]).sum(axis=0)
-        lat += a[l] * p.ne_lat[NEAR, l] + (1 - a[l]) * (p.ne_lat[FAR, l] + far_all) + m
+    near_items = np.einsum("le,lep->lp", x, p.item_lat[NEAR])
+    far_path = u[:, None] * p.fixed_lat[None, :] + np.einsum("le,lep->lp", away, p.item_lat[FAR] + p.item_link_lat)
+    race = a[:, None] * np.maximum(near_items, far_path)
+    far_all = np.einsum("le,lep->lp", p.exists.astype(float), p.item_lat[FAR])
+    lat = (a[:, None] * p.ne_lat[NEAR] + (1 - a)[:, None] * (p.ne_lat[FAR] + far_all) + race).sum(axis=0)
     lat += first * p.ends_lat[0, NEAR] + (1 - first) * p.ends_lat[0, FAR]
     lat += last * p.ends_lat[1, NEAR] + (1 - last) * p.ends_lat[1, FAR]
     lat += y @ p.cut_lat + (1 - first) * p.entry_lat + (1 - last) * p.exit_lat
@@ -181,7 +179,8 @@ def evaluate(p: TwoTierProblem, s: TwoTierSolution) -> TwoTierValue:
     return TwoTierValue(period, R, lat, busy, mem, loss, energy)
 
 
-def violations(p: TwoTierProblem, s: TwoTierSolution, tol: float = 1e-9) -> list[str]:
+def violations(p: TwoTierProblem, s: TwoTierSolution, tol: float = 1e-9, value: TwoTierValue | None = None) -> list[str]:
+    """Every constraint ``s`` breaks; ``value`` (its :func:`evaluate`) may be passed to save the work."""
     out = []
     L = p.num_layers
     if not 0 <= s.near_layers <= L:
@@ -191,7 +190,7 @@ def violations(p: TwoTierProblem, s: TwoTierSolution, tol: float = 1e-9) -> list
     bad = s.near_items[: s.near_layers] & ~p.allowed[: s.near_layers] & p.exists[: s.near_layers]
     if bad.any():
         out.append(f"{int(bad.sum())} items are near but not allowed there")
-    v = evaluate(p, s)
+    v = value if value is not None else evaluate(p, s)
     for side, name in ((NEAR, "near"), (FAR, "far")):
         if v.memory[side] > p.capacity[side] * (1 + tol) + tol:
             out.append(f"{name} memory {v.memory[side]:.6g} exceeds {p.capacity[side]:.6g}")
@@ -205,3 +204,62 @@ def violations(p: TwoTierProblem, s: TwoTierSolution, tol: float = 1e-9) -> list
     if p.max_period is not None and v.period > p.max_period * (1 + tol):
         out.append(f"period {v.period:.6g} exceeds {p.max_period:.6g}")
     return out
+
+
+def evaluate_many(p: TwoTierProblem, near_layers: np.ndarray, near_items: np.ndarray, options: np.ndarray,
+                  tol: float = 1e-9) -> np.ndarray:
+    """Objective of N solutions at once (inf where a constraint breaks): the same equations as
+    :func:`evaluate` and :func:`violations`, vectorised over a leading axis.
+
+    near_layers: [N] ints; near_items: [N, L, E] bools; options: [N] ints. Returns [N] floats.
+    """
+    N, L = len(near_layers), p.num_layers
+    a = (np.arange(L)[None, :] < np.asarray(near_layers)[:, None]).astype(float)           # [N, L]
+    x = (near_items & p.exists[None] & (a[:, :, None] > 0)).astype(float)                   # [N, L, E]
+    away = (a[:, :, None] - x) * p.exists[None]
+    u = away.max(axis=2) if p.num_items else np.zeros((N, L))
+    first, last = a[:, 0], a[:, L - 1]
+    cut = first - last
+    y = np.zeros((N, p.num_options))
+    y[np.arange(N), options] = cut
+    near_lat = np.einsum("nle,lep->nlp", x, p.item_lat[NEAR])
+    far_path = u[:, :, None] * p.fixed_lat[None, None, :] + np.einsum("nle,lep->nlp", away, p.item_lat[FAR] + p.item_link_lat)
+    race = a[:, :, None] * np.maximum(near_lat, far_path)
+    far_all = np.einsum("le,lep->lp", p.exists.astype(float), p.item_lat[FAR])
+    lat = (a[:, :, None] * p.ne_lat[NEAR][None] + (1 - a)[:, :, None] * (p.ne_lat[FAR] + far_all)[None] + race).sum(axis=1)
+    lat += first[:, None] * p.ends_lat[0, NEAR] + (1 - first)[:, None] * p.ends_lat[0, FAR]
+    lat += last[:, None] * p.ends_lat[1, NEAR] + (1 - last)[:, None] * p.ends_lat[1, FAR]
+    lat += y @ p.cut_lat + (1 - first)[:, None] * p.entry_lat + (1 - last)[:, None] * p.exit_lat
+    R = lat @ p.lat_weight
+    far_items = (p.exists[None] - x) * p.exists[None]
+    busy = np.zeros((N, 2 + p.num_links))
+    busy[:, NEAR] = (a @ p.ne_busy[NEAR] + np.einsum("nle,le->n", x, p.item_busy[NEAR])
+                     + first * p.ends_busy[0, NEAR] + last * p.ends_busy[1, NEAR])
+    busy[:, FAR] = ((1 - a) @ p.ne_busy[FAR] + np.einsum("nle,le->n", far_items, p.item_busy[FAR])
+                    + (1 - first) * p.ends_busy[0, FAR] + (1 - last) * p.ends_busy[1, FAR])
+    busy[:, 2:] = (np.einsum("nle,jle->nj", away, p.item_link_busy) + (1 - first)[:, None] * p.entry_busy[None]
+                   + (1 - last)[:, None] * p.exit_busy[None])
+    busy += y @ p.cut_busy.T
+    period = np.maximum(busy.max(axis=1), R / p.concurrency)
+    mem_near = (a @ p.ne_mem[NEAR] + np.einsum("nle,le->n", x, p.item_mem) + first * p.ends_mem[0, NEAR]
+                + last * p.ends_mem[1, NEAR] - last * p.head_tied_mem + first * p.workspace_mem[NEAR] + y @ p.cut_mem[NEAR])
+    mem_far = ((1 - a) @ p.ne_mem[FAR] + np.einsum("nle,le->n", far_items, p.item_mem) + (1 - first) * p.ends_mem[0, FAR]
+               + (1 - last) * p.ends_mem[1, FAR] - (1 - first) * p.head_tied_mem + (1 - last) * p.workspace_mem[FAR]
+               + y @ p.cut_mem[FAR])
+    if p.objective == "throughput":
+        obj = period
+    elif p.objective == "latency":
+        obj = R
+    else:
+        obj = (first * p.idle_w[NEAR] + (1 - last) * p.idle_w[FAR]) * period + busy[:, :2] @ (p.power_w - p.idle_w)
+    ok = (mem_near <= p.capacity[NEAR] * (1 + tol) + tol) & (mem_far <= p.capacity[FAR] * (1 + tol) + tol)
+    ok &= y @ p.cut_loss <= p.loss_budget + tol
+    ok &= ~((near_items & ~p.allowed[None] & p.exists[None] & (a[:, :, None] > 0)).any(axis=(1, 2)))
+    if p.max_request_latency is not None:
+        ok &= R <= p.max_request_latency * (1 + tol)
+    for ph, capv in enumerate(p.max_phase_latency):
+        if capv is not None:
+            ok &= lat[:, ph] <= capv * (1 + tol)
+    if p.max_period is not None:
+        ok &= period <= p.max_period * (1 + tol)
+    return np.where(ok, obj, np.inf)

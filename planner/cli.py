@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quick", action="store_true", help="fewer sizes (a few seconds)")
     pr.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
     pr.set_defaults(func=cmd_profile)
+
+    from planner import place
+
+    place.add_parser(sub)
     return p
 
 

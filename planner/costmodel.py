@@ -153,6 +153,10 @@ class CostModel:
             [2.0 * (m.layer_active_params(i) - (m.top_k * m.expert_params if m.is_moe_layer(i) else 0))
              for i in range(m.num_layers)]
         )
+        # Selection probability of every expert of every layer [L, E]; zero rows for dense layers.
+        self.Q = np.zeros((m.num_layers, max(m.num_experts, 1)))
+        for layer, k in self.moe_index.items():
+            self.Q[layer] = self.q[k]
         self.graph = instance.graph()
         self._routes: dict = {}
         self._cache: dict = {}
@@ -204,18 +208,16 @@ class CostModel:
         cost.latency_s += self.transfer(cost, origin, stages[0].device, tokens * TOKEN_ID_BYTES)
         for si, stage in enumerate(stages):
             dev = self.devices[stage.device]
-            for layer in stage.layers:
-                t_ne = self._nonexpert_time(stage.device, layer, tokens, context, prefill)
-                cost.add_busy(stage.device, t_ne)
-                t_experts = 0.0
-                if m.is_moe_layer(layer):
-                    entries = placement.get(layer)
-                    if entries:
-                        t_experts = self._experts(cost, entries, layer, stage.device, tokens)
-                    else:
-                        t_experts = self._home_experts_time(stage.device, layer, tokens)
-                        cost.add_busy(stage.device, t_experts)
-                cost.latency_s += t_ne + t_experts
+            ne, ex = self._layer_times(stage.device, tokens, context, prefill)
+            a, b = stage.first_layer, stage.end_layer
+            moved = [layer for layer in placement if a <= layer < b]
+            # Layers whose experts all stay home: sums over the slice.
+            t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved))
+            cost.add_busy(stage.device, t_home - sum(ne[layer] for layer in moved))
+            cost.latency_s += t_home - sum(ne[layer] for layer in moved)
+            for layer in moved:
+                cost.add_busy(stage.device, ne[layer])
+                cost.latency_s += ne[layer] + self._experts(cost, placement[layer], layer, stage.device, tokens)
             if stage.first_layer == 0:
                 t = float(op_time_s(dev, 0.0, tokens * hb, db))
                 cost.add_busy(stage.device, t)
@@ -242,27 +244,20 @@ class CostModel:
         cost.latency_s += self.transfer(cost, stages[-1].device, origin, out_tokens * TOKEN_ID_BYTES)
         return cost
 
-    def _nonexpert_time(self, device: str, layer: int, tokens: float, context: float, prefill: bool) -> float:
-        """Time (s) of layer ``layer``'s non-expert block for ``tokens`` tokens on ``device`` (cached)."""
-        key = ("ne", device, layer, tokens, context, prefill)
-        t = self._cache.get(key)
-        if t is None:
-            m = self.model
+    def _layer_times(self, device: str, tokens: float, context: float, prefill: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per-layer times (s) on ``device`` for ``tokens`` tokens: the non-expert block of every layer,
+        and all routed experts of every layer kept on that device (zero for dense layers). Cached."""
+        key = (device, tokens, context, prefill)
+        hit = self._cache.get(key)
+        if hit is None:
+            m, dev = self.model, self.devices[device]
             kv = m.kv_bytes_per_token_per_layer * tokens * (1.0 if prefill else context)
-            flops = tokens * (self.nonexpert_flops_per_token[layer] + m.attention_score_flops_per_token(context))
-            t = self._cache[key] = float(op_time_s(self.devices[device], flops, self.nonexpert_bytes[layer] + kv, self.db))
-        return t
-
-    def _home_experts_time(self, device: str, layer: int, tokens: float) -> float:
-        """Time (s) of all routed experts of ``layer`` on ``device`` for ``tokens`` tokens (cached)."""
-        key = ("ex", device, layer, tokens)
-        t = self._cache.get(key)
-        if t is None:
-            q = self.q[self.moe_index[layer]]
-            touched = 1.0 - np.power(1.0 - np.clip(q, 0.0, 1.0), tokens)
-            t = self._cache[key] = float(np.sum(op_time_s(
-                self.devices[device], q * tokens * self.expert_flops_per_token, touched * self.expert_bytes, self.db)))
-        return t
+            flops = tokens * (self.nonexpert_flops_per_token + m.attention_score_flops_per_token(1.0) * context)
+            ne = op_time_s(dev, flops, self.nonexpert_bytes + kv, self.db)
+            touched = 1.0 - np.power(1.0 - np.clip(self.Q, 0.0, 1.0), tokens)
+            ex = op_time_s(dev, self.Q * tokens * self.expert_flops_per_token, touched * self.expert_bytes, self.db).sum(axis=1)
+            hit = self._cache[key] = (ne, ex)
+        return hit
 
     def _experts(self, cost: PhaseCost, entries: list, layer: int, home: str, tokens: float) -> float:
         """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
@@ -302,18 +297,13 @@ class CostModel:
 
         ctx = self.prompt + self.output
         workspace = self.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size, m.shared_expert_intermediate_size))
+        experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])
         for pipe in plan.pipelines:
             seqs = pipe.micro_batch_size * pipe.num_micro_batches
-            placed = {(e.layer, e.expert): e for e in pipe.expert_placement}
             for si, stage in enumerate(pipe.stages):
-                add(stage.device, workspace)
-                for layer in stage.layers:
-                    add(stage.device, self.nonexpert_bytes[layer] + seqs * ctx * m.kv_bytes_per_token_per_layer)
-                    if m.is_moe_layer(layer):
-                        for e in range(m.num_experts):
-                            entry = placed.get((layer, e))
-                            for d in (entry.devices if entry else (stage.device,)):
-                                add(d, self.expert_bytes)
+                a, b = stage.first_layer, stage.end_layer
+                add(stage.device, workspace + self.nonexpert_bytes[a:b].sum()
+                    + (b - a) * seqs * ctx * m.kv_bytes_per_token_per_layer + experts_per_layer[a:b].sum() * self.expert_bytes)
                 if stage.first_layer == 0:
                     add(stage.device, m.embedding_params * db)
                 if stage.end_layer == m.num_layers and not (m.tie_word_embeddings and stage.first_layer == 0):
@@ -322,6 +312,12 @@ class CostModel:
                 if rank is not None and si + 1 < len(pipe.stages):
                     add(stage.device, m.hidden_size * rank * db)
                     add(pipe.stages[si + 1].device, m.hidden_size * rank * db)
+            # Placed experts leave their layer's stage device for the listed devices.
+            for e in pipe.expert_placement:
+                if 0 <= e.layer < m.num_layers and m.is_moe_layer(e.layer):
+                    add(pipe.stage_of_layer(e.layer).device, -self.expert_bytes)
+                    for d in e.devices:
+                        add(d, self.expert_bytes)
         return mem
 
     # ----- whole plan -------------------------------------------------------------------------

@@ -50,27 +50,26 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
     J = len(inv_bw)
     hb = m.hidden_bytes_per_token
 
+    exists = np.zeros((L, E), dtype=bool)
+    Q = np.zeros((L, E))  # selection probability of each expert; zero rows for dense layers
+    for l in m.moe_layers:
+        exists[l] = True
+        Q[l] = cm.q[cm.moe_index[l]]
+    score = m.attention_score_flops_per_token(1.0)  # linear in the context
     ne_lat = np.zeros((2, L, P))
     item_lat = np.zeros((2, L, E, P))
-    item_link_lat = np.zeros((L, E, P))
-    item_link_busy = np.zeros((J, L, E))
-    exists = np.zeros((L, E), dtype=bool)
-    for l in range(L):
-        moe = m.is_moe_layer(l)
-        if moe:
-            exists[l] = True
-            q = cm.q[cm.moe_index[l]]
-        for ph, (tokens, ctx, prefill, _) in enumerate(phases):
-            for side in (NEAR, FAR):
-                ne_lat[side, l, ph] = cm._nonexpert_time(devs[side], l, tokens, ctx, prefill)
-                if moe:
-                    touched = 1.0 - np.power(1.0 - np.clip(q, 0.0, 1.0), tokens)
-                    item_lat[side, l, :, ph] = op_time_s(cm.devices[devs[side]], q * tokens * cm.expert_flops_per_token,
-                                                         touched * cm.expert_bytes, cm.db)
-            if moe:
-                sent = q * tokens * hb
-                item_link_lat[l, :, ph] = 2.0 * sent * inv_bw.sum()
-                item_link_busy[:, l, :] += busy_w[ph] * 2.0 * inv_bw[:, None] * sent[None, :]
+    for ph, (tokens, ctx, prefill, _) in enumerate(phases):
+        kv = m.kv_bytes_per_token_per_layer * tokens * (1.0 if prefill else ctx)
+        ne_flops = tokens * (cm.nonexpert_flops_per_token + score * ctx)
+        touched = 1.0 - np.power(1.0 - np.clip(Q, 0.0, 1.0), tokens)
+        for side in (NEAR, FAR):
+            dev = cm.devices[devs[side]]
+            ne_lat[side, :, ph] = op_time_s(dev, ne_flops, cm.nonexpert_bytes + kv, cm.db)
+            item_lat[side, :, :, ph] = np.where(exists, op_time_s(dev, Q * tokens * cm.expert_flops_per_token,
+                                                                  touched * cm.expert_bytes, cm.db), 0.0)
+    sent = Q[:, :, None] * np.array([ph[0] for ph in phases])[None, None, :] * hb  # [L, E, P] bytes each way
+    item_link_lat = 2.0 * sent * inv_bw.sum()
+    item_link_busy = 2.0 * inv_bw[:, None, None] * np.einsum("lep,p->le", sent, busy_w)[None]
     ne_busy = np.einsum("slp,p->sl", ne_lat, busy_w)
     item_busy = np.einsum("slep,p->sle", item_lat, busy_w)
 

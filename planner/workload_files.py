@@ -56,7 +56,7 @@ def _parse_time(value: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def _open_text(path: Path, label: str):
+def open_text(path: Path, label: str):
     try:
         return open(path, newline="", encoding="utf-8")
     except FileNotFoundError:
@@ -77,7 +77,7 @@ def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, lab
     cols.update(columns or {})
     times, prompts, outputs = [], [], []
     try:
-        with _open_text(path, label) as fh:
+        with open_text(path, label) as fh:
             if path.suffix == ".jsonl":
                 rows = []
                 for i, line in enumerate(fh, start=1):
@@ -135,7 +135,7 @@ def read_bandwidth_series(path: Path, *, label: str | None = None) -> np.ndarray
     label = label or str(path)
     values = []
     try:
-        with _open_text(path, label) as fh:
+        with open_text(path, label) as fh:
             reader = csv.DictReader(fh)
             if "mbps" not in (reader.fieldnames or []):
                 raise InputError(Problem(label, "header", f"needs a 'mbps' column; found {reader.fieldnames}"))
@@ -167,7 +167,7 @@ def read_popularity_counts(path: Path, num_layers: int, num_experts: int, *, lab
     """
     label = label or str(path)
     try:
-        with _open_text(path, label) as fh:
+        with open_text(path, label) as fh:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise InputError(Problem(label, "", f"is not valid JSON: {exc.msg} (line {exc.lineno})")) from None

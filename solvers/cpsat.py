@@ -91,13 +91,15 @@ def map_status(native: str, *, has_solution: bool, hit_time_limit: bool, detail:
 def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel_gap: float | None = None,
                 threads: int | None = None, seed: int = 0, hint: list[tuple[cp_model.IntVar, int]] | None = None,
                 progress: Callable[[str], None] | None = None, sense: str = "min",
-                display_scale: float = 1.0) -> tuple[cp_model.CpSolver, CpOutcome]:
+                display_scale: float = 1.0, parameters: dict | None = None) -> tuple[cp_model.CpSolver, CpOutcome]:
     """Solve ``model`` and return ``(solver, outcome)``; read the incumbent with ``solver.value(var)``
     when ``outcome.has_solution``.
 
     ``hint``: ``(variable, value)`` pairs added as a solution hint (replacing any hint the model
     had). ``sense``: the objective's sense, checked against the model. ``display_scale``: progress
     lines show objective and bound divided by it (the model's objective is often scaled to integers).
+    ``parameters``: native ``SatParameters`` fields (e.g. ``linearization_level``), applied last;
+    an unknown name raises ``ValueError``.
     """
     if sense not in SENSES:
         raise ValueError(f"sense must be one of {SENSES}, got {sense!r}")
@@ -118,6 +120,10 @@ def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel
     params.relative_gap_limit = 0.0 if rel_gap is None else float(rel_gap)
     if time_limit is not None:
         params.max_time_in_seconds = float(time_limit)
+    for name, value in (parameters or {}).items():
+        if not hasattr(params, name):
+            raise ValueError(f"CP-SAT has no parameter {name!r}")
+        setattr(params, name, value)
     callback = _ProgressCallback(progress, display_scale) if progress is not None else None
     native_status = solver.solve(model, callback)
     native = solver.status_name(native_status)
@@ -132,7 +138,8 @@ def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel
     objective = float(solver.objective_value) if has_solution and has_objective else math.nan
     if has_solution and not has_objective:
         objective = 0.0
-    bound = float(solver.best_objective_bound) if has_objective and native != "INFEASIBLE" else math.nan
+    proven = has_objective and native not in ("INFEASIBLE", "MODEL_INVALID")
+    bound = float(solver.best_objective_bound) if proven else math.nan
     if not math.isfinite(bound):
         bound = math.nan
     return solver, CpOutcome(status=status, objective=objective, bound=bound, solve_time_s=float(solver.wall_time),

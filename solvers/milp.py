@@ -32,7 +32,7 @@ import pyomo.environ as pyo
 from solvers.result import Status
 
 SENSES = ("min", "max")
-EXPORT_SUFFIXES = (".lp", ".mps")
+EXPORT_FORMATS = {".lp": "cpxlp", ".mps": "mps"}  # suffix -> Pyomo's ProblemFormat name
 
 # Native option names of the solvers reached through SolverFactory: time limit (s), relative gap,
 # threads, random seed. A solver missing here cannot take that setting.
@@ -83,7 +83,7 @@ def status_from_termination(condition: str, has_solution: bool) -> tuple[Status,
     if condition == "infeasible":
         return Status.INFEASIBLE, "proven infeasible"
     if condition == "unbounded":
-        return Status.ERROR, "the model is unbounded (a formulation error: every objective here is bounded)"
+        return Status.ERROR, "the model is unbounded (check the formulation: a bounded problem was expected)"
     if condition == "infeasibleOrUnbounded":
         return Status.ERROR, "the model is infeasible or unbounded (the solver did not tell which)"
     if condition in ("maxIterations", "objectiveLimit", "maxEvaluations", "userInterrupt", "interrupted", "feasible"):
@@ -274,7 +274,7 @@ def export_model(model, path: str | Path) -> Path:
     raise ``ValueError``."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in EXPORT_SUFFIXES:
-        raise ValueError(f"cannot export to {path.name!r}: use one of {', '.join(EXPORT_SUFFIXES)}")
-    model.write(str(path), format=suffix[1:], io_options={"symbolic_solver_labels": True})
+    if suffix not in EXPORT_FORMATS:
+        raise ValueError(f"cannot export to {path.name!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    model.write(str(path), format=EXPORT_FORMATS[suffix], io_options={"symbolic_solver_labels": True})
     return path

@@ -140,3 +140,18 @@ def test_warm_start_never_makes_it_worse(line):
     res = api.solve(line, "milp", time_limit=1e-3, initial_solution=warm)
     assert res.solution is not None
     assert res.objective >= api.solve(line, "single-cut").objective * (1 - 1e-12)
+
+
+def test_vectorised_evaluation_matches_the_reference():
+    """evaluate_many == evaluate + violations on every solution of a small instance."""
+    from models.twotier import evaluate_many
+
+    for objective in ("throughput", "latency", "energy"):
+        inst = build(SMALL, objective=objective, constraints={**SMALL["constraints"], "latency_slo_ms": 900})
+        p = two_tier_problem(CostModel(inst), "phone", "gpu", 2, 1)
+        sols = list(all_solutions(p))
+        got = evaluate_many(p, np.array([s.near_layers for s in sols]), np.stack([s.near_items for s in sols]),
+                            np.array([s.option for s in sols]))
+        want = [math.inf if violations(p, s) else evaluate(p, s).objective(objective) for s in sols]
+        assert np.allclose(got, want, rtol=1e-12, equal_nan=False)
+        assert np.isinf(got).any() and np.isfinite(got).any()
