@@ -84,7 +84,16 @@ def cmd_solve(args) -> int:
     from planner import api, report
 
     instance = api.load_instance(args.instance)
-    result = api.solve(instance, args.solver, time_limit=args.time_limit, seed=args.seed)
+    options = {}
+    if args.progress:
+        options["progress"] = log
+    if args.export:
+        if args.solver != "milp":
+            raise ValueError("--export writes the MILP (.lp or .mps): use --solver milp")
+        if Path(args.export).suffix.lower() not in (".lp", ".mps"):
+            raise ValueError(f"--export {args.export}: the file name must end in .lp or .mps")
+        options["export"] = args.export
+    result = api.solve(instance, args.solver, time_limit=args.time_limit, seed=args.seed, **options)
     if args.output and result.solution is not None:
         write_atomic(args.output, result.solution.to_json() + "\n")
     if args.json:
@@ -96,6 +105,8 @@ def cmd_solve(args) -> int:
             print(report.plan_summary(instance, result.solution))
             if args.output:
                 print(f"plan written to {args.output}")
+            if args.export:
+                print(f"model written to {args.export}")
         else:
             print(result.message)
     return EXIT_OK if result.solution is not None else EXIT_NO_PLAN
@@ -187,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop = s.add_argument_group("stopping")
     stop.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--progress", action="store_true", help="exact solvers: incumbent and bound over time on stderr")
+    s.add_argument("--export", metavar="MODEL.lp", help="milp: write the model of the best subproblem (.lp or .mps)")
     s.add_argument("-o", "--output", metavar="PLAN.json", help="write the plan here")
     s.add_argument("--json", action="store_true", help="one JSON object on stdout")
     s.set_defaults(func=cmd_solve)

@@ -171,7 +171,8 @@ def _cases(p: TwoTierProblem):
     return [(1, 1), (0, 0), (1, 0)] if p.objective == "energy" else [None]
 
 
-def _solve_milp(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, warm: TwoTierSolution | None, backend: str):
+def _solve_milp(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, warm: TwoTierSolution | None, backend: str,
+                progress=None):
     from models import twotier_pyomo
     from solvers.milp import solve_pyomo
 
@@ -179,7 +180,7 @@ def _solve_milp(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, war
     if warm is not None:
         twotier_pyomo.warm_start(model, p, warm)
     out = solve_pyomo(model, solver=backend, time_limit=time_limit, rel_gap=rel_gap, threads=threads, seed=seed,
-                      warm_start=warm is not None, sense="min")
+                      warm_start=warm is not None, sense="min", progress=progress)
     out.objective /= model.objective_scale
     out.bound /= model.objective_scale
     sol = twotier_pyomo.extract(model, p) if out.status in (Status.OPTIMAL, Status.FEASIBLE) or (
@@ -187,14 +188,15 @@ def _solve_milp(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, war
     return out, sol
 
 
-def _solve_cpsat(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, warm: TwoTierSolution | None, backend: str):
+def _solve_cpsat(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, warm: TwoTierSolution | None, backend: str,
+                 progress=None):
     from models import twotier_cpsat
     from solvers.cpsat import solve_cpsat
 
     cp = twotier_cpsat.build(p, case)
     hint = twotier_cpsat.hints(cp, p, warm) if warm is not None else None
     solver, out = solve_cpsat(cp.model, time_limit=time_limit, rel_gap=rel_gap, threads=threads, seed=seed, hint=hint,
-                              sense="min")
+                              sense="min", progress=progress, display_scale=1.0 / cp.objective_unit)
     has = out.status in (Status.OPTIMAL, Status.FEASIBLE) or (out.status == Status.TIME_LIMIT and math.isfinite(out.objective))
     sol = twotier_cpsat.extract(cp, solver, p) if has else None
     # Back to seconds (joules); the bound gives away the scaling error so that it stays a valid bound.
@@ -203,9 +205,56 @@ def _solve_cpsat(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, wa
     return out, sol
 
 
+def export_subproblem(instance: Instance, cm: CostModel, far: str, micro_batch: int, micro_batches: int, path: str) -> str:
+    """Write the MILP of one subproblem (``.lp`` or ``.mps``) for any other solver; returns the path."""
+    from models import twotier_pyomo
+    from solvers.milp import export_model
+
+    p = two_tier_problem(cm, instance.workload.origin, far, micro_batch, micro_batches)
+    case = (1, 0) if p.objective == "energy" else None
+    return str(export_model(twotier_pyomo.build(p, case), path))
+
+
+def explain_infeasible(instance: Instance, cm: CostModel, time_limit: float | None = 10.0) -> str:
+    """Which constraint family makes the joint space empty, with numbers: memory (checked against
+    the weights' size), the latency SLOs (the least latency the space reaches without them, solved
+    exactly within ``time_limit``) or the accuracy budget."""
+    from dataclasses import replace
+
+    m, origin = instance.model, instance.device(instance.workload.origin)
+    weights = m.total_params * m.dtype_bytes
+    partners = [d for d in instance.devices if d.name != origin.name]
+    best = max(partners, key=lambda d: d.memory_bytes, default=None)
+    room = origin.memory_bytes + (best.memory_bytes if best else 0.0)
+    if weights > room:
+        with_best = f" with the largest partner {best.name!r} ({best.memory_bytes / 1e9:.1f} GB)" if best else ""
+        return (f"infeasible: memory binds: the model's weights need {weights / 1e9:.1f} GB; the origin "
+                f"{origin.name!r} ({origin.memory_bytes / 1e9:.1f} GB){with_best} holds {room / 1e9:.1f} GB, and this "
+                f"space uses at most two devices")
+    c = instance.constraints
+    relaxed = replace(instance, objective="latency", constraints=replace(c, latency_slo_s=None, ttft_slo_s=None, tpot_slo_s=None))
+    res = solve_joint(relaxed, "highs", time_limit=time_limit, solver_name="milp", explain=False)
+    if res.solution is not None:
+        ev = CostModel(relaxed).evaluate(res.solution)
+        for name, value, slo in (("latency", ev.latency_s, c.latency_slo_s), ("TTFT", ev.ttft_s, c.ttft_slo_s),
+                                 ("TPOT", ev.tpot_s, c.tpot_slo_s)):
+            if slo is not None and value > slo:
+                proof = "proven least" if res.status == Status.OPTIMAL else "least found"
+                return (f"infeasible: the {name} SLO binds: the {proof} request latency in this space is "
+                        f"{ev.latency_s * 1e3:.1f} ms (TTFT {ev.ttft_s * 1e3:.1f} ms, TPOT {ev.tpot_s * 1e3:.1f} ms), "
+                        f"the SLO is {slo * 1e3:.1f} ms")
+        return "infeasible: the SLOs bind together with memory at every batching"
+    free = replace(relaxed, constraints=replace(relaxed.constraints, accuracy_loss_budget=1.0))
+    if solve_joint(free, "highs", time_limit=time_limit, solver_name="milp", explain=False).solution is not None:
+        losses = ", ".join(f"rank {r}: {x:g}" for r, x in zip(c.codec.ranks, c.codec.accuracy_loss)) or "no codec"
+        return (f"infeasible: the accuracy budget binds: every plan that fits memory needs a codec at the cut "
+                f"whose loss exceeds the budget {c.accuracy_loss_budget:g} ({losses})")
+    return "infeasible: memory binds: no split of the model between the origin and one partner fits both devices"
+
+
 def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, rel_gap=None, threads=None,
                 initial_solution: Plan | None = None, cost_model: CostModel | None = None, progress=None,
-                solver_name: str = "milp", **_) -> Result:
+                solver_name: str = "milp", export: str | None = None, explain: bool = True, **_) -> Result:
     t0 = time.perf_counter()
     cm = cost_model or CostModel(instance)
     origin = instance.workload.origin
@@ -227,8 +276,12 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
                     timed_out, all_optimal = True, False
                     bound = -math.inf
                     continue
-                out, sol = solve(p, case, remaining, rel_gap, threads, seed, None, backend)
+                out, sol = solve(p, case, remaining, rel_gap, threads, seed, None, backend, progress)
                 versions.add(out.solver_version)
+                if progress is not None:
+                    progress(f"{solver_name}: partner {far}, batch {b} x {mb}{'' if case is None else f', case {case}'}: "
+                             f"{out.status.value}, objective {out.objective:.6g}, bound {out.bound:.6g} "
+                             f"({time.perf_counter() - t0:.1f} s)")
                 if out.status == Status.INFEASIBLE:
                     continue
                 if out.status == Status.ERROR:
@@ -246,20 +299,29 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
                     continue
                 value = evaluate(p, sol).objective(p.objective)
                 if best is None or value < best[0]:
-                    best = (value, plan_from_solution(instance, origin, far, b, mb, sol, solver_name))
+                    best = (value, plan_from_solution(instance, origin, far, b, mb, sol, solver_name), (far, b, mb))
     if initial_solution is not None:
         warm_value = cm.evaluate(initial_solution).objective(instance.objective)
         if best is None or (warm_value > instance_value(instance, best[0]) if sense == "max" else warm_value < instance_value(instance, best[0])):
-            best = (None, initial_solution)
+            best = (None, initial_solution, None)
     elapsed = time.perf_counter() - t0
     version = ", ".join(sorted(v for v in versions if v))
     if best is None:
         status = Status.TIME_LIMIT if timed_out else Status.INFEASIBLE
-        why = ("infeasible: no split between the origin and one partner fits memory, SLOs and the accuracy budget"
-               if not timed_out else "time limit reached before any plan was found")
+        if timed_out:
+            why = "time limit reached before any plan was found"
+        elif explain:
+            why = explain_infeasible(instance, cm)
+        else:
+            why = "infeasible: no split between the origin and one partner fits memory, SLOs and the accuracy budget"
         return Result(status, solver_name, sense=sense, solve_time_s=elapsed, message=why, solver_version=version,
                       stop_reason="all subproblems infeasible" if not timed_out else "time limit")
     plan = best[1]
+    if export is not None:
+        if solver_name != "milp":
+            raise ValueError("--export writes the MILP (.lp or .mps): use --solver milp")
+        if best[2] is not None:
+            export_subproblem(instance, cm, *best[2], export)
     objective = cm.evaluate(plan).objective(instance.objective)
     # ``bound`` is the least dual bound over every subproblem examined: a bound on the whole space.
     bound_value = instance_value(instance, bound) if math.isfinite(bound) and bound > 0 else math.nan

@@ -155,3 +155,43 @@ def test_vectorised_evaluation_matches_the_reference():
         want = [math.inf if violations(p, s) else evaluate(p, s).objective(objective) for s in sols]
         assert np.allclose(got, want, rtol=1e-12, equal_nan=False)
         assert np.isinf(got).any() and np.isfinite(got).any()
+
+
+def test_slo_infeasibility_names_the_slo_with_the_least_latency():
+    inst = build(SMALL, constraints={**SMALL["constraints"], "latency_slo_ms": 1})
+    res = api.solve(inst, "milp")
+    assert res.status.value == "infeasible"
+    assert "latency SLO binds" in res.message and "1.0 ms" in res.message and "proven least" in res.message
+
+
+def test_memory_infeasibility_names_the_devices_and_sizes():
+    """The LINE model's weights take about 27 MB: three devices of 10 + 12 + 15 MB hold them in all
+    (so the fleet-wide capacity check passes), but the two-device space of milp (the origin plus one
+    partner: at most 25 MB) cannot, and the message says so with the sizes."""
+    inst = build(LINE, devices=[dict(LINE["devices"][0], memory_gb=0.010), dict(LINE["devices"][1], memory_gb=0.012),
+                                dict(LINE["devices"][2], memory_gb=0.015)])
+    m = inst.model
+    assert 0.025e9 < m.total_params * m.dtype_bytes < 0.037e9
+    res = api.solve(inst, "milp")
+    assert res.status.value == "infeasible"
+    assert "memory binds" in res.message and "GB" in res.message
+
+
+def test_export_and_progress_from_the_command_line(tmp_path, capsys):
+    import tomli_w
+
+    from planner.cli import main
+
+    path = tmp_path / "small.toml"
+    path.write_bytes(tomli_w.dumps(SMALL).encode())
+    for suffix in (".lp", ".mps"):
+        out = tmp_path / f"model{suffix}"
+        assert main(["solve", str(path), "--solver", "milp", "--export", str(out), "--progress", "--json"]) == 0
+        captured = capsys.readouterr()
+        assert out.stat().st_size > 0
+        assert "milp: partner gpu" in captured.err  # progress goes to stderr, stdout stays one JSON object
+        import json
+
+        json.loads(captured.out)
+    assert main(["solve", str(path), "--solver", "milp", "--export", str(tmp_path / "m.txt")]) == 2
+    assert main(["solve", str(path), "--solver", "route-aware", "--export", str(tmp_path / "m.lp")]) == 2
