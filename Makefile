@@ -16,6 +16,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/moeplan solve instances/default.toml
+	$(BIN)/moeplan compare instances/default.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

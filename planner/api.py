@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import replace
 
-from planner import baselines, joint, route_aware  # noqa: F401  (register the solvers)
+from planner import baselines, chain_plan, joint, route_aware  # noqa: F401  (register the solvers)
 from planner.costmodel import CostModel
 from planner.instance import Instance, load_instance
 from planner.plan import Plan
@@ -21,7 +21,7 @@ from solvers import registry
 from solvers.result import Result, Status
 
 GB = 1e9
-DEFAULT_SOLVER = "single-cut"
+DEFAULT_SOLVER = "route-aware"
 
 __all__ = ["load_instance", "solve", "validate", "capacity_check", "Plan", "Result", "Status", "available_solvers"]
 

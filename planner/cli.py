@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("solve", help="plan one instance")
     s.add_argument("instance")
-    s.add_argument("--solver", default="single-cut", help="solver name (see `moeplan compare`); default single-cut")
+    s.add_argument("--solver", default="route-aware", help="solver name (see `moeplan compare`); default route-aware")
     stop = s.add_argument_group("stopping")
     stop.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds")
     s.add_argument("--seed", type=int, default=0)
