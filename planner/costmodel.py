@@ -259,28 +259,44 @@ class CostModel:
             hit = self._cache[key] = (ne, ex)
         return hit
 
+    def _expert_matrix(self, device: str, tokens: float) -> np.ndarray:
+        """Time (s) of every routed expert [L, E] on ``device`` serving its whole share of ``tokens`` tokens (cached)."""
+        key = ("experts", device, tokens)
+        hit = self._cache.get(key)
+        if hit is None:
+            touched = 1.0 - np.power(1.0 - np.clip(self.Q, 0.0, 1.0), tokens)
+            hit = self._cache[key] = op_time_s(self.devices[device], self.Q * tokens * self.expert_flops_per_token,
+                                               touched * self.expert_bytes, self.db)
+        return hit
+
     def _experts(self, cost: PhaseCost, entries: list, layer: int, home: str, tokens: float) -> float:
         """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
         experts off ``home``; records busy time of devices and links."""
-        m, db = self.model, self.db
+        m = self.model
         q = self.q[self.moe_index[layer]]
-        per_device_prob: dict[str, np.ndarray] = {home: q.copy()}
+        # Share of each expert's selection probability each device serves (the home keeps the rest).
+        per_device_share: dict[str, np.ndarray] = {home: np.ones(m.num_experts)}
         for entry in entries:
-            per_device_prob[home][entry.expert] = 0.0
+            per_device_share[home][entry.expert] = 0.0
             for d, s in zip(entry.devices, entry.shares):
-                per_device_prob.setdefault(d, np.zeros(m.num_experts))[entry.expert] += q[entry.expert] * s
-        per_device_tokens = {d: p * tokens for d, p in per_device_prob.items()}
+                per_device_share.setdefault(d, np.zeros(m.num_experts))[entry.expert] += s
         local, remote = 0.0, 0.0
         hb = m.hidden_bytes_per_token
-        for d, toks in per_device_tokens.items():
-            dev = self.devices[d]
-            touched = 1.0 - np.power(1.0 - np.clip(per_device_prob[d], 0.0, 1.0), tokens)
-            t = float(np.sum(op_time_s(dev, toks * self.expert_flops_per_token, touched * self.expert_bytes, db)))
+        for d, share in per_device_share.items():
+            whole = (share == 0.0) | (share == 1.0)
+            if whole.all():
+                # Whole experts: their times are the cached full-share times.
+                t = float(self._expert_matrix(d, tokens)[layer][share == 1.0].sum())
+            else:
+                prob = q * share
+                touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
+                t = float(np.sum(op_time_s(self.devices[d], prob * tokens * self.expert_flops_per_token,
+                                           touched * self.expert_bytes, self.db)))
             cost.add_busy(d, t)
             if d == home:
                 local = t
             else:
-                sent = float(toks.sum()) * hb
+                sent = float((q * share).sum()) * tokens * hb
                 there = self.transfer(cost, home, d, sent)
                 back = self.transfer(cost, d, home, sent)
                 remote = max(remote, there + t + back)

@@ -232,13 +232,26 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
                       message="infeasible: no cut between the origin and one partner fits memory, SLOs and the accuracy budget",
                       stop_reason="no candidate")
     _, far, _, s = best
-    # Step 4: batching on the chosen structure.
+    # Step 4: batching on the chosen structure. With experts away from their layer's stage the
+    # two-tier equations (equal to the cost model, vectorised) are the cheaper scorer; without, the
+    # cost model's cached per-layer sums are.
+    offloaded = bool(plan_from_solution(instance, origin, far, b0, m0, s, "route-aware").pipelines[0].expert_placement)
     best_plan, best_obj = None, None
-    for b, m in batch_grid(B, 2):
+    if offloaded:
+        best_batch, best_value = None, math.inf
+        for b, m in batch_grid(B, 2):
+            value = _value(two_tier_problem(cm, origin, far, b, m), s)
+            if value < best_value:
+                best_batch, best_value = (b, m), value
+        grid = [best_batch] if best_batch is not None else []
+    else:
+        grid = batch_grid(B, 2)
+    for b, m in grid:
         plan = plan_from_solution(instance, origin, far, b, m, s, "route-aware")
-        if validate(instance, plan, cm):
+        ev = cm.evaluate(plan)
+        if validate(instance, plan, cm, evaluation=ev):
             continue
-        obj = cm.evaluate(plan).objective(instance.objective)
+        obj = ev.objective(instance.objective)
         if best_plan is None or is_better(instance.objective, obj, best_obj):
             best_plan, best_obj = plan, obj
     if best_plan is None:

@@ -27,14 +27,17 @@ class Violation:
         return f"{self.kind}: {self.message}"
 
 
-def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None) -> list[Violation]:
-    """Every violation of ``plan`` on ``instance`` (empty list: the plan is valid)."""
+def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None, evaluation=None) -> list[Violation]:
+    """Every violation of ``plan`` on ``instance`` (empty list: the plan is valid).
+
+    ``evaluation``: the cost model's :class:`~planner.costmodel.Evaluation` of this plan, when the
+    caller has it already (it is recomputed otherwise)."""
     out = _structure(instance, plan)
     if out:
         # Figures are meaningless for a plan whose shape is broken.
         return out
     cm = cost_model or CostModel(instance)
-    ev = cm.evaluate(plan)
+    ev = evaluation if evaluation is not None else cm.evaluate(plan)
     for dev, used in sorted(ev.memory_bytes.items()):
         cap = instance.device(dev).memory_bytes
         if used > cap * (1 + 1e-9):
@@ -127,12 +130,13 @@ def _structure(instance: Instance, plan: Plan) -> list[Violation]:
     import networkx as nx
 
     origin = instance.workload.origin
+    component = {node: k for k, nodes in enumerate(nx.connected_components(graph)) for node in nodes}
     for pi, pipe in enumerate(plan.pipelines):
-        hops = [(origin, pipe.stages[0].device)] + list(zip(pipe.devices, pipe.devices[1:])) + [(pipe.stages[-1].device, origin)]
+        hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
         for e in pipe.expert_placement:
             home = pipe.stage_of_layer(e.layer).device
-            hops += [(home, d) for d in e.devices]
-        for a, b in hops:
-            if a != b and not nx.has_path(graph, a, b):
+            hops.update((home, d) for d in e.devices)
+        for a, b in sorted(hops):
+            if component.get(a) != component.get(b):
                 out.append(Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}"))
     return out
