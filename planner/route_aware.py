@@ -17,9 +17,12 @@ Algorithm, for each candidate partner (one per distinct card and route, best rou
   exact two-tier evaluator, until no move improves or the time budget ends.
 * Step 4: tune micro-batching on the best structure with the cost model.
 
+Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
+partner and batching; ``time_budget_s`` (default 1 s) is only a safety net, and ``stop_reason``
+says when it was hit (then the plan may depend on the machine's speed).
+
 Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored exactly, vectorised),
-and O(moves x L E) for Step 3. Deterministic: no randomness; ``seed`` is accepted for the common
-signature.
+and O(moves x L E) for Step 3. No randomness; ``seed`` is accepted for the common signature.
 """
 
 from __future__ import annotations
@@ -126,11 +129,17 @@ def _value(p: TwoTierProblem, s: TwoTierSolution) -> float:
     return math.inf if violations(p, s, value=v) else v.objective(p.objective)
 
 
-def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: float) -> tuple[TwoTierSolution, float]:
-    """First-improvement search over cut +-1, codec options and single-expert moves."""
+def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: float,
+                  max_evaluations: int) -> tuple[TwoTierSolution, float, bool]:
+    """First-improvement search over cut +-1, codec options and single-expert moves. Stops at a
+    local optimum or after ``max_evaluations`` scored moves (both deterministic), or at ``deadline``
+    (a safety net; the third value says whether it was hit)."""
+    evaluations = 0
     mass = _mass(p)
     improved = True
-    while improved and time.perf_counter() < deadline:
+    while improved and evaluations < max_evaluations:
+        if time.perf_counter() >= deadline:
+            return s, v, True
         improved = False
         cands = []
         for dk in (-1, 1):
@@ -154,13 +163,14 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
                 near[l, e] = False
                 cands.append(TwoTierSolution(k, near, s.option))
         for c in cands:
-            if time.perf_counter() >= deadline:
+            if evaluations >= max_evaluations:
                 break
+            evaluations += 1
             cv = _value(p, c)
             if cv < v * (1 - 1e-12):
                 s, v, improved = c, cv, True
                 break
-    return s, v
+    return s, v, False
 
 
 def _partners(instance: Instance, cm: CostModel) -> list[str]:
@@ -180,7 +190,7 @@ def _partners(instance: Instance, cm: CostModel) -> list[str]:
     return [name for *_, name in sorted(out)]
 
 
-def _search(p: TwoTierProblem, deadline: float) -> tuple[float, TwoTierSolution] | None:
+def _search(p: TwoTierProblem, deadline: float, max_evaluations: int) -> tuple[float, TwoTierSolution, bool] | None:
     """Steps 1-3 on one partner and batching: (objective, solution) or None."""
     table, ranking, deficit = _all_cuts(p)
     cands = []
@@ -201,13 +211,13 @@ def _search(p: TwoTierProblem, deadline: float) -> tuple[float, TwoTierSolution]
     v, s = min(cands, key=lambda c: c[0])
     if not math.isfinite(v):
         return None
-    s, v = _local_search(p, s, v, deadline)
-    return v, s
+    s, v, hit = _local_search(p, s, v, deadline, max_evaluations)
+    return v, s, hit
 
 
 @register("route-aware", kind="heuristic", problem="instance")
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
-                time_budget_s: float = 0.05, max_partners: int = 4, **_) -> Result:
+                time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, **_) -> Result:
     """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
     t0 = time.perf_counter()
     budget = time_budget_s if time_limit is None else min(time_budget_s, time_limit)
@@ -218,12 +228,14 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     B = instance.workload.max_batch
     b0, m0 = (max(1, B // 2), 2) if B >= 2 else (1, 1)
     best = None  # (value, partner, batching, solution)
+    budget_hit = False
     # Structures are searched at full concurrency, as one batch or two micro-batches; Step 4 tunes.
     batchings = sorted({(B, 1), (b0, m0)}, reverse=True)
     for far in _partners(instance, cm)[:max_partners]:
         for b, m in batchings:
             p = two_tier_problem(cm, origin, far, b, m)
-            found = _search(p, deadline)
+            found = _search(p, deadline, max_evaluations)
+            budget_hit = budget_hit or (found is not None and found[2])
             if found is not None and (best is None or found[0] < best[0]):
                 best = (found[0], far, (b, m), found[1])
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
@@ -258,4 +270,5 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         return Result(Status.INFEASIBLE, "route-aware", sense=sense, solve_time_s=elapsed(),
                       message="infeasible: the chosen structure breaks a limit at every batching", stop_reason="batching")
     return Result(Status.FEASIBLE, "route-aware", objective=best_obj, sense=sense, solve_time_s=elapsed(),
-                  solution=best_plan, stop_reason="local optimum" if time.perf_counter() < deadline else "time budget")
+                  solution=best_plan,
+                  stop_reason="time budget (the plan may depend on machine speed)" if budget_hit else "local optimum or move cap")
