@@ -138,17 +138,19 @@ def end_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostMod
     return _result("end-only", instance, plan, obj, t0, why)
 
 
-def _partners(instance: Instance, cm: CostModel) -> list[str]:
-    """Candidate partners of the origin: one device per (card, route from the origin) signature."""
+def partner_candidates(instance: Instance, cm: CostModel) -> list[tuple[str, float, float]]:
+    """Devices the origin could share the model with, one per (card, route from the origin)
+    signature, in fleet order: (name, bottleneck bandwidth bytes/s, round-trip time s) of the route."""
     origin = instance.workload.origin
     seen, out = set(), []
     for d in instance.devices:
         if d.name == origin:
             continue
-        sig = (d.kind, d.memory_bytes, tuple((l.bandwidth_bytes_per_s, l.rtt_s) for _, _, l in cm.route(origin, d.name)))
+        route = cm.route(origin, d.name)
+        sig = (d.kind, d.memory_bytes, tuple((link.bandwidth_bytes_per_s, link.rtt_s) for _, _, link in route))
         if sig not in seen:
             seen.add(sig)
-            out.append(d.name)
+            out.append((d.name, min(link.bandwidth_bytes_per_s for _, _, link in route), sum(link.rtt_s for _, _, link in route)))
     return out
 
 
@@ -165,7 +167,7 @@ def single_cut(instance: Instance, *, time_limit=None, seed=0, cost_model: CostM
     b0 = max(1, instance.workload.max_batch // 2)
     m0 = 2 if instance.workload.max_batch >= 2 else 1
     candidates = []
-    for partner in _partners(instance, cm):
+    for partner, _, _ in partner_candidates(instance, cm):
         for k in range(L + 1):
             ranges = [(0, k), (k, L)]
             pipe = pipeline_from_ranges([origin, partner], ranges, b0 if k not in (0, L) else b0, m0)

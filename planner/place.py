@@ -40,6 +40,7 @@ import numpy as np
 
 from planner import fields as F
 from planner.errors import Collector, InputError, Problem
+from planner.workload_files import read_json
 
 SOLVERS = ("greedy-placement", "local-search-placement", "eplb")
 GB = 1e9
@@ -66,24 +67,9 @@ def add_parser(subparsers) -> None:
 
 # ----- inputs ----------------------------------------------------------------------------------
 
-def _read_json(path: str):
-    """The parsed JSON of ``path``; unreadable or malformed files become an :class:`InputError`."""
-    from planner.workload_files import open_text
-
-    try:
-        with open_text(Path(path), path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputError(Problem(path, "", f"is not valid JSON: {exc}")) from None
-    except UnicodeDecodeError:
-        raise InputError(Problem(path, "", "is not UTF-8 text")) from None
-    except (RecursionError, ValueError) as exc:
-        raise InputError(Problem(path, "", f"is not usable JSON: {type(exc).__name__}")) from None
-
-
 def read_loads(path: str) -> np.ndarray:
     """[layers, experts] float loads from a JSON file; :class:`InputError` lists every bad entry."""
-    data = _read_json(path)
+    data = read_json(Path(path), path)
     shape_hint = "a JSON array of layers, each an array of expert loads ([layers][experts])"
     if not isinstance(data, list) or not data:
         raise InputError(Problem(path, "", f"must hold {shape_hint}, got {_kind(data)}"))
@@ -135,7 +121,7 @@ def _read_device_file(path: str) -> list:
     if suffix == ".toml":
         data = read_toml(Path(path))
     elif suffix == ".json":
-        data = _read_json(path)
+        data = read_json(Path(path), path)
     else:
         raise InputError(Problem(path, "", "a device file must end in .json or .toml"))
     entries = data.get("devices") if isinstance(data, dict) else data

@@ -33,7 +33,7 @@ import time
 import numpy as np
 
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
-from planner.baselines import batch_grid
+from planner.baselines import batch_grid, partner_candidates
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.joint import plan_from_solution, two_tier_problem
@@ -174,20 +174,10 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
 
 
 def _partners(instance: Instance, cm: CostModel) -> list[str]:
-    """One partner per (card, route) signature, the strongest routes first (route-aware)."""
-    origin = instance.workload.origin
-    seen, out = set(), []
-    for d in instance.devices:
-        if d.name == origin:
-            continue
-        route = cm.route(origin, d.name)
-        sig = (d.kind, d.memory_bytes, tuple((l.bandwidth_bytes_per_s, l.rtt_s) for _, _, l in route))
-        if sig not in seen:
-            seen.add(sig)
-            bw = min(l.bandwidth_bytes_per_s for _, _, l in route)
-            rtt = sum(l.rtt_s for _, _, l in route)
-            out.append((-bw, rtt, -d.memory_bytes, d.name))
-    return [name for *_, name in sorted(out)]
+    """Partner candidates, the strongest routes first (widest bottleneck, then shortest RTT, then memory)."""
+    ranked = sorted(partner_candidates(instance, cm),
+                    key=lambda c: (-c[1], c[2], -instance.device(c[0]).memory_bytes, c[0]))
+    return [name for name, _, _ in ranked]
 
 
 def _search(p: TwoTierProblem, deadline: float, max_evaluations: int) -> tuple[float, TwoTierSolution, bool] | None:

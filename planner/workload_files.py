@@ -67,6 +67,20 @@ def open_text(path: Path, label: str):
         raise InputError(Problem(label, "", "cannot be read (permission denied)")) from None
 
 
+def read_json(path: Path, label: str | None = None):
+    """The parsed JSON of ``path``; unreadable or malformed files become an :class:`InputError` naming it."""
+    label = label or str(path)
+    try:
+        with open_text(Path(path), label) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputError(Problem(label, "", f"is not valid JSON: {exc.msg} (line {exc.lineno})")) from None
+    except UnicodeDecodeError:
+        raise InputError(Problem(label, "", "is not UTF-8 text")) from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError(Problem(label, "", f"is not usable JSON: {type(exc).__name__}")) from None
+
+
 def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, label: str | None = None) -> RequestTrace:
     """A request trace: CSV (Azure LLM trace columns by default) or JSONL (``.jsonl``).
 
@@ -166,15 +180,7 @@ def read_popularity_counts(path: Path, num_layers: int, num_experts: int, *, lab
     ``counts`` (the layout of efeslab/fiddler's popularity files).
     """
     label = label or str(path)
-    try:
-        with open_text(path, label) as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputError(Problem(label, "", f"is not valid JSON: {exc.msg} (line {exc.lineno})")) from None
-    except UnicodeDecodeError:
-        raise InputError(Problem(label, "", "is not UTF-8 text")) from None
-    except (RecursionError, ValueError) as exc:
-        raise InputError(Problem(label, "", f"is not usable JSON: {type(exc).__name__}")) from None
+    data = read_json(path, label)
     field = ""
     if isinstance(data, dict):
         for key in ("expert_popularity", "counts"):

@@ -16,38 +16,19 @@ with several workers is deterministic only with ``interleave_search``); pass ``t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 from ortools.sat.python import cp_model
 
-from solvers.result import Status
+from solvers.result import SolveOutcome, Status
 
 SENSES = ("min", "max")
 # A solve that stops within this fraction of the time limit counts as stopped by it.
 _TIME_LIMIT_SLACK = 0.98
 
 
-@dataclass
-class CpOutcome:
-    """Why a CP-SAT solve stopped and what it found, in the model's (integer) objective units.
-
-    ``objective``: incumbent value (NaN without one). ``bound``: ``BestObjectiveBound()`` (NaN when
-    the model has no objective or none was proven). ``solve_time_s``: CP-SAT's wall time.
-    """
-
-    status: Status
-    objective: float
-    bound: float
-    solve_time_s: float
-    solver_name: str
-    solver_version: str
-    stop_reason: str
-    native_status: str
-
-    @property
-    def has_solution(self) -> bool:
-        return not math.isnan(self.objective)
+# What a CP-SAT solve returns, in the model's (integer) objective units.
+CpOutcome = SolveOutcome
 
 
 class _ProgressCallback(cp_model.CpSolverSolutionCallback):

@@ -23,13 +23,12 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pyomo.environ as pyo
 
-from solvers.result import Status
+from solvers.result import SolveOutcome, Status
 
 SENSES = ("min", "max")
 EXPORT_FORMATS = {".lp": "cpxlp", ".mps": "mps"}  # suffix -> Pyomo's ProblemFormat name
@@ -45,28 +44,8 @@ _LEGACY_OPTIONS = {
 }
 
 
-@dataclass
-class MilpOutcome:
-    """Why a Pyomo solve stopped and what it found. The incumbent, when there is one, is loaded into
-    the model's variables.
-
-    ``objective``: incumbent value (NaN without one). ``bound``: best proven bound on the optimum
-    (lower for "min", upper for "max"; NaN when none is known). ``solve_time_s``: the solver's own time.
-    ``stop_reason``: a readable sentence; ``native_status``: the solver's own termination condition.
-    """
-
-    status: Status
-    objective: float
-    bound: float
-    solve_time_s: float
-    solver_name: str
-    solver_version: str
-    stop_reason: str
-    native_status: str
-
-    @property
-    def has_solution(self) -> bool:
-        return not math.isnan(self.objective)
+# What a Pyomo solve returns; the incumbent, when there is one, is loaded into the model.
+MilpOutcome = SolveOutcome
 
 
 def status_from_termination(condition: str, has_solution: bool) -> tuple[Status, str]:

@@ -54,3 +54,26 @@ class Result:
     @property
     def has_solution(self) -> bool:
         return self.solution is not None
+
+
+@dataclass
+class SolveOutcome:
+    """Why one backend solve (a MILP or a CP-SAT model) stopped and what it found.
+
+    ``objective``: incumbent value (NaN without one). ``bound``: best proven bound on the optimum
+    (lower for "min", upper for "max"; NaN when none is known). ``solve_time_s``: the solver's own
+    time. ``stop_reason``: a readable sentence; ``native_status``: the solver's own termination status.
+    """
+
+    status: Status
+    objective: float
+    bound: float
+    solve_time_s: float
+    solver_name: str
+    solver_version: str
+    stop_reason: str
+    native_status: str
+
+    @property
+    def has_solution(self) -> bool:
+        return not math.isnan(self.objective)
