@@ -2,8 +2,8 @@
 
 Integer scaling: every time coefficient is rounded to the nearest multiple of ``time_unit_s``,
 chosen so that the sum of all time coefficients is about 2^40 units (so no sum overflows int64);
-the largest error of any latency, busy time or period is then ``0.5 x (number of terms) x unit``,
-well under 1e-9 relative. Memory is in bytes rounded up per term and capacities rounded down
+a busy time is then off by at most half a unit per term it sums, a request latency by the phase
+weights times that, the period by the larger of the two (latency over concurrency). Memory is in bytes rounded up per term and capacities rounded down
 (conservative by at most one byte per term); losses are in 1e-12 units rounded up, the budget
 rounded down. The solution is re-evaluated exactly with :func:`models.twotier.evaluate`; only the
 proof of optimality carries the scaling tolerance ``objective_error``.
@@ -32,6 +32,12 @@ class CpTwoTier:
     objective_unit: float  # seconds (or joules) per objective unit
     time_unit_s: float
     objective_error: float  # largest scaling error of the objective, in seconds (or joules)
+
+
+def T_bound_s(p: TwoTierProblem) -> float:
+    """An upper bound (s) on any busy time or period: everything added up."""
+    return float(p.ne_busy.sum() + p.item_busy.sum() + p.item_link_busy.sum() + p.ends_busy.sum() + p.cut_busy.sum()
+                 + p.entry_busy.sum() + p.exit_busy.sum() + p.ne_lat.sum() * p.lat_weight.max() + p.item_lat.sum() * p.lat_weight.max())
 
 
 def _time_unit(p: TwoTierProblem) -> float:
@@ -148,9 +154,22 @@ def build(p: TwoTierProblem, case: tuple[int, int] | None = None) -> CpTwoTier:
         w = lambda v: int(round(v * 1e3))  # noqa: E731
         md.minimize(w(idle) * T + w(p.power_w[NEAR] - p.idle_w[NEAR]) * busy_near + w(p.power_w[FAR] - p.idle_w[FAR]) * busy_far)
         obj_unit = unit * 1e-3
-    terms = L * (E + 3) * P + 4 * K + 8
-    error_s = 0.5 * terms * unit * max(1.0, float(p.lat_weight.max()))
-    error = error_s * float(p.power_w.sum()) if p.objective == "energy" else error_s
+    # Each coefficient is off by at most half a unit. A busy row sums at most n_busy of them; a
+    # phase latency at most n_lat (a layer's race counts its longer side); R weights the phases.
+    n_busy = L * (E + 1) + 4 + K + 1
+    n_lat = L * (2 * E + 3) + 6 + K
+    error_busy = 0.5 * unit * n_busy
+    error_R = 0.5 * unit * n_lat * float(np.abs(p.lat_weight).sum())
+    error_T = max(error_busy, error_R / p.concurrency)
+    if p.objective == "throughput":
+        error = error_T
+    elif p.objective == "latency":
+        error = error_R
+    else:
+        # Watts are rounded to whole milliwatts too: four coefficients (idle and active, two
+        # machines), each off by 0.5 mW over at most T_bound_s seconds.
+        error = (error_T * float(p.idle_w.sum()) + error_busy * float((p.power_w - p.idle_w).sum())
+                 + 4 * 0.5e-3 * T_bound_s(p))
     return CpTwoTier(md, a, x, z, T, obj_unit, unit, error)
 
 
