@@ -205,6 +205,39 @@ def _solve_cpsat(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, wa
     return out, sol
 
 
+def solution_from_plan(instance: Instance, plan: Plan) -> tuple[str, int, int, TwoTierSolution] | None:
+    """(partner, micro-batch, micro-batches, solution) of a plan that lies in the joint space
+    (one pipeline: the origin's prefix and/or one partner's suffix, experts of the origin's layers
+    on the origin or the partner), or None; used as a warm start."""
+    m, origin = instance.model, instance.workload.origin
+    if len(plan.pipelines) != 1:
+        return None
+    pipe = plan.pipelines[0]
+    devs = pipe.devices
+    if not 1 <= len(devs) <= 2 or (len(devs) == 2 and devs[0] != origin):
+        return None
+    far = devs[-1] if devs[-1] != origin else None
+    if far is None:
+        others = [d.name for d in instance.devices if d.name != origin]
+        if not others:
+            return None
+        far = others[0]
+    k = pipe.stages[0].end_layer if devs[0] == origin else 0
+    near = np.zeros((m.num_layers, max(m.num_experts, 1)), dtype=bool)
+    for layer in m.moe_layers:
+        if layer < k:
+            near[layer, : m.num_experts] = True
+    for e in pipe.expert_placement:
+        if e.layer >= k or tuple(e.devices) != (far,):
+            return None
+        near[e.layer, e.expert] = False
+    ranks = [None, *instance.constraints.codec.ranks]
+    rank = pipe.codec_ranks[0] if pipe.codec_ranks else None
+    if rank not in ranks:
+        return None
+    return far, pipe.micro_batch_size, pipe.num_micro_batches, TwoTierSolution(k, near, ranks.index(rank))
+
+
 def export_subproblem(instance: Instance, cm: CostModel, far: str, micro_batch: int, micro_batches: int, path: str) -> str:
     """Write the MILP of one subproblem (``.lp`` or ``.mps``) for any other solver; returns the path."""
     from models import twotier_pyomo
@@ -260,23 +293,24 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
     origin = instance.workload.origin
     sense = "max" if instance.objective == "throughput" else "min"
     deadline = None if time_limit is None else t0 + time_limit
-    best = None  # (value, plan)
+    best = None  # (value, plan, (partner, micro-batch, micro-batches))
     bound = math.inf  # lower bound on the two-tier objective over everything examined
     all_optimal, timed_out, versions = True, False, set()
-    reasons = []
     solve = _solve_milp if solver_name == "milp" else _solve_cpsat
     # Exact by default: prove optimality, not a 1e-4 gap (HiGHS's default).
     rel_gap = 0.0 if rel_gap is None else rel_gap
+    warm = solution_from_plan(instance, initial_solution) if initial_solution is not None else None
     for far in [d.name for d in instance.devices if d.name != origin]:
         for b, mb in batch_grid(instance.workload.max_batch, 2):
             p = two_tier_problem(cm, origin, far, b, mb)
+            start = warm[3] if warm is not None and warm[:3] == (far, b, mb) else None
             for case in _cases(p):
                 remaining = None if deadline is None else deadline - time.perf_counter()
                 if remaining is not None and remaining <= 0:
                     timed_out, all_optimal = True, False
                     bound = -math.inf
                     continue
-                out, sol = solve(p, case, remaining, rel_gap, threads, seed, None, backend, progress)
+                out, sol = solve(p, case, remaining, rel_gap, threads, seed, start, backend, progress)
                 versions.add(out.solver_version)
                 if progress is not None:
                     progress(f"{solver_name}: partner {far}, batch {b} x {mb}{'' if case is None else f', case {case}'}: "
@@ -293,9 +327,8 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
                 bound = min(bound, out.bound if math.isfinite(out.bound) else -math.inf)
                 if sol is None:
                     continue
-                problems = violations(p, sol)
-                if problems:
-                    reasons.append(f"{far}: {problems[0]}")
+                if violations(p, sol):
+                    # Within the solver's tolerances but not the reference's: not a plan we return.
                     continue
                 value = evaluate(p, sol).objective(p.objective)
                 if best is None or value < best[0]:

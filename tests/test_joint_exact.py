@@ -195,3 +195,17 @@ def test_export_and_progress_from_the_command_line(tmp_path, capsys):
         json.loads(captured.out)
     assert main(["solve", str(path), "--solver", "milp", "--export", str(tmp_path / "m.txt")]) == 2
     assert main(["solve", str(path), "--solver", "route-aware", "--export", str(tmp_path / "m.lp")]) == 2
+
+
+def test_a_heuristic_plan_becomes_a_mip_start(line):
+    """route-aware's plan lies in milp's space: it converts back into a two-tier solution with the
+    same value, which the solver receives as a start."""
+    from planner.joint import solution_from_plan
+
+    plan = api.solve(line, "route-aware").solution
+    far, b, m, sol = solution_from_plan(line, plan)
+    p = two_tier_problem(CostModel(line), line.workload.origin, far, b, m)
+    assert instance_value(line, evaluate(p, sol).objective(p.objective)) == pytest.approx(
+        CostModel(line).evaluate(plan).objective(line.objective), rel=1e-9)
+    res = api.solve(line, "milp", initial_solution=plan)
+    assert res.status.value == "optimal" and res.objective >= api.solve(line, "route-aware").objective * (1 - 1e-9)
