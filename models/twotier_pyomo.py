@@ -91,11 +91,12 @@ def constraints(m: pyo.ConcreteModel, p: TwoTierProblem, case: tuple[int, int] |
     m.y_le_cut = pyo.Constraint(m.K, rule=lambda m, k: m.y[k] <= m.cut)
     m.y_ge = pyo.Constraint(m.K, rule=lambda m, k: m.y[k] >= m.z[k] + m.cut - 1)
     m.loss = pyo.Constraint(expr=sum(m.y[k] * p.cut_loss[k] for k in m.K) <= p.loss_budget)
-    # Memory rows in GB: in bytes their bounds (~1e11) swamp the time coefficients (~1e-6) numerically.
+    # Memory rows stay in bytes: HiGHS warns about their large bounds, but scaling them to GB made
+    # the OLMoE instance stall at the root (optimal in 37 s in bytes, no bound in 120 s in GB).
     if np.isfinite(p.capacity[NEAR]):
-        m.cap_near = pyo.Constraint(expr=MEMORY_SCALE * m.mem_near <= MEMORY_SCALE * p.capacity[NEAR])
+        m.cap_near = pyo.Constraint(expr=m.mem_near <= p.capacity[NEAR])
     if np.isfinite(p.capacity[FAR]):
-        m.cap_far = pyo.Constraint(expr=MEMORY_SCALE * m.mem_far <= MEMORY_SCALE * p.capacity[FAR])
+        m.cap_far = pyo.Constraint(expr=m.mem_far <= p.capacity[FAR])
     m.period_near = pyo.Constraint(expr=m.T >= m.busy_near)
     m.period_far = pyo.Constraint(expr=m.T >= m.busy_far)
     m.period_link = pyo.Constraint(m.R_links, rule=lambda m, j: m.T >= m.busy_link[j])
@@ -111,8 +112,6 @@ def constraints(m: pyo.ConcreteModel, p: TwoTierProblem, case: tuple[int, int] |
         m.a[0].fix(case[0])
         m.a[L - 1].fix(case[1])
 
-
-MEMORY_SCALE = 1e-9
 
 # The objective is stated in microseconds (or millijoules): in seconds it is often ~1e-3, where a
 # MIP solver's absolute tolerances (~1e-6) would end the search 0.1% short of the optimum.
