@@ -2,7 +2,7 @@
 
     from planner import api
     inst = api.load_instance("instances/default.toml")
-    res = api.solve(inst, solver="single-cut")
+    res = api.solve(inst, solver="route-aware")
     print(res.status, res.objective, res.solution.metrics["throughput_tokens_per_s"])
 """
 
