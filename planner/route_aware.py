@@ -12,9 +12,10 @@ Algorithm, for each candidate partner (one per distinct card and route, best rou
 * Step 2, hardware-aware local expert selection: where the origin's memory cannot hold all experts
   of its layers, keep the experts that cover the most expected routing mass (popularity) and serve
   the rest from the partner, filling the memory left after the non-expert weights; scored exactly.
-* Step 3, local search: from the best candidate, try moving the cut by one layer, other codec
-  options, and bringing back or sending away single experts (most / least popular first), with the
-  exact two-tier evaluator, until no move improves or the time budget ends.
+* Step 3, local search: from the best candidate, score every neighbour at once (the cut moved by
+  one layer, other codec options, the four most popular away experts brought back, the four least
+  popular local ones sent away) with the vectorised exact evaluator, take the best, repeat until
+  no move improves or the move cap is reached.
 * Step 4: tune micro-batching on the best structure with the cost model.
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
@@ -131,9 +132,10 @@ def _value(p: TwoTierProblem, s: TwoTierSolution) -> float:
 
 def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: float,
                   max_evaluations: int) -> tuple[TwoTierSolution, float, bool]:
-    """First-improvement search over cut +-1, codec options and single-expert moves. Stops at a
-    local optimum or after ``max_evaluations`` scored moves (both deterministic), or at ``deadline``
-    (a safety net; the third value says whether it was hit)."""
+    """Best-improvement search over cut +-1, codec options and single-expert moves: each round
+    scores its whole neighbourhood in one vectorised call and takes the best (ties: the first).
+    Stops at a local optimum or after ``max_evaluations`` scored moves (both deterministic), or at
+    ``deadline`` (a safety net; the third value says whether it was hit)."""
     evaluations = 0
     mass = _mass(p)
     improved = True
@@ -162,14 +164,15 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
                 near = s.near_items.copy()
                 near[l, e] = False
                 cands.append(TwoTierSolution(k, near, s.option))
-        for c in cands:
-            if evaluations >= max_evaluations:
-                break
-            evaluations += 1
-            cv = _value(p, c)
-            if cv < v * (1 - 1e-12):
-                s, v, improved = c, cv, True
-                break
+        cands = cands[: max_evaluations - evaluations]
+        if not cands:
+            break
+        evaluations += len(cands)
+        values = evaluate_many(p, np.array([c.near_layers for c in cands]), np.stack([c.near_items for c in cands]),
+                               np.array([c.option for c in cands]))
+        i = int(np.argmin(values))
+        if values[i] < v * (1 - 1e-12):
+            s, v, improved = cands[i], float(values[i]), True
     return s, v, False
 
 
