@@ -30,7 +30,7 @@ def variables(m: pyo.ConcreteModel, p: TwoTierProblem) -> None:
 
 
 def _expressions(m: pyo.ConcreteModel, p: TwoTierProblem) -> None:
-    L, E = p.num_layers, p.num_items
+    L = p.num_layers
     first, last = m.a[0], m.a[L - 1]
     m.cut = pyo.Expression(expr=first - last)
     ex = p.exists
@@ -75,7 +75,7 @@ def _expressions(m: pyo.ConcreteModel, p: TwoTierProblem) -> None:
 
 
 def constraints(m: pyo.ConcreteModel, p: TwoTierProblem, case: tuple[int, int] | None = None) -> None:
-    L, E = p.num_layers, p.num_items
+    L = p.num_layers
     ex = p.exists
     _expressions(m, p)
     m.prefix = pyo.Constraint(pyo.RangeSet(0, L - 2) if L > 1 else pyo.Set(initialize=[]),

@@ -16,7 +16,7 @@ from planner import baselines, chain_plan, joint, lns, route_aware  # noqa: F401
 from planner.costmodel import CostModel
 from planner.instance import Instance, load_instance
 from planner.plan import Plan
-from planner.validator import Violation, validate
+from planner.validator import evaluate_checked, validate
 from solvers import registry
 from solvers.result import Result, Status
 
@@ -61,11 +61,10 @@ def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float
     result = info.func(instance, time_limit=time_limit, seed=seed, cost_model=cm, **options)
     if result.solution is None:
         return result
-    violations = validate(instance, result.solution, cm)
+    ev, violations = evaluate_checked(instance, result.solution, cm)
     if violations:
         return Result(Status.ERROR, solver, sense=sense, solve_time_s=result.solve_time_s,
                       message="the solver's plan fails validation: " + "; ".join(map(str, violations)))
-    ev = cm.evaluate(result.solution)
     certificate = {
         "status": result.status.value, "objective": result.objective, "bound": result.bound, "gap": result.gap,
         "solve_time_s": result.solve_time_s, "solver_version": result.solver_version, "stop_reason": result.stop_reason,
@@ -73,7 +72,3 @@ def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float
     result.solution = replace(result.solution, solver=solver, instance=instance.name, metrics=ev.metrics(), certificate=certificate)
     return result
 
-
-def check(instance: Instance, plan: Plan) -> list[Violation]:
-    """Alias of :func:`planner.validator.validate` for the public API."""
-    return validate(instance, plan)

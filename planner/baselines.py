@@ -16,14 +16,14 @@ tuned on a small grid (``m`` in {1, stages}, ``b`` halved from ``max_batch // m`
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.plan import Pipeline, Plan, Stage
-from planner.validator import validate
+from planner.validator import evaluate_checked
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -65,11 +65,11 @@ def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], 
     best, best_obj, last = None, None, []
     for b, m in batch_grid(instance.workload.max_batch, len(stages)):
         plan = Plan((Pipeline(stages, micro_batch_size=b, num_micro_batches=m),), instance.name, name)
-        violations = validate(instance, plan, cm)
+        ev, violations = evaluate_checked(instance, plan, cm)
         if violations:
             last = violations
             continue
-        obj = cm.evaluate(plan).objective(instance.objective)
+        obj = ev.objective(instance.objective)
         if best is None or is_better(instance.objective, obj, best_obj):
             best, best_obj = plan, obj
     return best, best_obj, last
@@ -170,16 +170,15 @@ def single_cut(instance: Instance, *, time_limit=None, seed=0, cost_model: CostM
     for partner, _, _ in partner_candidates(instance, cm):
         for k in range(L + 1):
             ranges = [(0, k), (k, L)]
-            pipe = pipeline_from_ranges([origin, partner], ranges, b0 if k not in (0, L) else b0, m0)
-            plan = Plan((pipe,), instance.name, "single-cut")
-            violations = validate(instance, plan, cm)
+            pipe = pipeline_from_ranges([origin, partner], ranges, b0, m0)
+            ev, violations = evaluate_checked(instance, Plan((pipe,), instance.name, "single-cut"), cm)
             if violations:
                 small = Plan((pipeline_from_ranges([origin, partner], ranges, 1, 1),), instance.name, "single-cut")
-                if validate(instance, small, cm):
+                ev, small_violations = evaluate_checked(instance, small, cm)
+                if small_violations:
                     last = violations
                     continue
-                plan = small
-            candidates.append((cm.evaluate(plan).objective(sense), pipe.stages))
+            candidates.append((ev.objective(sense), pipe.stages))
     if candidates:
         candidates.sort(key=lambda c: -c[0] if sense == "throughput" else c[0])
         for _, stages in candidates[:3]:

@@ -17,7 +17,6 @@ import time
 import numpy as np
 
 from planner import api, lns  # noqa: F401  (lns registers local-search)
-from planner.costmodel import CostModel
 from planner.instance import instance_from_dict
 from planner.replan import changed_instance, replan
 

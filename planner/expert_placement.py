@@ -97,7 +97,6 @@ MIN_LAYER_S = 1.0             # least time limit of one layer's solve when layer
 NONEXPERT_RULES = ("sharded", "replicated")
 PROBLEM_OPTIONS = ("devices", "layers", "tokens", "max_replicas", "slots", "nonexpert", "headroom",
                    "traffic_weight", "traffic_origin", "cost_model")
-SOLVE_OPTIONS = ("candidates", "free_items", "hot_bins", "random_candidates", "decompose", "warm_start_options")
 
 
 # ----- the problem -----------------------------------------------------------------------------

@@ -7,7 +7,6 @@ the table and the field. Paths inside an instance are relative to the instance f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from planner import catalog
 from planner import fields as F
 from planner.device import Device, device_fields
-from planner.errors import Collector, InputError, Problem
+from planner.errors import Collector, InputError
 from planner.moe_model import MoEModel, model_from_dict
 from planner.workload_files import RequestTrace, read_bandwidth_series, read_popularity_counts, read_request_trace
 

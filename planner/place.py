@@ -31,7 +31,6 @@ and field).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path

@@ -418,7 +418,6 @@ def repair(current: Plan, instance: Instance, cost_model: CostModel | None = Non
     scorer = scorer or lns.Scorer(instance, cost_model or CostModel(instance))
     cm = scorer.cm
     alive = instance.device_index
-    lost = sorted(current.devices - set(alive))
     lost_stage = any(s.device not in alive for p in current.pipelines for s in p.stages)
     modes = ["replace", "merge"] if lost_stage and _unused(instance, current) else ["merge"]
     out, seen = [], set()

@@ -38,7 +38,7 @@ from planner.baselines import batch_grid, partner_candidates
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.joint import plan_from_solution, two_tier_problem
-from planner.validator import validate
+from planner.validator import evaluate_checked
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -47,7 +47,7 @@ def _all_cuts(p: TwoTierProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """With all experts local, for every cut k and option [L+1, K]: the objective (inf where
     infeasible), the objective ignoring the origin's memory (to rank codec options where experts
     must leave), and the origin's memory deficit [L+1] (bytes over capacity; <= 0 when it fits)."""
-    L, K = p.num_layers, p.num_options
+    L = p.num_layers
     ex = p.exists.astype(float)
     near_lat = p.ne_lat[NEAR] + np.einsum("le,lep->lp", ex, p.item_lat[NEAR])           # [L, P]
     far_lat = p.ne_lat[FAR] + np.einsum("le,lep->lp", ex, p.item_lat[FAR])
@@ -253,8 +253,8 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         grid = batch_grid(B, 2)
     for b, m in grid:
         plan = plan_from_solution(instance, origin, far, b, m, s, "route-aware")
-        ev = cm.evaluate(plan)
-        if validate(instance, plan, cm, evaluation=ev):
+        ev, violations = evaluate_checked(instance, plan, cm)
+        if violations:
             continue
         obj = ev.objective(instance.objective)
         if best_plan is None or is_better(instance.objective, obj, best_obj):

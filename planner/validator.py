@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.costmodel import CostModel
+from planner.costmodel import CostModel, Evaluation
 from planner.instance import Instance
 from planner.plan import Plan
 
@@ -53,6 +53,15 @@ def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None
     if ev.accuracy_loss > c.accuracy_loss_budget + 1e-12:
         out.append(Violation("accuracy", f"codec accuracy loss {ev.accuracy_loss:.4f} exceeds the budget {c.accuracy_loss_budget:.4f}"))
     return out
+
+
+def evaluate_checked(instance: Instance, plan: Plan, cost_model: CostModel) -> tuple[Evaluation | None, list[Violation]]:
+    """The plan's evaluation (None when its shape is broken) and its violations, evaluating it once."""
+    shape = _structure(instance, plan)
+    if shape:
+        return None, shape
+    ev = cost_model.evaluate(plan)
+    return ev, validate(instance, plan, cost_model, evaluation=ev)
 
 
 def _structure(instance: Instance, plan: Plan) -> list[Violation]:

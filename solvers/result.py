@@ -19,10 +19,6 @@ class Status(str, Enum):
     TIME_LIMIT = "time_limit"    # stopped by the time limit; ``solution`` holds the incumbent if any
     ERROR = "error"              # the solver failed; ``message`` says why
 
-    @property
-    def has_solution_possible(self) -> bool:
-        return self in (Status.OPTIMAL, Status.FEASIBLE, Status.TIME_LIMIT)
-
 
 @dataclass
 class Result:
