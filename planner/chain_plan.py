@@ -90,7 +90,7 @@ import numpy as np
 
 from models.chain import ChainPartition, Stage as ChainStage, evaluate as chain_evaluate
 from planner.baselines import batch_grid
-from planner.costmodel import TOKEN_ID_BYTES, CostModel, PhaseCost, is_better, op_time_s
+from planner.costmodel import TOKEN_ID_BYTES, CostModel, is_better, op_time_s
 from planner.instance import Instance
 from planner.plan import Pipeline, Plan, Stage
 from planner.validator import validate
@@ -160,13 +160,10 @@ class ChainTerms:
 def _transfer(cm: CostModel, a: str, b: str, bytes_prefill: float, bytes_decode: float, w_busy: float,
               w_lat: float) -> tuple[float, float]:
     """(busy of the busiest link per request, latency per request) of sending ``a -> b`` once in
-    prefill and ``o - 1`` times in decode, from :meth:`CostModel.transfer`."""
-    pre, dec = PhaseCost(), PhaseCost()
-    lat_pre = cm.transfer(pre, a, b, bytes_prefill)
-    lat_dec = cm.transfer(dec, a, b, bytes_decode)
-    links = set(pre.busy_s) | set(dec.busy_s)
-    busy = max((pre.busy_s.get(k, 0.0) + w_busy * dec.busy_s.get(k, 0.0) for k in links), default=0.0)
-    return busy, lat_pre + w_lat * lat_dec
+    prefill and ``o - 1`` times in decode (the terms of :meth:`CostModel.transfer`)."""
+    one_way, inv_sum, inv_max = cm.route_terms(a, b)
+    busy = (bytes_prefill + w_busy * bytes_decode) * inv_max
+    return busy, (1.0 + w_lat) * one_way + (bytes_prefill + w_lat * bytes_decode) * inv_sum
 
 
 def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches: int) -> ChainTerms:
@@ -181,7 +178,12 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
     lm = m.lm_head_params
     pre = np.zeros((D, L))
     dec = np.zeros((D, L))
+    done: dict[str, int] = {}  # devices of the same hardware have the same rows
     for i, name in enumerate(path):
+        twin = done.setdefault(cm.hardware_of(name), i)
+        if twin != i:
+            pre[i], dec[i] = pre[twin], dec[twin]
+            continue
         dev = cm.devices[name]
         ne, ex = cm._layer_times(name, cm.prompt, cm.prompt / 2.0, True)
         pre[i] = ne + ex
@@ -244,11 +246,10 @@ def chain_problem(terms: ChainTerms, objective: str) -> ChainPartition:
     X = np.concatenate([np.zeros((D, 1)), np.cumsum(terms.decode_extra, axis=1)], axis=1)  # [D, L + 1]
     # Least offsets h with: entry + h >= 0 and cut + X_d[k] - X_e[k] - h_d + h_e >= 0 (d < e, 0 < k < L).
     h = -terms.entry_latency.copy()
-    for e in range(D):
-        for d in range(e):
-            if L > 1:
-                need = float(np.max(X[e, 1:L] - X[d, 1:L])) - terms.cut_latency[d, e]
-                h[e] = max(h[e], h[d] + need)
+    if L > 1:
+        for e in range(1, D):
+            need = np.max(X[e, 1:L][None, :] - X[:e, 1:L], axis=1) - terms.cut_latency[:e, e]
+            h[e] = max(h[e], float(np.max(h[:e] + need)))
     cut_lat[:, :, : L - 1] += (X[:, None, 1:L] - X[None, :, 1:L]) - h[:, None, None] + h[None, :, None]
     entry_lat = terms.entry_latency + h
     exit_lat = terms.exit_latency + X[:, L] - h

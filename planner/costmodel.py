@@ -33,8 +33,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
 
 from planner.device import Device
 from planner.instance import Instance
@@ -43,10 +44,18 @@ from planner.plan import Pipeline, Plan
 TOKEN_ID_BYTES = 4.0
 # Route choice weight: one-way latency + the time of a 1 MB message (a typical cut payload).
 _ROUTE_REFERENCE_BYTES = 1e6
+_PASS_CACHE_SIZE = 4096  # passes remembered by _pass_cached before the cache starts over
+_ALL_PAIRS_MAX = 512  # fleets up to this size get every route in one shortest-path call
 
 
 def op_time_s(device: Device, flops, nbytes, dtype_bytes: float):
     """Vectorised roofline time (s) of operations of ``flops`` FLOPs moving ``nbytes`` bytes."""
+    if isinstance(flops, (float, int)) and isinstance(nbytes, (float, int)):
+        # One operation: the same formula without numpy's per-call overhead (a pass prices dozens).
+        f, n = float(flops), float(nbytes)
+        tc = f / device.effective_flops_per_s(max(f, 1.0), dtype_bytes) if f > 0 else 0.0
+        tm = n / device.effective_bytes_per_s(max(n, 1.0)) if n > 0 else 0.0
+        return np.float64(max(tc, tm))
     flops = np.asarray(flops, dtype=float)
     nbytes = np.asarray(nbytes, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -64,6 +73,36 @@ class PhaseCost:
 
     def add_busy(self, key, seconds: float) -> None:
         self.busy_s[key] = self.busy_s.get(key, 0.0) + float(seconds)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One resource held during a pass: ``key`` is a device name or a link ``(a, b)`` (names sorted,
+    as in :attr:`PhaseCost.busy_s`), busy for ``hold_s`` seconds; ``delay_s`` seconds of propagation
+    (a link hop's one-way latency, RTT/2) follow before the next step can start. ``nbytes``: bytes a
+    link step sends (``hold_s = nbytes / bandwidth``; 0 for devices)."""
+
+    key: str | tuple[str, str]
+    hold_s: float
+    delay_s: float = 0.0
+    nbytes: float = 0.0
+
+    @property
+    def latency_s(self) -> float:
+        return self.hold_s + self.delay_s
+
+
+@dataclass(frozen=True)
+class Fork:
+    """Branches that run in parallel: the routed experts of one layer, the home device's share in the
+    first branch and, per remote device, the route there, the device and the route back. The fork
+    ends when its slowest branch does."""
+
+    branches: tuple[tuple[Step, ...], ...]
+
+    @property
+    def latency_s(self) -> float:
+        return max(sum(s.latency_s for s in branch) for branch in self.branches)
 
 
 @dataclass
@@ -158,8 +197,29 @@ class CostModel:
         for layer, k in self.moe_index.items():
             self.Q[layer] = self.q[k]
         self.graph = instance.graph()
+        # Shortest routes by weight per link: one-way latency + the time of a 1 MB message.
+        self._names = [d.name for d in instance.devices]
+        self._node = {n: i for i, n in enumerate(self._names)}
+        rows, cols, weights = [], [], []
+        for link in instance.links:
+            if link.a in self._node and link.b in self._node:
+                rows.append(self._node[link.a])
+                cols.append(self._node[link.b])
+                weights.append(link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s)
+        n = len(self._names)
+        self._weights = csr_matrix((weights, (rows, cols)), shape=(n, n))
+        self._predecessors: dict[int, list[int]] = {}  # per source: predecessor of each node (-9999: none)
         self._routes: dict = {}
+        self._route_terms: dict = {}
         self._cache: dict = {}
+        self._passes: dict = {}
+        self._experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])
+        # Devices with the same hardware share their per-layer time tables (a fleet of 16 H100 is one).
+        self._hw = {}
+        for name, dev in self.devices.items():
+            sig = (dev.kind, dev.memory_bandwidth_bytes_per_s, tuple(sorted(dev.peak_flops_per_s.items())),
+                   dev.compute_efficiency, dev.bandwidth_efficiency, id(dev.profile))
+            self._hw[name] = self._hw.setdefault(sig, name)
 
     # ----- network ----------------------------------------------------------------------------
     def route(self, a: str, b: str) -> list:
@@ -167,45 +227,106 @@ class CostModel:
         if a == b:
             return []
         key = (a, b)
-        if key not in self._routes:
-            def weight(u, v, data):
-                link = data["link"]
-                return link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s
-
-            try:
-                nodes = nx.dijkstra_path(self.graph, a, b, weight=weight)
-            except (nx.NetworkXNoPath, nx.NodeNotFound):
-                self._routes[key] = None
-            else:
-                self._routes[key] = [(u, v, self.graph.edges[u, v]["link"]) for u, v in zip(nodes, nodes[1:])]
-        route = self._routes[key]
+        route = self._routes.get(key)
         if route is None:
-            raise ValueError(f"no route from {a!r} to {b!r}")
+            i, j = self._node.get(a), self._node.get(b)
+            if i is None or j is None:
+                raise ValueError(f"no route from {a!r} to {b!r}")
+            pred = self._predecessors.get(i)
+            if pred is None:
+                # Small fleets: every source in one call (scipy's per-call overhead dominates).
+                sources = list(range(len(self._names))) if len(self._names) <= _ALL_PAIRS_MAX else [i]
+                _, preds = dijkstra(self._weights, directed=False, indices=sources, return_predecessors=True)
+                for src, row in zip(sources, preds.tolist()):
+                    self._predecessors[src] = row
+                pred = self._predecessors[i]
+            if pred[j] < 0:
+                raise ValueError(f"no route from {a!r} to {b!r}")
+            nodes = [j]
+            while nodes[-1] != i:
+                nodes.append(pred[nodes[-1]])
+            names = [self._names[k] for k in reversed(nodes)]
+            route = self._routes[key] = [(u, v, self.graph.edges[u, v]["link"]) for u, v in zip(names, names[1:])]
         return route
 
-    def transfer(self, cost: PhaseCost | None, a: str, b: str, nbytes: float) -> float:
-        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``; adds link busy time to ``cost``."""
+    def hardware_of(self, device: str) -> str:
+        """The first device of the instance with the same hardware as ``device`` (same time tables)."""
+        return self._hw[device]
+
+    def route_terms(self, a: str, b: str) -> tuple[float, float, float]:
+        """(sum of one-way latencies s, sum of 1 / bandwidth s/byte, largest 1 / bandwidth s/byte) over
+        the route from ``a`` to ``b``: sending ``n`` bytes takes ``one_way + n * sum`` and keeps the
+        busiest link ``n * max`` busy (zeros for ``a == b``). Cached."""
+        key = (a, b)
+        hit = self._route_terms.get(key)
+        if hit is None:
+            hops = self.route(a, b)
+            inv = [1.0 / link.bandwidth_bytes_per_s for _, _, link in hops]
+            hit = self._route_terms[key] = (sum(link.one_way_s for _, _, link in hops), sum(inv), max(inv, default=0.0))
+        return hit
+
+    def _hops(self, a: str, b: str, nbytes: float) -> tuple[float, list[Step]]:
+        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``, and one :class:`Step` per link hop."""
         latency = 0.0
+        steps = []
         for u, v, link in self.route(a, b):
             t = nbytes / link.bandwidth_bytes_per_s
             latency += link.one_way_s + t
-            if cost is not None:
-                cost.add_busy((min(u, v), max(u, v)), t)
+            steps.append(Step((min(u, v), max(u, v)), t, link.one_way_s, nbytes))
+        return latency, steps
+
+    def transfer(self, cost: PhaseCost | None, a: str, b: str, nbytes: float) -> float:
+        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``; adds link busy time to ``cost``."""
+        latency, steps = self._hops(a, b, nbytes)
+        if cost is not None:
+            for s in steps:
+                cost.add_busy(s.key, s.hold_s)
         return latency
 
     # ----- one pass ---------------------------------------------------------------------------
     def _pass(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> PhaseCost:
         """One pass of ``tokens`` tokens (micro-batch in decode, prompt in prefill) through ``pipe``."""
+        cost = PhaseCost()
+        terms, items = self._walk(pipe, tokens, context, prefill)
+        for t in terms:
+            cost.latency_s += t
+        for item in items:
+            for s in ((item,) if isinstance(item, Step) else (s for branch in item.branches for s in branch)):
+                cost.add_busy(s.key, s.hold_s)
+        return cost
+
+    def pass_steps(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> list[Step | Fork]:
+        """The steps of one pass of :meth:`_pass`, in order: what a discrete-event simulator replays.
+
+        Their latencies (a :class:`Fork` counts its slowest branch) add up to the pass's latency and
+        their holds per key to its busy times, up to float rounding. The list has the same shape (keys,
+        forks, branches) for every ``tokens`` and ``context`` of one pipeline; only the times change.
+        Within a stage the work of layers whose experts all stay home comes first as one step, then
+        each layer with placed experts (its non-expert block, then a :class:`Fork`), then the embedding
+        and LM head; a codec's encoder precedes the cut's hops and its decoder follows them.
+        """
+        return self._walk(pipe, tokens, context, prefill)[1]
+
+    def _walk(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> tuple[list[float], list]:
+        """(latency terms in the order the pass adds them, the pass's steps): one walk for both, so
+        that :meth:`_pass` and :meth:`pass_steps` cannot drift apart."""
         m, db = self.model, self.db
         hb = m.hidden_bytes_per_token
-        cost = PhaseCost()
+        terms: list[float] = []
+        items: list[Step | Fork] = []
         origin = self.instance.workload.origin
         placement: dict[int, list] = {}
         for e in pipe.expert_placement:
             placement.setdefault(e.layer, []).append(e)
         stages = pipe.stages
+
+        def hops(a: str, b: str, nbytes: float) -> None:
+            latency, steps = self._hops(a, b, nbytes)
+            terms.append(latency)
+            items.extend(steps)
+
         # Token ids reach the first stage.
-        cost.latency_s += self.transfer(cost, origin, stages[0].device, tokens * TOKEN_ID_BYTES)
+        hops(origin, stages[0].device, tokens * TOKEN_ID_BYTES)
         for si, stage in enumerate(stages):
             dev = self.devices[stage.device]
             ne, ex = self._layer_times(stage.device, tokens, context, prefill)
@@ -213,41 +334,46 @@ class CostModel:
             moved = [layer for layer in placement if a <= layer < b]
             # Layers whose experts all stay home: sums over the slice.
             t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved))
-            cost.add_busy(stage.device, t_home - sum(ne[layer] for layer in moved))
-            cost.latency_s += t_home - sum(ne[layer] for layer in moved)
+            t_rest = t_home - sum(ne[layer] for layer in moved)
+            items.append(Step(stage.device, t_rest))
+            terms.append(t_rest)
             for layer in moved:
-                cost.add_busy(stage.device, ne[layer])
-                cost.latency_s += ne[layer] + self._experts(cost, placement[layer], layer, stage.device, tokens)
+                critical, fork = self._experts(placement[layer], layer, stage.device, tokens)
+                items.extend((Step(stage.device, ne[layer]), fork))
+                terms.append(ne[layer] + critical)
             if stage.first_layer == 0:
                 t = float(op_time_s(dev, 0.0, tokens * hb, db))
-                cost.add_busy(stage.device, t)
-                cost.latency_s += t
+                items.append(Step(stage.device, t))
+                terms.append(t)
             if stage.end_layer == m.num_layers:
                 lm_tokens = 1.0 if prefill else tokens
                 t = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * db, db))
-                cost.add_busy(stage.device, t)
-                cost.latency_s += t
+                items.append(Step(stage.device, t))
+                terms.append(t)
             if si + 1 < len(stages):
                 nxt = stages[si + 1].device
                 rank = pipe.codec_ranks[si] if si < len(pipe.codec_ranks) else None
                 per_token = hb if rank is None else rank * db
+                decoder = None
                 if rank is not None:
                     codec_flops = tokens * 2.0 * m.hidden_size * rank
                     t_enc = float(op_time_s(dev, codec_flops, m.hidden_size * rank * db, db))
                     t_dec = float(op_time_s(self.devices[nxt], codec_flops, m.hidden_size * rank * db, db))
-                    cost.add_busy(stage.device, t_enc)
-                    cost.add_busy(nxt, t_dec)
-                    cost.latency_s += t_enc + t_dec
-                cost.latency_s += self.transfer(cost, stage.device, nxt, tokens * per_token)
+                    items.append(Step(stage.device, t_enc))
+                    decoder = Step(nxt, t_dec)
+                    terms.append(t_enc + t_dec)
+                hops(stage.device, nxt, tokens * per_token)
+                if decoder is not None:
+                    items.append(decoder)
         # The sampled token goes back to the origin.
         out_tokens = 1.0 if prefill else tokens
-        cost.latency_s += self.transfer(cost, stages[-1].device, origin, out_tokens * TOKEN_ID_BYTES)
-        return cost
+        hops(stages[-1].device, origin, out_tokens * TOKEN_ID_BYTES)
+        return terms, items
 
     def _layer_times(self, device: str, tokens: float, context: float, prefill: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer times (s) on ``device`` for ``tokens`` tokens: the non-expert block of every layer,
         and all routed experts of every layer kept on that device (zero for dense layers). Cached."""
-        key = (device, tokens, context, prefill)
+        key = (self._hw[device], tokens, context, prefill)
         hit = self._cache.get(key)
         if hit is None:
             m, dev = self.model, self.devices[device]
@@ -261,7 +387,7 @@ class CostModel:
 
     def _expert_matrix(self, device: str, tokens: float) -> np.ndarray:
         """Time (s) of every routed expert [L, E] on ``device`` serving its whole share of ``tokens`` tokens (cached)."""
-        key = ("experts", device, tokens)
+        key = ("experts", self._hw[device], tokens)
         hit = self._cache.get(key)
         if hit is None:
             touched = 1.0 - np.power(1.0 - np.clip(self.Q, 0.0, 1.0), tokens)
@@ -269,9 +395,10 @@ class CostModel:
                                                touched * self.expert_bytes, self.db)
         return hit
 
-    def _experts(self, cost: PhaseCost, entries: list, layer: int, home: str, tokens: float) -> float:
+    def _experts(self, entries: list, layer: int, home: str, tokens: float) -> tuple[float, Fork]:
         """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
-        experts off ``home``; records busy time of devices and links."""
+        experts off ``home``, and their steps: the home device's share, and per remote device the
+        hidden states' round trip around its share."""
         m = self.model
         q = self.q[self.moe_index[layer]]
         # Share of each expert's selection probability each device serves (the home keeps the rest).
@@ -282,6 +409,7 @@ class CostModel:
                 per_device_share.setdefault(d, np.zeros(m.num_experts))[entry.expert] += s
         local, remote = 0.0, 0.0
         hb = m.hidden_bytes_per_token
+        branches = []
         for d, share in per_device_share.items():
             whole = (share == 0.0) | (share == 1.0)
             if whole.all():
@@ -292,15 +420,16 @@ class CostModel:
                 touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
                 t = float(np.sum(op_time_s(self.devices[d], prob * tokens * self.expert_flops_per_token,
                                            touched * self.expert_bytes, self.db)))
-            cost.add_busy(d, t)
             if d == home:
                 local = t
+                branches.append((Step(d, t),))
             else:
                 sent = float((q * share).sum()) * tokens * hb
-                there = self.transfer(cost, home, d, sent)
-                back = self.transfer(cost, d, home, sent)
+                there, to = self._hops(home, d, sent)
+                back, fro = self._hops(d, home, sent)
                 remote = max(remote, there + t + back)
-        return max(local, remote)
+                branches.append((*to, Step(d, t), *fro))
+        return max(local, remote), Fork(tuple(branches))
 
     # ----- memory -----------------------------------------------------------------------------
     def memory_bytes(self, plan: Plan) -> dict[str, float]:
@@ -313,7 +442,7 @@ class CostModel:
 
         ctx = self.prompt + self.output
         workspace = self.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size, m.shared_expert_intermediate_size))
-        experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])
+        experts_per_layer = self._experts_per_layer
         for pipe in plan.pipelines:
             seqs = pipe.micro_batch_size * pipe.num_micro_batches
             for si, stage in enumerate(pipe.stages):
@@ -337,11 +466,23 @@ class CostModel:
         return mem
 
     # ----- whole plan -------------------------------------------------------------------------
+    def _pass_cached(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> PhaseCost:
+        """:meth:`_pass`, remembered per structure (stages, codec ranks, expert placement) and tokens:
+        plans that differ only in batching share their prefill pass and, per micro-batch size, their
+        decode pass (a batching sweep of 9 points runs 6 passes, not 18). Do not modify the result."""
+        key = (pipe.stages, pipe.codec_ranks, pipe.expert_placement, tokens, context, prefill)
+        hit = self._passes.get(key)
+        if hit is None:
+            if len(self._passes) >= _PASS_CACHE_SIZE:
+                self._passes.clear()
+            hit = self._passes[key] = self._pass(pipe, tokens, context, prefill)
+        return hit
+
     def pipeline_metrics(self, pipe: Pipeline) -> PipelineMetrics:
         b = float(pipe.micro_batch_size)
         concurrency = b * pipe.num_micro_batches
-        decode = self._pass(pipe, b, self.decode_context, prefill=False)
-        prefill = self._pass(pipe, self.prompt, self.prompt / 2.0, prefill=True)
+        decode = self._pass_cached(pipe, b, self.decode_context, prefill=False)
+        prefill = self._pass_cached(pipe, self.prompt, self.prompt / 2.0, prefill=True)
         tpot, ttft = decode.latency_s, prefill.latency_s
         latency = ttft + (self.output - 1.0) * tpot
         step_busy = max(decode.busy_s.values())

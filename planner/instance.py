@@ -8,6 +8,7 @@ the table and the field. Paths inside an instance are relative to the instance f
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import networkx as nx
@@ -94,9 +95,14 @@ class Instance:
     def device(self, name: str) -> Device:
         return self.device_index[name]
 
-    @property
+    @cached_property
     def device_index(self) -> dict[str, Device]:
         return {d.name: d for d in self.devices}
+
+    @cached_property
+    def component_of(self) -> dict[str, int]:
+        """Connected component (an index) of each device in the network."""
+        return {node: k for k, nodes in enumerate(nx.connected_components(self.graph())) for node in nodes}
 
     def graph(self) -> nx.Graph:
         g = nx.Graph()

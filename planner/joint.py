@@ -55,18 +55,13 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
     for l in m.moe_layers:
         exists[l] = True
         Q[l] = cm.q[cm.moe_index[l]]
-    score = m.attention_score_flops_per_token(1.0)  # linear in the context
     ne_lat = np.zeros((2, L, P))
     item_lat = np.zeros((2, L, E, P))
     for ph, (tokens, ctx, prefill, _) in enumerate(phases):
-        kv = m.kv_bytes_per_token_per_layer * tokens * (1.0 if prefill else ctx)
-        ne_flops = tokens * (cm.nonexpert_flops_per_token + score * ctx)
-        touched = 1.0 - np.power(1.0 - np.clip(Q, 0.0, 1.0), tokens)
         for side in (NEAR, FAR):
-            dev = cm.devices[devs[side]]
-            ne_lat[side, :, ph] = op_time_s(dev, ne_flops, cm.nonexpert_bytes + kv, cm.db)
-            item_lat[side, :, :, ph] = np.where(exists, op_time_s(dev, Q * tokens * cm.expert_flops_per_token,
-                                                                  touched * cm.expert_bytes, cm.db), 0.0)
+            # The cost model's own (cached) tables: the non-expert block of each layer, each expert.
+            ne_lat[side, :, ph] = cm._layer_times(devs[side], tokens, ctx, prefill)[0]
+            item_lat[side, :, :, ph] = cm._expert_matrix(devs[side], tokens)
     sent = Q[:, :, None] * np.array([ph[0] for ph in phases])[None, None, :] * hb  # [L, E, P] bytes each way
     item_link_lat = 2.0 * sent * inv_bw.sum()
     item_link_busy = 2.0 * inv_bw[:, None, None] * np.einsum("lep,p->le", sent, busy_w)[None]
@@ -333,12 +328,22 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
                 value = evaluate(p, sol).objective(p.objective)
                 if best is None or value < best[0]:
                     best = (value, plan_from_solution(instance, origin, far, b, mb, sol, solver_name), (far, b, mb))
+    elapsed = time.perf_counter() - t0
+    version = ", ".join(sorted(v for v in versions if v))
     if initial_solution is not None:
         warm_value = cm.evaluate(initial_solution).objective(instance.objective)
         if best is None or (warm_value > instance_value(instance, best[0]) if sense == "max" else warm_value < instance_value(instance, best[0])):
+            if warm is None:
+                # A plan outside the two-tier space (e.g. route-aware's pipeline over several devices)
+                # beats the space's optimum: return it, without claiming a bound for the instance.
+                space = ("the two-tier space has no feasible plan" if best is None else
+                         f"the two-tier space's best is {instance_value(instance, best[0]):.6g}"
+                         + (" (proven optimal)" if all_optimal else ""))
+                return Result(Status.FEASIBLE, solver_name, objective=warm_value, bound=math.nan, sense=sense,
+                              solve_time_s=elapsed, solution=initial_solution, solver_version=version,
+                              message=f"returned the warm start, a plan outside the two-tier space: {space}",
+                              stop_reason="the warm start beats the two-tier space")
             best = (None, initial_solution, None)
-    elapsed = time.perf_counter() - t0
-    version = ", ".join(sorted(v for v in versions if v))
     if best is None:
         status = Status.TIME_LIMIT if timed_out else Status.INFEASIBLE
         if timed_out:

@@ -1,10 +1,17 @@
-"""Route-aware pipeline scheduling (the EC2MoE scheduler), a fast heuristic on the joint space.
+"""Route-aware pipeline scheduling (the EC2MoE scheduler), a fast heuristic.
 
-Space: the same as :mod:`planner.joint` (the origin keeps a prefix of layers and a choice of local
-experts; one partner runs the rest; one codec option at the cut; batching from the shared grid), so
-``moeplan compare`` measures the heuristic's gap against the exact optimum directly.
+Two spaces, and the better plan of the two:
 
-Algorithm, for each candidate partner (one per distinct card and route, best routes first):
+* the joint end-cloud space of :mod:`planner.joint` (the origin keeps a prefix of layers and a
+  choice of local experts; one partner runs the rest; one codec option at the cut), so ``moeplan
+  compare`` measures the heuristic's gap against ``milp``'s exact optimum directly (Steps 1-4);
+* pipelines over several devices (Step 5): the cut(s) and stage-to-device mapping along the path
+  of :func:`planner.chain_plan.default_path` (origin, then end, edge, cloud devices, memory
+  descending), experts at home, a codec rank at the origin's cut. This is the space of ``dp`` plus
+  the codec; it is what holds a model that no pair of devices can (DeepSeek-V3 on 40 devices).
+
+Steps 1-3 run for each candidate partner (one per distinct card and route, best routes first;
+partners whose memory together with the origin's cannot hold the weights are skipped):
 
 * Step 1, every cut and codec at once: with every expert of the origin's layers kept local, the
   latency, busy time and memory of each side are prefix / suffix sums over layers, so all ``L + 1``
@@ -16,14 +23,22 @@ Algorithm, for each candidate partner (one per distinct card and route, best rou
   one layer, other codec options, the four most popular away experts brought back, the four least
   popular local ones sent away) with the vectorised exact evaluator, take the best, repeat until
   no move improves or the move cap is reached.
-* Step 4: tune micro-batching on the best structure with the cost model.
+* Step 4: tune micro-batching on the best structure (the two-tier equations score offloaded
+  structures, the cost model the others).
+* Step 5 (more than two devices, or no pair fits): per batching, a min-max DP over the path (the
+  least bottleneck busy time, :func:`solvers.dp.best_stages`); while the latency loop binds
+  (``R / (b m)`` above the bottleneck), the least-latency DP under the cap ``R / (b m)``, which
+  lowers the request period each round; then every codec rank at the origin's cut, scored with the
+  cost model; first at ``(max_batch / 2) x 2``, then with as many micro-batches as stages.
+  Step 4 runs on the better of the two structures (on both when they are within 10 %).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; ``time_budget_s`` (default 1 s) is only a safety net, and ``stop_reason``
 says when it was hit (then the plan may depend on the machine's speed).
 
-Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored exactly, vectorised),
-and O(moves x L E) for Step 3. No randomness; ``seed`` is accepted for the common signature.
+Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored
+exactly, vectorised), O(moves x L E) for Step 3; Step 5: O(L^2 D + L D^2) per DP, a few DPs per
+batching (``D`` devices on the path). No randomness; ``seed`` is accepted for the common signature.
 """
 
 from __future__ import annotations
@@ -34,11 +49,17 @@ import time
 import numpy as np
 
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
+from dataclasses import replace
+
+from models.chain import evaluate as chain_evaluate
 from planner.baselines import batch_grid, partner_candidates
+from planner.chain_plan import chain_problem, chain_terms, default_path, plan_from_stages
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
-from planner.joint import plan_from_solution, two_tier_problem
+from planner.joint import instance_value, plan_from_solution, two_tier_problem
+from planner.plan import Plan
 from planner.validator import evaluate_checked
+from solvers import dp
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -176,6 +197,9 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
     return s, v, False
 
 
+_LOOP_ROUNDS = 4  # Step 5: latency-loop rounds per batching
+
+
 def _partners(instance: Instance, cm: CostModel) -> list[str]:
     """Partner candidates, the strongest routes first (widest bottleneck, then shortest RTT, then memory)."""
     ranked = sorted(partner_candidates(instance, cm),
@@ -208,6 +232,123 @@ def _search(p: TwoTierProblem, deadline: float, max_evaluations: int) -> tuple[f
     return v, s, hit
 
 
+def _pipeline_stages(instance: Instance, cm: CostModel, path: list[str], b: int, m: int):
+    """Step 5 on one batching: (terms, chain stages) of a pipeline over ``path`` with every expert
+    at home and no codec, or None. Throughput: the least bottleneck (one min-max DP), then, while
+    the latency loop binds (``R / (b m)`` above the bottleneck), the least latency under the cap
+    ``R / (b m)`` (a shorter pipeline with busier stages); each round lowers ``max(B, R / (b m))``."""
+    terms = chain_terms(cm, path, b, m)
+    if instance.objective == "latency":
+        return terms, dp.best_stages(chain_problem(terms, "latency"), "latency")
+    problem = chain_problem(terms, "throughput")
+    # Any least-bottleneck solution first; the least-latency one among them only when latency matters.
+    stages = dp.best_stages(problem, "bottleneck", tie_break=False)
+    if stages is None:
+        return None
+    conc = terms.concurrency
+    bn, lat = chain_evaluate(problem, stages)
+    slo = instance.constraints.latency_slo_s
+    if lat / conc > bn or (slo is not None and lat > slo):
+        stages = dp.best_stages(problem, "latency", bn)
+        bn, lat = chain_evaluate(problem, stages)
+    for _ in range(_LOOP_ROUNDS):
+        if lat / conc <= bn:
+            break
+        other = dp.best_stages(problem, "latency", lat / conc)
+        if other is None:
+            break
+        bn2, lat2 = chain_evaluate(problem, other)
+        if max(bn2, lat2 / conc) >= max(bn, lat / conc) * (1 - 1e-12):
+            break
+        stages, bn, lat = other, bn2, lat2
+    return terms, stages
+
+
+def _with_codecs(instance: Instance, plan: Plan) -> list[Plan]:
+    """``plan`` and, when the origin runs the first stage, each allowed codec rank at its cut."""
+    pipe = plan.pipelines[0]
+    if len(pipe.stages) < 2 or pipe.stages[0].device != instance.workload.origin:
+        return [plan]
+    rest = (None,) * (len(pipe.stages) - 2)
+    return [plan] + [replace(plan, pipelines=(replace(pipe, codec_ranks=(r, *rest)),))
+                     for r in instance.constraints.codec.ranks]
+
+
+def _pipeline_candidate(instance: Instance, cm: CostModel, batchings: list[tuple[int, int]]):
+    """Step 5: the best (objective, plan) over pipelines of several devices, or None."""
+    if instance.objective == "energy":
+        return None
+    path = default_path(instance)
+    best = None
+    tried = set()
+    queue = list(batchings)
+    while queue:
+        b, m = queue.pop(0)
+        if (b, m) in tried:
+            continue
+        tried.add((b, m))
+        found = _pipeline_stages(instance, cm, path, b, m)
+        if found is None or found[1] is None:
+            continue
+        terms, stages = found
+        plan = plan_from_stages(instance, terms, stages, "route-aware")
+        for cand in _with_codecs(instance, plan):
+            ev, broken = evaluate_checked(instance, cand, cm)
+            if broken:
+                continue
+            obj = ev.objective(instance.objective)
+            if best is None or is_better(instance.objective, obj, best[0]):
+                best = (obj, cand)
+        S = len(stages)
+        if S > 2:  # as many micro-batches as stages keeps a deep pipeline busy
+            queue.append((max(1, instance.workload.max_batch // S), S))
+    return best
+
+
+def _close_or_better(kind: str, a: float, b: float, slack: float = 0.10) -> bool:
+    """Whether objective value ``a`` is better than ``b`` or within ``slack`` (relative) of it."""
+    return a >= b * (1 - slack) if kind == "throughput" else a <= b * (1 + slack)
+
+
+def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
+    """Step 4 for a fixed structure: the best valid (objective, plan) over the batching grid and the
+    plan's own batching, or None."""
+    pipe = plan.pipelines[0]
+    best = None
+    grid = batch_grid(instance.workload.max_batch, len(pipe.stages))
+    own = (pipe.micro_batch_size, pipe.num_micro_batches)
+    for b, m in ([own] if own not in grid else []) + grid:
+        cand = replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=m),))
+        ev, broken = evaluate_checked(instance, cand, cm)
+        if broken:
+            continue
+        obj = ev.objective(instance.objective)
+        if best is None or is_better(instance.objective, obj, best[0]):
+            best = (obj, cand)
+    return best
+
+
+def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int):
+    """Step 4 for the two-tier structure ``best`` = (value, partner, batching, solution)."""
+    origin = instance.workload.origin
+    _, far, _, s = best
+    plan = plan_from_solution(instance, origin, far, b0, m0, s, "route-aware")
+    if not plan.pipelines[0].expert_placement:
+        return _tune_batching(instance, cm, plan)
+    # With experts away from their layer's stage the two-tier equations (equal to the cost model,
+    # vectorised) are the cheaper scorer.
+    best_batch, best_value = None, math.inf
+    for b, m in batch_grid(instance.workload.max_batch, 2):
+        value = _value(two_tier_problem(cm, origin, far, b, m), s)
+        if value < best_value:
+            best_batch, best_value = (b, m), value
+    if best_batch is None:
+        return None
+    plan = plan_from_solution(instance, origin, far, *best_batch, s, "route-aware")
+    ev, broken = evaluate_checked(instance, plan, cm)
+    return None if broken else (ev.objective(instance.objective), plan)
+
+
 @register("route-aware", kind="heuristic", problem="instance")
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
                 time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, **_) -> Result:
@@ -224,7 +365,11 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     budget_hit = False
     # Structures are searched at full concurrency, as one batch or two micro-batches; Step 4 tunes.
     batchings = sorted({(B, 1), (b0, m0)}, reverse=True)
+    weights = instance.model.total_params * instance.model.dtype_bytes
+    here = instance.device(origin).memory_bytes
     for far in _partners(instance, cm)[:max_partners]:
+        if here + instance.device(far).memory_bytes < weights:
+            continue  # the pair cannot hold the weights: no cut can fit
         for b, m in batchings:
             p = two_tier_problem(cm, origin, far, b, m)
             found = _search(p, deadline, max_evaluations)
@@ -232,36 +377,23 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
             if found is not None and (best is None or found[0] < best[0]):
                 best = (found[0], far, (b, m), found[1])
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
-    if best is None:
+    # Step 5: pipelines over several devices, when there are more than two.
+    piped = _pipeline_candidate(instance, cm, [(b0, m0)]) if len(instance.devices) > 2 or best is None else None
+    # Step 4 (batching) for the better structure, and for both when they are within 10 %.
+    two_tier_value = instance_value(instance, best[0]) if best is not None else None
+    tune_pipe = piped is not None and (two_tier_value is None or _close_or_better(instance.objective, piped[0], two_tier_value))
+    tune_two_tier = best is not None and (piped is None or _close_or_better(instance.objective, two_tier_value, piped[0]))
+    chosen = _two_tier_batching(instance, cm, best, b0, m0) if tune_two_tier else None
+    if tune_pipe:
+        found = _tune_batching(instance, cm, piped[1])
+        if found is not None and (chosen is None or is_better(instance.objective, found[0], chosen[0])):
+            chosen = found
+    if chosen is None:
         return Result(Status.INFEASIBLE, "route-aware", sense=sense, solve_time_s=elapsed(),
-                      message="infeasible: no cut between the origin and one partner fits memory, SLOs and the accuracy budget",
+                      message="infeasible: no cut between the origin and one partner, and no pipeline over the "
+                              "fleet, fits memory, SLOs and the accuracy budget",
                       stop_reason="no candidate")
-    _, far, _, s = best
-    # Step 4: batching on the chosen structure. With experts away from their layer's stage the
-    # two-tier equations (equal to the cost model, vectorised) are the cheaper scorer; without, the
-    # cost model's cached per-layer sums are.
-    offloaded = bool(plan_from_solution(instance, origin, far, b0, m0, s, "route-aware").pipelines[0].expert_placement)
-    best_plan, best_obj = None, None
-    if offloaded:
-        best_batch, best_value = None, math.inf
-        for b, m in batch_grid(B, 2):
-            value = _value(two_tier_problem(cm, origin, far, b, m), s)
-            if value < best_value:
-                best_batch, best_value = (b, m), value
-        grid = [best_batch] if best_batch is not None else []
-    else:
-        grid = batch_grid(B, 2)
-    for b, m in grid:
-        plan = plan_from_solution(instance, origin, far, b, m, s, "route-aware")
-        ev, violations = evaluate_checked(instance, plan, cm)
-        if violations:
-            continue
-        obj = ev.objective(instance.objective)
-        if best_plan is None or is_better(instance.objective, obj, best_obj):
-            best_plan, best_obj = plan, obj
-    if best_plan is None:
-        return Result(Status.INFEASIBLE, "route-aware", sense=sense, solve_time_s=elapsed(),
-                      message="infeasible: the chosen structure breaks a limit at every batching", stop_reason="batching")
+    best_obj, best_plan = chosen
     return Result(Status.FEASIBLE, "route-aware", objective=best_obj, sense=sense, solve_time_s=elapsed(),
                   solution=best_plan,
                   stop_reason="time budget (the plan may depend on machine speed)" if budget_hit else "local optimum or move cap")

@@ -37,7 +37,12 @@ def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None
         # Figures are meaningless for a plan whose shape is broken.
         return out
     cm = cost_model or CostModel(instance)
-    ev = evaluation if evaluation is not None else cm.evaluate(plan)
+    return _limits(instance, evaluation if evaluation is not None else cm.evaluate(plan))
+
+
+def _limits(instance: Instance, ev: Evaluation) -> list[Violation]:
+    """Violations of memory, SLOs and the accuracy budget by a structurally valid plan's figures."""
+    out: list[Violation] = []
     for dev, used in sorted(ev.memory_bytes.items()):
         cap = instance.device(dev).memory_bytes
         if used > cap * (1 + 1e-9):
@@ -61,14 +66,13 @@ def evaluate_checked(instance: Instance, plan: Plan, cost_model: CostModel) -> t
     if shape:
         return None, shape
     ev = cost_model.evaluate(plan)
-    return ev, validate(instance, plan, cost_model, evaluation=ev)
+    return ev, _limits(instance, ev)
 
 
 def _structure(instance: Instance, plan: Plan) -> list[Violation]:
     out: list[Violation] = []
     m = instance.model
     known = instance.device_index
-    graph = instance.graph()
     used_by: dict[str, int] = {}
     if not plan.pipelines:
         return [Violation("structure", "the plan has no pipeline")]
@@ -136,10 +140,8 @@ def _structure(instance: Instance, plan: Plan) -> list[Violation]:
     if out:
         return out
     # Routes: every hop the plan uses must exist (the fleet may be connected through other devices).
-    import networkx as nx
-
     origin = instance.workload.origin
-    component = {node: k for k, nodes in enumerate(nx.connected_components(graph)) for node in nodes}
+    component = instance.component_of
     for pi, pipe in enumerate(plan.pipelines):
         hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
         for e in pipe.expert_placement:

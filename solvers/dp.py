@@ -62,20 +62,24 @@ def _forward(problem: ChainPartition, objective: str, cap: float, use_memory: bo
     from_device = np.full((L + 1, D), -1, dtype=int)
     f = np.full((L + 1, D), np.inf)
     from_item = np.full((L + 1, D), -1, dtype=int)
+    rows = np.arange(D)
+    cut_ok = forward_cut[:, :, None] & (problem.transfer_busy <= cap)                    # [p, d, l]
+    cut_vals = np.where(cut_ok, cut, np.inf)
     for k in range(1, L + 1):
         # Step 1: best stage on each d ending at k, over starts j < k.
         time = P[:, k:k + 1] - P[:, :k]                                        # [D, k]
         ok = (M[:, k:k + 1] - M[:, :k] <= capacity[:, None]) & (time <= cap)
         vals = np.where(ok, combine(arrive[:k].T, time), np.inf)
-        from_item[k] = np.argmin(vals, axis=1)
-        f[k] = vals[np.arange(D), from_item[k]]
+        best = vals.argmin(axis=1)
+        from_item[k] = best
+        f[k] = vals[rows, best]
         if k == L:
             break
         # Step 2: the cut after item k - 1 from p to d > p.
-        ok = forward_cut & (problem.transfer_busy[:, :, k - 1] <= cap)
-        vals = np.where(ok, combine(f[k][:, None], cut[:, :, k - 1]), np.inf)  # [p, d]
-        from_device[k] = np.argmin(vals, axis=0)
-        arrive[k] = vals[from_device[k], np.arange(D)]
+        vals = combine(f[k][:, None], cut_vals[:, :, k - 1])                   # [p, d]
+        best = vals.argmin(axis=0)
+        from_device[k] = best
+        arrive[k] = vals[best, rows]
     final = np.where(problem.exit_busy <= cap, combine(f[L], exit_), np.inf)
     last = int(np.argmin(final))
     value = float(final[last])
@@ -93,15 +97,19 @@ def _backtrack(t: _Tables) -> list[Stage]:
         k, d = j, int(t.from_device[j, d])
 
 
-def best_stages(problem: ChainPartition, objective: str | None = None, cap: float | None = None) -> list[Stage] | None:
+def best_stages(problem: ChainPartition, objective: str | None = None, cap: float | None = None, *,
+                tie_break: bool = True) -> list[Stage] | None:
     """An optimal solution for ``objective`` (default: the problem's) under the cap ``cap`` (default:
-    ``problem.max_bottleneck``), or None when none exists. Bottleneck ties go to the least latency."""
+    ``problem.max_bottleneck``), or None when none exists. Bottleneck ties go to the least latency
+    (one more DP) unless ``tie_break`` is False (then: any solution of least bottleneck)."""
     objective = objective or problem.objective
     cap = problem.max_bottleneck if cap is None else cap
     if objective == "bottleneck":
         t = _forward(problem, "bottleneck", cap)
         if not math.isfinite(t.value):
             return None
+        if not tie_break:
+            return _backtrack(t)
         cap = min(cap, t.value)
     t = _forward(problem, "latency", cap)
     return _backtrack(t) if math.isfinite(t.value) else None

@@ -172,9 +172,16 @@ def test_memory_infeasibility_names_the_devices_and_sizes():
                                 dict(LINE["devices"][2], memory_gb=0.015)])
     m = inst.model
     assert 0.025e9 < m.total_params * m.dtype_bytes < 0.037e9
-    res = api.solve(inst, "milp")
+    res = api.solve(inst, "milp", warm_start=None)
     assert res.status.value == "infeasible"
     assert "memory binds" in res.message and "GB" in res.message
+    # route-aware finds a pipeline over all three devices; milp returns it as its warm start, honestly:
+    # a feasible plan outside its space, no bound claimed.
+    ra = api.solve(inst, "route-aware")
+    assert ra.status.value == "feasible" and len(ra.solution.pipelines[0].stages) == 3
+    res = api.solve(inst, "milp")
+    assert res.status.value == "feasible" and math.isnan(res.bound)
+    assert res.objective == pytest.approx(ra.objective) and "outside the two-tier space" in res.message
 
 
 def test_export_and_progress_from_the_command_line(tmp_path, capsys):
