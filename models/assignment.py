@@ -122,8 +122,10 @@ def bin_loads(problem: ReplicatedAssignment, sol: AssignmentSolution) -> np.ndar
 def objective_value(problem: ReplicatedAssignment, sol: AssignmentSolution) -> float:
     if problem.objective == "cost":
         return float(np.sum(problem.cost * sol.replicas))
-    traffic = float(np.sum(problem.traffic * problem.load[:, :, None] * sol.shares))
-    return float(bin_loads(problem, sol).max(axis=1).sum()) + problem.traffic_weight * traffic
+    value = float(bin_loads(problem, sol).max(axis=1).sum())
+    if problem.traffic_weight > 0:
+        value += problem.traffic_weight * float(np.sum(problem.traffic * problem.load[:, :, None] * sol.shares))
+    return value
 
 
 def violations(problem: ReplicatedAssignment, sol: AssignmentSolution, tol: float = 1e-6) -> list[str]:

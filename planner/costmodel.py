@@ -31,6 +31,7 @@ Units: seconds, bytes, FLOPs, FLOP/s, bytes/s, watts, joules.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,31 @@ TOKEN_ID_BYTES = 4.0
 _ROUTE_REFERENCE_BYTES = 1e6
 _PASS_CACHE_SIZE = 4096  # passes remembered by _pass_cached before the cache starts over
 _ALL_PAIRS_MAX = 512  # fleets up to this size get every route in one shortest-path call
+# Time tables of the most recent (model, popularity, request sizes) combinations, shared by cost models.
+_TABLES: dict = {}
+_TABLES_KEPT = 8
+
+
+def _hardware_signature(dev: Device) -> tuple:
+    """What a device's operation times depend on. A device with a measured profile is its own
+    hardware (the profile object is kept in the signature, so its identity cannot be reused)."""
+    return (dev.kind, dev.memory_bandwidth_bytes_per_s, tuple(sorted(dev.peak_flops_per_s.items())),
+            dev.compute_efficiency, dev.bandwidth_efficiency, _Identity(dev.profile) if dev.profile is not None else None)
+
+
+class _Identity:
+    """Hashable by identity: keeps ``obj`` alive as long as the key that holds it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Identity) and other.obj is self.obj
 
 
 def op_time_s(device: Device, flops, nbytes, dtype_bytes: float):
@@ -211,15 +237,17 @@ class CostModel:
         self._predecessors: dict[int, list[int]] = {}  # per source: predecessor of each node (-9999: none)
         self._routes: dict = {}
         self._route_terms: dict = {}
-        self._cache: dict = {}
         self._passes: dict = {}
         self._experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])
-        # Devices with the same hardware share their per-layer time tables (a fleet of 16 H100 is one).
-        self._hw = {}
-        for name, dev in self.devices.items():
-            sig = (dev.kind, dev.memory_bandwidth_bytes_per_s, tuple(sorted(dev.peak_flops_per_s.items())),
-                   dev.compute_efficiency, dev.bandwidth_efficiency, id(dev.profile))
-            self._hw[name] = self._hw.setdefault(sig, name)
+        # Time tables per hardware signature: devices of the same hardware share them (a fleet of 16
+        # H100 is one), and so do cost models of instances with the same model, popularity and
+        # request sizes (a re-planner's changed instances), through a small module-level cache.
+        self._hw = {name: _hardware_signature(dev) for name, dev in self.devices.items()}
+        key = (m, hashlib.blake2b(self.Q.tobytes(), digest_size=16).digest(), self.Q.shape, self.prompt, self.output)
+        self._cache = _TABLES.pop(key, None) or {}
+        _TABLES[key] = self._cache
+        while len(_TABLES) > _TABLES_KEPT:
+            _TABLES.pop(next(iter(_TABLES)))
 
     # ----- network ----------------------------------------------------------------------------
     def route(self, a: str, b: str) -> list:
@@ -249,8 +277,8 @@ class CostModel:
             route = self._routes[key] = [(u, v, self.graph.edges[u, v]["link"]) for u, v in zip(names, names[1:])]
         return route
 
-    def hardware_of(self, device: str) -> str:
-        """The first device of the instance with the same hardware as ``device`` (same time tables)."""
+    def hardware_of(self, device: str) -> tuple:
+        """The hardware signature of ``device``: devices with equal signatures have equal time tables."""
         return self._hw[device]
 
     def route_terms(self, a: str, b: str) -> tuple[float, float, float]:

@@ -38,10 +38,13 @@ and are not counted (in-flight requests are assumed to drain or be re-prefilled)
 :class:`MigrationStep` from a device that still exists and holds those weights now, or from
 ``None`` (the model store) when none does.
 
-The time budget: the route-aware heuristic gets part of ``time_budget_s`` for its local search and
-the local moves get what is left; route-aware's own fixed cost (about 20 ms on Mixtral with two
-devices, more with more devices) can exceed the budget, in which case no local moves run unless
-``max_moves`` is given (then exactly ``max_moves`` moves per start, reproducibly).
+The time budget: the route-aware heuristic may use the first half of ``time_budget_s`` (it stops
+between partners and steps once it has a plan, so with a small budget it returns the first
+structure it finds, untuned) and the local moves get what is left but a tenth, kept for choosing
+and reporting. A search that cannot produce its first plan within the budget still finishes (a
+few ms on Mixtral, more on large fleets), in which case no local moves run unless ``max_moves`` is
+given (then exactly ``max_moves`` moves per start, reproducibly). With a time budget the chosen
+plan may depend on the machine's speed; ``max_moves`` and a generous budget make it reproducible.
 """
 
 from __future__ import annotations
@@ -513,7 +516,10 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
             add(name, plan)
     from planner.route_aware import route_aware
 
-    ra = route_aware(instance, seed=seed, cost_model=cm, time_budget_s=max(0.5 * time_budget_s, 1e-3))
+    # Route-aware may use the first half of the budget (it stops between partners and steps once a
+    # plan is found); the local moves get the rest but a tenth, kept for choosing and reporting.
+    ra = route_aware(instance, seed=seed, cost_model=cm,
+                     time_budget_s=max(t0 + 0.5 * time_budget_s - time.perf_counter(), 1e-4))
     if ra.solution is not None:
         add("route-aware", ra.solution)
 
@@ -527,7 +533,7 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
             return math.isinf(budget) or migration(current, plan, instance, cm, current_map=current_map)[0] <= budget
 
         for i, start in enumerate(starts):
-            left = deadline - time.perf_counter()
+            left = deadline - 0.1 * time_budget_s - time.perf_counter()
             if max_moves is None and left <= 0:
                 break
             share = None if max_moves is not None else left / (len(starts) - i)

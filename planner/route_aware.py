@@ -177,14 +177,13 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
         if k:
             away = np.argwhere(p.exists[:k] & ~s.near_items[:k])
             home = np.argwhere(p.exists[:k] & s.near_items[:k])
-            for l, e in sorted(map(tuple, away), key=lambda c: -mass[c])[:4]:
-                near = s.near_items.copy()
-                near[l, e] = True
-                cands.append(TwoTierSolution(k, near, s.option))
-            for l, e in sorted(map(tuple, home), key=lambda c: mass[c])[:4]:
-                near = s.near_items.copy()
-                near[l, e] = False
-                cands.append(TwoTierSolution(k, near, s.option))
+            # The four most popular away experts, the four least popular local ones (ties: index order).
+            for cells, sign, bring in ((away, -1.0, True), (home, 1.0, False)):
+                order = np.argsort(sign * mass[cells[:, 0], cells[:, 1]], kind="stable")[:4]
+                for l, e in cells[order]:
+                    near = s.near_items.copy()
+                    near[l, e] = bring
+                    cands.append(TwoTierSolution(k, near, s.option))
         cands = cands[: max_evaluations - evaluations]
         if not cands:
             break
@@ -274,8 +273,9 @@ def _with_codecs(instance: Instance, plan: Plan) -> list[Plan]:
                      for r in instance.constraints.codec.ranks]
 
 
-def _pipeline_candidate(instance: Instance, cm: CostModel, batchings: list[tuple[int, int]]):
-    """Step 5: the best (objective, plan) over pipelines of several devices, or None."""
+def _pipeline_candidate(instance: Instance, cm: CostModel, batchings: list[tuple[int, int]], deadline: float):
+    """Step 5: the best (objective, plan) over pipelines of several devices, or None; after
+    ``deadline`` no further batching is tried once a plan is found."""
     if instance.objective == "energy":
         return None
     path = default_path(instance)
@@ -283,6 +283,8 @@ def _pipeline_candidate(instance: Instance, cm: CostModel, batchings: list[tuple
     tried = set()
     queue = list(batchings)
     while queue:
+        if best is not None and time.perf_counter() >= deadline:
+            break
         b, m = queue.pop(0)
         if (b, m) in tried:
             continue
@@ -328,6 +330,14 @@ def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
     return best
 
 
+def _two_tier_as_found(instance: Instance, cm: CostModel, best):
+    """The two-tier structure ``best`` at the batching it was found at: (objective, plan) or None."""
+    _, far, (b, m), s = best
+    plan = plan_from_solution(instance, instance.workload.origin, far, b, m, s, "route-aware")
+    ev, broken = evaluate_checked(instance, plan, cm)
+    return None if broken else (ev.objective(instance.objective), plan)
+
+
 def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int):
     """Step 4 for the two-tier structure ``best`` = (value, partner, batching, solution)."""
     origin = instance.workload.origin
@@ -367,10 +377,17 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     batchings = sorted({(B, 1), (b0, m0)}, reverse=True)
     weights = instance.model.total_params * instance.model.dtype_bytes
     here = instance.device(origin).memory_bytes
+    out_of_time = lambda: time.perf_counter() >= deadline  # noqa: E731
     for far in _partners(instance, cm)[:max_partners]:
         if here + instance.device(far).memory_bytes < weights:
             continue  # the pair cannot hold the weights: no cut can fit
+        if best is not None and out_of_time():
+            budget_hit = True
+            break
         for b, m in batchings:
+            if best is not None and out_of_time():
+                budget_hit = True
+                break
             p = two_tier_problem(cm, origin, far, b, m)
             found = _search(p, deadline, max_evaluations)
             budget_hit = budget_hit or (found is not None and found[2])
@@ -378,14 +395,23 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
                 best = (found[0], far, (b, m), found[1])
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
     # Step 5: pipelines over several devices, when there are more than two.
-    piped = _pipeline_candidate(instance, cm, [(b0, m0)]) if len(instance.devices) > 2 or best is None else None
-    # Step 4 (batching) for the better structure, and for both when they are within 10 %.
+    piped = None
+    if best is None or (len(instance.devices) > 2 and not out_of_time()):
+        piped = _pipeline_candidate(instance, cm, [(b0, m0)], deadline)
+    elif len(instance.devices) > 2:
+        budget_hit = True
+    # Step 4 (batching) for the better structure, and for both when they are within 10 %. Out of
+    # time, the structures keep the batching they were found at.
+    tune = not out_of_time()
+    budget_hit = budget_hit or not tune
     two_tier_value = instance_value(instance, best[0]) if best is not None else None
-    tune_pipe = piped is not None and (two_tier_value is None or _close_or_better(instance.objective, piped[0], two_tier_value))
-    tune_two_tier = best is not None and (piped is None or _close_or_better(instance.objective, two_tier_value, piped[0]))
-    chosen = _two_tier_batching(instance, cm, best, b0, m0) if tune_two_tier else None
-    if tune_pipe:
-        found = _tune_batching(instance, cm, piped[1])
+    use_pipe = piped is not None and (two_tier_value is None or _close_or_better(instance.objective, piped[0], two_tier_value))
+    use_two_tier = best is not None and (piped is None or _close_or_better(instance.objective, two_tier_value, piped[0]))
+    chosen = None
+    if use_two_tier:
+        chosen = _two_tier_batching(instance, cm, best, b0, m0) if tune else _two_tier_as_found(instance, cm, best)
+    if use_pipe:
+        found = _tune_batching(instance, cm, piped[1]) if tune else piped
         if found is not None and (chosen is None or is_better(instance.objective, found[0], chosen[0])):
             chosen = found
     if chosen is None:

@@ -331,21 +331,27 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
     any_mask = not problem.mask.all()
     memory_binds = bool(np.isfinite(problem.capacity).any() and problem.weight.any())
     everyone = active.all(axis=0)
+    full = np.zeros((G, B), dtype=bool)                                   # spare < 0: no free slot
+    score = np.empty((G, B))
     for k in range(order.shape[1]):
         items, w = item_at[:, k], w_at[:, k]
         todo = None if everyone[k] else active[:, k]      # None: every group places a replica
         while True:
-            score = level + spare * fill_at[:, k, None]
+            np.multiply(spare, fill_at[:, k, None], out=score)
+            score += level
             if not same_speed:
-                score = (score + w[:, None]) * inv_speed
-            blocked = y[rows, items] | (spare < 0)
+                score += w[:, None]
+                score *= inv_speed
+            blocked = y[rows, items]
+            blocked |= full
             if any_mask:
                 blocked |= ~problem.mask[rows, items]
             if memory_binds:
                 blocked |= mem + problem.weight[items] > problem.capacity
             if todo is not None:
                 blocked[~todo] = True
-            bins = np.argmin(np.where(blocked, np.inf, score), axis=1)
+            score[blocked] = np.inf
+            bins = score.argmin(axis=1)
             take = ~blocked[rows, bins]          # a replica that fits nowhere is dropped
             retry = None
             if memory_binds:  # groups of this step may compete for the same bin's memory
@@ -360,11 +366,13 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
                 y[rows, items, bins] = True
                 level[rows, bins] += w
                 spare[rows, bins] -= 1
+                full[rows, bins] = spare[rows, bins] < 0
             else:
                 r, b = rows[take], bins[take]
                 y[r, items[r], b] = True
                 level[r, b] += w[r]
                 spare[r, b] -= 1
+                full[r, b] = spare[r, b] < 0
             if retry is None or not retry.any():
                 break
             todo = retry
