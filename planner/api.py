@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import replace
 
-from planner import baselines, chain_plan, joint, lns, route_aware  # noqa: F401  (register the solvers)
+from planner import baselines, chain_plan, edgeshard, eplb_instance, joint, lns, route_aware  # noqa: F401  (register the solvers)
 from planner.costmodel import CostModel
 from planner.instance import Instance, load_instance
 from planner.plan import Plan

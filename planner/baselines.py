@@ -22,8 +22,8 @@ import numpy as np
 
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
-from planner.plan import Pipeline, Plan, Stage
-from planner.validator import evaluate_checked
+from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.validator import evaluate_checked, limit_violations
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -60,12 +60,22 @@ def batch_grid(max_batch: int, num_stages: int) -> list[tuple[int, int]]:
     return out
 
 
-def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], name: str) -> tuple[Plan | None, float, list]:
-    """Best valid plan over the batching grid for fixed stages; returns (plan, objective, last violations)."""
+def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], name: str,
+                  expert_placement: tuple[ExpertPlacement, ...] = ()) -> tuple[Plan | None, float, list]:
+    """Best valid plan over the batching grid for fixed stages (and expert placement); returns
+    (plan, objective, last violations). The shape is checked once: the grid keeps every batching
+    within ``max_batch``, so only the figures (memory, SLOs) change from one batching to the next."""
     best, best_obj, last = None, None, []
-    for b, m in batch_grid(instance.workload.max_batch, len(stages)):
-        plan = Plan((Pipeline(stages, micro_batch_size=b, num_micro_batches=m),), instance.name, name)
-        ev, violations = evaluate_checked(instance, plan, cm)
+    for k, (b, m) in enumerate(batch_grid(instance.workload.max_batch, len(stages))):
+        pipe = Pipeline(stages, micro_batch_size=b, num_micro_batches=m, expert_placement=expert_placement)
+        plan = Plan((pipe,), instance.name, name)
+        if k == 0:
+            ev, violations = evaluate_checked(instance, plan, cm)
+            if ev is None:
+                return None, None, violations
+        else:
+            ev = cm.evaluate(plan)
+            violations = limit_violations(instance, ev)
         if violations:
             last = violations
             continue
@@ -75,7 +85,7 @@ def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], 
     return best, best_obj, last
 
 
-def _result(name: str, instance: Instance, plan: Plan | None, obj, t0: float, why: str) -> Result:
+def baseline_result(name: str, instance: Instance, plan: Plan | None, obj, t0: float, why: str) -> Result:
     sense = "max" if instance.objective == "throughput" else "min"
     if plan is None:
         return Result(Status.INFEASIBLE, name, sense=sense, solve_time_s=time.perf_counter() - t0,
@@ -98,7 +108,7 @@ def _first_fit(instance: Instance, cm: CostModel, name: str, layouts: Iterable[t
     return best, best_obj, last
 
 
-def _explain(violations: list, prefix: str) -> str:
+def explain_violations(violations: list, prefix: str) -> str:
     shown = "; ".join(str(v) for v in violations[:3])
     return f"{prefix}: {shown}" if shown else prefix
 
@@ -110,7 +120,7 @@ def cloud_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostM
     cm = cost_model or CostModel(instance)
     cloud = sorted(instance.devices_of_tier("cloud"), key=lambda d: (-d.memory_bytes, d.name))
     if not cloud:
-        return _result("cloud-only", instance, None, None, t0, "infeasible: the fleet has no cloud device")
+        return baseline_result("cloud-only", instance, None, None, t0, "infeasible: the fleet has no cloud device")
     last = []
     for k in range(1, len(cloud) + 1):
         group = cloud[:k]
@@ -119,11 +129,11 @@ def cloud_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostM
         ranges = split_by_weights(instance.model.num_layers, [d.memory_bytes for d in group])
         plan, obj, last = _first_fit(instance, cm, "cloud-only", [([d.name for d in group], ranges)])
         if plan is not None:
-            return _result("cloud-only", instance, plan, obj, t0, "")
+            return baseline_result("cloud-only", instance, plan, obj, t0, "")
     need = instance.model.total_params * instance.model.dtype_bytes / GB
     have = sum(d.memory_bytes for d in cloud) / GB
-    return _result("cloud-only", instance, None, None, t0,
-                   _explain(last, f"infeasible: the model's weights need {need:.1f} GB, the cloud devices have {have:.1f} GB"))
+    return baseline_result("cloud-only", instance, None, None, t0,
+                           explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, the cloud devices have {have:.1f} GB"))
 
 
 @register("end-only", kind="baseline", problem="instance")
@@ -134,8 +144,8 @@ def end_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostMod
     origin = instance.device(instance.workload.origin)
     plan, obj, last = _first_fit(instance, cm, "end-only", [([origin.name], [(0, instance.model.num_layers)])])
     need = instance.model.total_params * instance.model.dtype_bytes / GB
-    why = _explain(last, f"infeasible: the model's weights need {need:.1f} GB, origin {origin.name!r} has {origin.memory_bytes / GB:.1f} GB")
-    return _result("end-only", instance, plan, obj, t0, why)
+    why = explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, origin {origin.name!r} has {origin.memory_bytes / GB:.1f} GB")
+    return baseline_result("end-only", instance, plan, obj, t0, why)
 
 
 def partner_candidates(instance: Instance, cm: CostModel) -> list[tuple[str, float, float]]:
@@ -186,8 +196,8 @@ def single_cut(instance: Instance, *, time_limit=None, seed=0, cost_model: CostM
             if plan is not None and (best is None or is_better(sense, obj, best_obj)):
                 best, best_obj = plan, obj
             last = viol or last
-    return _result("single-cut", instance, best, best_obj, t0,
-                   _explain(last, f"infeasible: no split between {origin!r} and one other device fits"))
+    return baseline_result("single-cut", instance, best, best_obj, t0,
+                           explain_violations(last, f"infeasible: no split between {origin!r} and one other device fits"))
 
 
 @register("proportional", kind="baseline", problem="instance")
@@ -201,8 +211,8 @@ def proportional(instance: Instance, *, time_limit=None, seed=0, cost_model: Cos
     order = [instance.device(origin)] + rest
     ranges = split_by_weights(instance.model.num_layers, [d.memory_bytes for d in order])
     plan, obj, last = _first_fit(instance, cm, "proportional", [([d.name for d in order], ranges)])
-    return _result("proportional", instance, plan, obj, t0,
-                   _explain(last, "infeasible: splitting layers by memory over all devices breaks a limit"))
+    return baseline_result("proportional", instance, plan, obj, t0,
+                           explain_violations(last, "infeasible: splitting layers by memory over all devices breaks a limit"))
 
 
 BASELINES: tuple[str, ...] = ("cloud-only", "end-only", "single-cut", "proportional")

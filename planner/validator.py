@@ -37,11 +37,12 @@ def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None
         # Figures are meaningless for a plan whose shape is broken.
         return out
     cm = cost_model or CostModel(instance)
-    return _limits(instance, evaluation if evaluation is not None else cm.evaluate(plan))
+    return limit_violations(instance, evaluation if evaluation is not None else cm.evaluate(plan))
 
 
-def _limits(instance: Instance, ev: Evaluation) -> list[Violation]:
-    """Violations of memory, SLOs and the accuracy budget by a structurally valid plan's figures."""
+def limit_violations(instance: Instance, ev: Evaluation) -> list[Violation]:
+    """Violations of memory, SLOs and the accuracy budget by a structurally valid plan's figures ``ev``
+    (callers that vary only a checked plan's batching within ``max_batch`` need not check its shape again)."""
     out: list[Violation] = []
     for dev, used in sorted(ev.memory_bytes.items()):
         cap = instance.device(dev).memory_bytes
@@ -66,7 +67,7 @@ def evaluate_checked(instance: Instance, plan: Plan, cost_model: CostModel) -> t
     if shape:
         return None, shape
     ev = cost_model.evaluate(plan)
-    return ev, _limits(instance, ev)
+    return ev, limit_violations(instance, ev)
 
 
 def _structure(instance: Instance, plan: Plan) -> list[Violation]:
