@@ -157,11 +157,29 @@ class ChainTerms:
         return float(self.micro_batch_size * self.num_micro_batches)
 
 
-def _transfer(cm: CostModel, a: str, b: str, bytes_prefill: float, bytes_decode: float, w_busy: float,
-              w_lat: float) -> tuple[float, float]:
-    """(busy of the busiest link per request, latency per request) of sending ``a -> b`` once in
-    prefill and ``o - 1`` times in decode (the terms of :meth:`CostModel.transfer`)."""
-    one_way, inv_sum, inv_max = cm.route_terms(a, b)
+def _route_matrices(cm: CostModel, path: list[str]) -> tuple[np.ndarray, ...]:
+    """Route terms of ``path`` (:meth:`CostModel.route_terms`), independent of the batching, cached
+    on the cost model: one-way latency, sum and max of 1 / bandwidth, each [D, D] (row to column,
+    upper triangle) and [D] from the origin to each device and from each device back."""
+    key = ("chain routes", tuple(path))
+    hit = cm._cache_local.get(key)
+    if hit is None:
+        D = len(path)
+        origin = cm.instance.workload.origin
+        cut = np.zeros((3, D, D))
+        for i in range(D):
+            for j in range(i + 1, D):
+                cut[:, i, j] = cm.route_terms(path[i], path[j])
+        entry = np.array([cm.route_terms(origin, n) for n in path]).T.reshape(3, D)
+        exit_ = np.array([cm.route_terms(n, origin) for n in path]).T.reshape(3, D)
+        hit = cm._cache_local[key] = (cut, entry, exit_)
+    return hit
+
+
+def _transfer(terms: np.ndarray, bytes_prefill: float, bytes_decode: float, w_busy: float, w_lat: float):
+    """(busy of the busiest link per request, latency per request) of sending once in prefill and
+    ``o - 1`` times in decode over routes with ``terms`` = (one-way, sum 1/bw, max 1/bw) (any shape)."""
+    one_way, inv_sum, inv_max = terms
     busy = (bytes_prefill + w_busy * bytes_decode) * inv_max
     return busy, (1.0 + w_lat) * one_way + (bytes_prefill + w_lat * bytes_decode) * inv_sum
 
@@ -174,7 +192,6 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
     o = cm.output
     w_busy, w_lat = (o - 1.0) / b, o - 1.0
     hb = m.hidden_bytes_per_token
-    origin = cm.instance.workload.origin
     lm = m.lm_head_params
     pre = np.zeros((D, L))
     dec = np.zeros((D, L))
@@ -211,19 +228,15 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
         tied_head = lm * db if m.tie_word_embeddings else 0.0
     capacity = np.array([max(0.0, cm.devices[n].memory_bytes * (1 + MEMORY_TOL) - workspace) for n in path])
 
-    cut_busy = np.zeros((D, D))
-    cut_latency = np.zeros((D, D))
-    for i in range(D):
-        for j in range(i + 1, D):
-            cut_busy[i, j], cut_latency[i, j] = _transfer(cm, path[i], path[j], cm.prompt * hb, b * hb, w_busy, w_lat)
-    entry = [_transfer(cm, origin, n, cm.prompt * TOKEN_ID_BYTES, b * TOKEN_ID_BYTES, w_busy, w_lat) for n in path]
-    exit_ = [_transfer(cm, n, origin, 1.0 * TOKEN_ID_BYTES, b * TOKEN_ID_BYTES, w_busy, w_lat) for n in path]
+    routes_cut, routes_in, routes_out = _route_matrices(cm, path)
+    cut_busy, cut_latency = _transfer(routes_cut, cm.prompt * hb, b * hb, w_busy, w_lat)
+    entry_busy, entry_latency = _transfer(routes_in, cm.prompt * TOKEN_ID_BYTES, b * TOKEN_ID_BYTES, w_busy, w_lat)
+    exit_busy, exit_latency = _transfer(routes_out, 1.0 * TOKEN_ID_BYTES, b * TOKEN_ID_BYTES, w_busy, w_lat)
     return ChainTerms(
         path=tuple(path), micro_batch_size=int(micro_batch), num_micro_batches=int(micro_batches),
         busy=busy, latency=latency, decode_extra=decode_extra, memory=memory, capacity=capacity,
         workspace_bytes=float(workspace), cut_busy=cut_busy, cut_latency=cut_latency,
-        entry_busy=np.array([e[0] for e in entry]), entry_latency=np.array([e[1] for e in entry]),
-        exit_busy=np.array([e[0] for e in exit_]), exit_latency=np.array([e[1] for e in exit_]),
+        entry_busy=entry_busy, entry_latency=entry_latency, exit_busy=exit_busy, exit_latency=exit_latency,
         tied_head_bytes=float(tied_head),
     )
 

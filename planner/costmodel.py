@@ -238,6 +238,7 @@ class CostModel:
         self._routes: dict = {}
         self._route_terms: dict = {}
         self._passes: dict = {}
+        self._cache_local: dict = {}  # this instance's derived tables (routes of a path, ...)
         self._experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])
         # Time tables per hardware signature: devices of the same hardware share them (a fleet of 16
         # H100 is one), and so do cost models of instances with the same model, popularity and
