@@ -43,8 +43,9 @@ between partners and steps once it has a plan, so with a small budget it returns
 structure it finds, untuned) and the local moves get what is left but a tenth, kept for choosing
 and reporting. A search that cannot produce its first plan within the budget still finishes (a
 few ms on Mixtral, more on large fleets), in which case no local moves run unless ``max_moves`` is
-given (then exactly ``max_moves`` moves per start, reproducibly). With a time budget the chosen
-plan may depend on the machine's speed; ``max_moves`` and a generous budget make it reproducible.
+given (then exactly ``max_moves`` moves per start, and route-aware runs to its end: reproducible,
+but the time budget no longer bounds the run). Without ``max_moves`` the chosen plan may depend on
+the machine's speed.
 """
 
 from __future__ import annotations
@@ -518,8 +519,9 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
 
     # Route-aware may use the first half of the budget (it stops between partners and steps once a
     # plan is found); the local moves get the rest but a tenth, kept for choosing and reporting.
-    ra = route_aware(instance, seed=seed, cost_model=cm,
-                     time_budget_s=max(t0 + 0.5 * time_budget_s - time.perf_counter(), 1e-4))
+    # With ``max_moves`` nothing depends on the clock: route-aware runs to its end.
+    ra_budget = 1.0 if max_moves is not None else max(t0 + 0.5 * time_budget_s - time.perf_counter(), 1e-4)
+    ra = route_aware(instance, seed=seed, cost_model=cm, time_budget_s=ra_budget)
     if ra.solution is not None:
         add("route-aware", ra.solution)
 
