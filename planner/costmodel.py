@@ -487,11 +487,18 @@ class CostModel:
                     add(stage.device, m.hidden_size * rank * db)
                     add(pipe.stages[si + 1].device, m.hidden_size * rank * db)
             # Placed experts leave their layer's stage device for the listed devices.
-            for e in pipe.expert_placement:
-                if 0 <= e.layer < m.num_layers and m.is_moe_layer(e.layer):
-                    add(pipe.stage_of_layer(e.layer).device, -self.expert_bytes)
-                    for d in e.devices:
-                        add(d, self.expert_bytes)
+            if pipe.expert_placement:
+                home = [None] * m.num_layers
+                for stage in pipe.stages:
+                    home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
+                moved: dict[str, int] = {}  # device -> replicas gained (negative: lost)
+                for e in pipe.expert_placement:
+                    if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]:
+                        moved[home[e.layer]] = moved.get(home[e.layer], 0) - 1
+                        for d in e.devices:
+                            moved[d] = moved.get(d, 0) + 1
+                for d, n in moved.items():
+                    add(d, n * self.expert_bytes)
         return mem
 
     # ----- whole plan -------------------------------------------------------------------------
@@ -499,13 +506,17 @@ class CostModel:
         """:meth:`_pass`, remembered per structure (stages, codec ranks, expert placement) and tokens:
         plans that differ only in batching share their prefill pass and, per micro-batch size, their
         decode pass (a batching sweep of 9 points runs 6 passes, not 18). Do not modify the result."""
-        key = (pipe.stages, pipe.codec_ranks, pipe.expert_placement, tokens, context, prefill)
+        # Keyed by the identity of the (immutable) parts, which batching variants made with
+        # dataclasses.replace share; hashing a placement of 14,000 entries on every call would cost
+        # more than the pass. The entry keeps the parts alive, so their ids cannot be reused.
+        parts = (pipe.stages, pipe.codec_ranks, pipe.expert_placement)
+        key = (id(parts[0]), id(parts[1]), id(parts[2]), tokens, context, prefill)
         hit = self._passes.get(key)
-        if hit is None:
+        if hit is None or any(a is not b for a, b in zip(hit[0], parts)):
             if len(self._passes) >= _PASS_CACHE_SIZE:
                 self._passes.clear()
-            hit = self._passes[key] = self._pass(pipe, tokens, context, prefill)
-        return hit
+            hit = self._passes[key] = (parts, self._pass(pipe, tokens, context, prefill))
+        return hit[1]
 
     def pipeline_metrics(self, pipe: Pipeline) -> PipelineMetrics:
         b = float(pipe.micro_batch_size)
