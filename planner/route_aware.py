@@ -58,7 +58,7 @@ from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.joint import instance_value, plan_from_solution, two_tier_problem
 from planner.plan import Plan
-from planner.validator import evaluate_checked
+from planner.validator import evaluate_checked, limit_violations, structure_violations
 from solvers import dp
 from solvers.registry import register
 from solvers.result import Result, Status
@@ -248,7 +248,8 @@ def _pipeline_stages(instance: Instance, cm: CostModel, path: list[str], b: int,
     conc = terms.concurrency
     bn, lat = chain_evaluate(problem, stages)
     slo = instance.constraints.latency_slo_s
-    if lat / conc > bn or (slo is not None and lat > slo):
+    if lat / conc <= bn and slo is not None and lat > slo:
+        # The loop does not bind but the SLO does: the least latency at the same bottleneck.
         stages = dp.best_stages(problem, "latency", bn)
         bn, lat = chain_evaluate(problem, stages)
     for _ in range(_LOOP_ROUNDS):
@@ -351,15 +352,18 @@ def _close_or_better(kind: str, a: float, b: float, slack: float = 0.10) -> bool
 
 def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
     """Step 4 for a fixed structure: the best valid (objective, plan) over the batching grid and the
-    plan's own batching, or None."""
+    plan's own batching, or None. The structure is checked once: every batching tried stays within
+    ``max_batch``, so only the figures (memory, SLOs) change from one to the next."""
     pipe = plan.pipelines[0]
     best = None
     grid = batch_grid(instance.workload.max_batch, len(pipe.stages))
     own = (pipe.micro_batch_size, pipe.num_micro_batches)
+    if structure_violations(instance, plan):
+        return None
     for b, m in ([own] if own not in grid else []) + grid:
         cand = replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=m),))
-        ev, broken = evaluate_checked(instance, cand, cm)
-        if broken:
+        ev = cm.evaluate(cand)
+        if limit_violations(instance, ev):
             continue
         obj = ev.objective(instance.objective)
         if best is None or is_better(instance.objective, obj, best[0]):

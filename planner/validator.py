@@ -32,7 +32,7 @@ def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None
 
     ``evaluation``: the cost model's :class:`~planner.costmodel.Evaluation` of this plan, when the
     caller has it already (it is recomputed otherwise)."""
-    out = _structure(instance, plan)
+    out = structure_violations(instance, plan)
     if out:
         # Figures are meaningless for a plan whose shape is broken.
         return out
@@ -63,14 +63,15 @@ def limit_violations(instance: Instance, ev: Evaluation) -> list[Violation]:
 
 def evaluate_checked(instance: Instance, plan: Plan, cost_model: CostModel) -> tuple[Evaluation | None, list[Violation]]:
     """The plan's evaluation (None when its shape is broken) and its violations, evaluating it once."""
-    shape = _structure(instance, plan)
+    shape = structure_violations(instance, plan)
     if shape:
         return None, shape
     ev = cost_model.evaluate(plan)
     return ev, limit_violations(instance, ev)
 
 
-def _structure(instance: Instance, plan: Plan) -> list[Violation]:
+def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
+    """Violations of the plan's shape: coverage, contiguity, devices, ranks, batching, placement, routes."""
     out: list[Violation] = []
     m = instance.model
     known = instance.device_index

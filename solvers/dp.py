@@ -37,6 +37,9 @@ import numpy as np
 from models.chain import ChainPartition, Stage
 
 
+_STAGE_TABLE_MAX = 2_000_000  # entries of the [D, L + 1, L + 1] stage table built at once
+
+
 @dataclass(frozen=True)
 class _Tables:
     f: np.ndarray           # [L + 1, D]  best value with a stage on d ending at k (inf: unreachable)
@@ -65,11 +68,20 @@ def _forward(problem: ChainPartition, objective: str, cap: float, use_memory: bo
     rows = np.arange(D)
     cut_ok = forward_cut[:, :, None] & (problem.transfer_busy <= cap)                    # [p, d, l]
     cut_vals = np.where(cut_ok, cut, np.inf)
+    # Stage times [d, j, k] of every stage [j, k), inf where it breaks memory or the cap: computed
+    # at once when that table is small, else per boundary k (the same values either way).
+    table = None
+    if D * (L + 1) ** 2 <= _STAGE_TABLE_MAX:
+        T = P[:, None, :] - P[:, :, None]
+        table = np.where((M[:, None, :] - M[:, :, None] <= capacity[:, None, None]) & (T <= cap), T, np.inf)
     for k in range(1, L + 1):
         # Step 1: best stage on each d ending at k, over starts j < k.
-        time = P[:, k:k + 1] - P[:, :k]                                        # [D, k]
-        ok = (M[:, k:k + 1] - M[:, :k] <= capacity[:, None]) & (time <= cap)
-        vals = np.where(ok, combine(arrive[:k].T, time), np.inf)
+        if table is not None:
+            vals = combine(arrive[:k].T, table[:, :k, k])                     # inf stays inf
+        else:
+            time = P[:, k:k + 1] - P[:, :k]                                    # [D, k]
+            ok = (M[:, k:k + 1] - M[:, :k] <= capacity[:, None]) & (time <= cap)
+            vals = np.where(ok, combine(arrive[:k].T, time), np.inf)
         best = vals.argmin(axis=1)
         from_item[k] = best
         f[k] = vals[rows, best]
