@@ -142,9 +142,10 @@ def violations(problem: ReplicatedAssignment, sol: AssignmentSolution, tol: floa
         out.append(f"item ({g}, {i}) has no replica")
     for g, i in zip(*np.nonzero(count > limit)):
         out.append(f"item ({g}, {i}) has {count[g, i]} replicas, limit {limit[g, i]}")
-    for g, i, b in zip(*np.nonzero(y & ~problem.mask)):
-        out.append(f"item ({g}, {i}) on bin {b} is not a candidate")
-    if np.any(s < -tol) or np.any(s > y + tol):
+    if not problem.mask.all():
+        for g, i, b in zip(*np.nonzero(y & ~problem.mask)):
+            out.append(f"item ({g}, {i}) on bin {b} is not a candidate")
+    if s.min() < -tol or s.max() > 1 + tol or np.where(y, 0.0, s).max() > tol:
         out.append("shares must lie in [0, 1] and be 0 where there is no replica")
     bad = np.abs(s.sum(axis=2) - 1.0) > tol
     for g, i in zip(*np.nonzero(bad)):
@@ -152,9 +153,10 @@ def violations(problem: ReplicatedAssignment, sol: AssignmentSolution, tol: floa
     per_group = y.sum(axis=1)
     for g, b in zip(*np.nonzero(per_group > problem.slots[None, :])):
         out.append(f"bin {b} holds {per_group[g, b]} replicas in group {g}, slots {problem.slots[b]}")
-    used = np.einsum("ib,gib->b", problem.weight, y.astype(float))
-    for b in np.nonzero(used > problem.capacity * (1 + tol) + tol)[0]:
-        out.append(f"bin {b} needs {used[b]:.6g} memory, capacity {problem.capacity[b]:.6g}")
+    if np.isfinite(problem.capacity).any() and problem.weight.any():
+        used = np.einsum("ib,gib->b", problem.weight, y.astype(float))
+        for b in np.nonzero(used > problem.capacity * (1 + tol) + tol)[0]:
+            out.append(f"bin {b} needs {used[b]:.6g} memory, capacity {problem.capacity[b]:.6g}")
     return out
 
 
