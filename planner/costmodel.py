@@ -26,6 +26,10 @@ Per-operator terms (roofline), summed along the plan:
 * **Energy** per output token: busy time x (power - idle power) + idle power x wall time, summed
   over the plan's devices.
 
+A pass is one walk over the pipeline: :meth:`CostModel.pass_steps` lists its steps (the resource
+held, for how long, the propagation after it, remote experts as parallel branches), which the
+simulator (:mod:`planner.simulator`) replays; the pass's latency and busy times are their sums.
+
 Units: seconds, bytes, FLOPs, FLOP/s, bytes/s, watts, joules.
 """
 
@@ -430,20 +434,13 @@ class CostModel:
         hidden states' round trip around its share."""
         m = self.model
         q = self.q[self.moe_index[layer]]
-        # Share of each expert's selection probability each device serves (the home keeps the rest).
-        per_device_share: dict[str, np.ndarray] = {home: np.ones(m.num_experts)}
-        for entry in entries:
-            per_device_share[home][entry.expert] = 0.0
-            for d, s in zip(entry.devices, entry.shares):
-                per_device_share.setdefault(d, np.zeros(m.num_experts))[entry.expert] += s
         local, remote = 0.0, 0.0
         hb = m.hidden_bytes_per_token
         branches = []
-        for d, share in per_device_share.items():
-            whole = (share == 0.0) | (share == 1.0)
-            if whole.all():
+        for d, share, chosen, mass in self._layer_shares(entries, layer, home):
+            if chosen is not None:
                 # Whole experts: their times are the cached full-share times.
-                t = float(self._expert_matrix(d, tokens)[layer][share == 1.0].sum())
+                t = float(self._expert_matrix(d, tokens)[layer][chosen].sum())
             else:
                 prob = q * share
                 touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
@@ -453,12 +450,38 @@ class CostModel:
                 local = t
                 branches.append((Step(d, t),))
             else:
-                sent = float((q * share).sum()) * tokens * hb
+                sent = mass * tokens * hb
                 there, to = self._hops(home, d, sent)
                 back, fro = self._hops(d, home, sent)
                 remote = max(remote, there + t + back)
                 branches.append((*to, Step(d, t), *fro))
         return max(local, remote), Fork(tuple(branches))
+
+    def _layer_shares(self, entries: list, layer: int, home: str) -> list[tuple]:
+        """Per device serving some of the layer's experts (home first): (device, share of each
+        expert's selection probability [E], the experts it serves whole (bool [E]) or None when some
+        share is fractional, expected routing mass sent there). Independent of the tokens, so kept
+        per placement for the passes that follow: keyed by the entries' identities, and the entry
+        keeps them alive, so an identity cannot be reused by another object meanwhile."""
+        key = ("shares", layer, home, tuple(map(id, entries)))
+        hit = self._cache_local.get(key)
+        if hit is not None:
+            return hit[1]
+        m = self.model
+        q = self.q[self.moe_index[layer]]
+        per_device_share: dict[str, np.ndarray] = {home: np.ones(m.num_experts)}
+        for entry in entries:
+            per_device_share[home][entry.expert] = 0.0
+            for d, s in zip(entry.devices, entry.shares):
+                per_device_share.setdefault(d, np.zeros(m.num_experts))[entry.expert] += s
+        out = []
+        for d, share in per_device_share.items():
+            whole = bool(np.all((share == 0.0) | (share == 1.0)))
+            out.append((d, share, share == 1.0 if whole else None, float((q * share).sum())))
+        if len(self._cache_local) >= _PASS_CACHE_SIZE:
+            self._cache_local.clear()
+        self._cache_local[key] = (tuple(entries), out)
+        return out
 
     # ----- memory -----------------------------------------------------------------------------
     def memory_bytes(self, plan: Plan) -> dict[str, float]:
