@@ -70,6 +70,19 @@ def evaluate_checked(instance: Instance, plan: Plan, cost_model: CostModel) -> t
     return ev, limit_violations(instance, ev)
 
 
+class _Tag:
+    """``pipeline i expert (layer, expert)`` for a message, formatted only when one is written."""
+
+    __slots__ = ("where", "entry")
+
+    def __init__(self, where: str, entry):
+        self.where, self.entry = where, entry
+
+    def __str__(self) -> str:
+        return f"{self.where} expert ({self.entry.layer}, {self.entry.expert})"
+
+
+
 def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
     """Violations of the plan's shape: coverage, contiguity, devices, ranks, batching, placement, routes."""
     out: list[Violation] = []
@@ -124,7 +137,7 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
         # Expert placement.
         seen = set()
         for e in pipe.expert_placement:
-            tag = f"{where} expert ({e.layer}, {e.expert})"
+            tag = _Tag(where, e)
             if not (0 <= e.layer < m.num_layers) or not m.is_moe_layer(e.layer):
                 out.append(Violation("placement", f"{tag}: layer {e.layer} is not an MoE layer"))
             if not (0 <= e.expert < m.num_experts):
@@ -146,9 +159,9 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
     component = instance.component_of
     for pi, pipe in enumerate(plan.pipelines):
         hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
+        home = {layer: s.device for s in pipe.stages for layer in s.layers}
         for e in pipe.expert_placement:
-            home = pipe.stage_of_layer(e.layer).device
-            hops.update((home, d) for d in e.devices)
+            hops.update((home[e.layer], d) for d in e.devices)
         for a, b in sorted(hops):
             if component.get(a) != component.get(b):
                 out.append(Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}"))
