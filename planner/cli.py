@@ -232,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
     pr.set_defaults(func=cmd_profile)
 
-    from planner import place, simulate_cli
+    from planner import bench, place, simulate_cli
 
     place.add_parser(sub)
+    bench.add_parser(sub)
     simulate_cli.add_parser(sub)
     return p
 
