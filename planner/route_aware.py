@@ -197,6 +197,7 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
 
 
 _LOOP_ROUNDS = 4  # Step 5: latency-loop rounds per batching
+_SHALLOW = 3  # Step 5: pipelines at most this deep skip the hill-climb on micro-batches
 _STAGE_ROUNDS = 6  # Step 5: hill-climbing moves on the number of micro-batches
 
 
@@ -233,19 +234,21 @@ def _search(p: TwoTierProblem, deadline: float, max_evaluations: int) -> tuple[f
 
 
 def _pipeline_stages(instance: Instance, cm: CostModel, path: list[str], b: int, m: int):
-    """Step 5 on one batching: (terms, chain stages) of a pipeline over ``path`` with every expert
+    """Step 5 on one batching: (terms, chain stages, depth of the least-bottleneck pipeline) of a pipeline over ``path`` with every expert
     at home and no codec, or None. Throughput: the least bottleneck (one min-max DP), then, while
     the latency loop binds (``R / (b m)`` above the bottleneck), the least latency under the cap
     ``R / (b m)`` (a shorter pipeline with busier stages); each round lowers ``max(B, R / (b m))``."""
     terms = chain_terms(cm, path, b, m)
     if instance.objective == "latency":
-        return terms, dp.best_stages(chain_problem(terms, "latency"), "latency")
+        stages = dp.best_stages(chain_problem(terms, "latency"), "latency")
+        return terms, stages, len(stages) if stages else 0
     problem = chain_problem(terms, "throughput")
     # Any least-bottleneck solution first; the least-latency one among them only when latency matters.
     stages = dp.best_stages(problem, "bottleneck", tie_break=False)
     if stages is None:
         return None
     conc = terms.concurrency
+    depth = len(stages)  # the least-bottleneck pipeline's depth, before the latency loop shortens it
     bn, lat = chain_evaluate(problem, stages)
     slo = instance.constraints.latency_slo_s
     if lat / conc <= bn and slo is not None and lat > slo:
@@ -262,7 +265,7 @@ def _pipeline_stages(instance: Instance, cm: CostModel, path: list[str], b: int,
         if max(bn2, lat2 / conc) >= max(bn, lat / conc) * (1 - 1e-12):
             break
         stages, bn, lat = other, bn2, lat2
-    return terms, stages
+    return terms, stages, depth
 
 
 def _with_codecs(instance: Instance, plan: Plan) -> list[Plan]:
@@ -303,7 +306,7 @@ def _pipeline_candidate(instance: Instance, cm: CostModel, b: int, m: int, deadl
     # Micro-batches: a deep pipeline stays busy with about as many micro-batches as stages, but
     # smaller micro-batches read the weights more often. Hill-climb on m (b = max_batch // m) over
     # the powers of two and the stage count found, from the best so far.
-    if best is None or stage_count <= 2:
+    if best is None or stage_count <= _SHALLOW:
         return best  # a short pipeline: Step 4's batching sweep is enough
     B = instance.workload.max_batch
     grid = sorted({2 ** k for k in range(B.bit_length()) if 2 ** k <= B} | {m} | ({stage_count} if stage_count <= B else set()))
@@ -329,11 +332,12 @@ def _pipeline_candidate(instance: Instance, cm: CostModel, b: int, m: int, deadl
 
 
 def _pipeline_plan(instance: Instance, cm: CostModel, path: list[str], b: int, m: int):
-    """(objective, plan, stages) of Step 5 on one path and batching, the best codec option, or None."""
+    """(objective, plan, depth) of Step 5 on one path and batching, the best codec option, or None;
+    depth: the stage count of the plan or of the least-bottleneck pipeline, if deeper."""
     found = _pipeline_stages(instance, cm, path, b, m)
     if found is None or found[1] is None:
         return None
-    terms, stages = found
+    terms, stages, depth = found
     best = None
     for cand in _with_codecs(instance, plan_from_stages(instance, terms, stages, "route-aware")):
         ev, broken = evaluate_checked(instance, cand, cm)
@@ -341,7 +345,7 @@ def _pipeline_plan(instance: Instance, cm: CostModel, path: list[str], b: int, m
             continue
         obj = ev.objective(instance.objective)
         if best is None or is_better(instance.objective, obj, best[0]):
-            best = (obj, cand, len(stages))
+            best = (obj, cand, max(len(stages), depth))
     return best
 
 
