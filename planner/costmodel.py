@@ -54,6 +54,22 @@ _ALL_PAIRS_MAX = 512  # fleets up to this size get every route in one shortest-p
 # Time tables of the most recent (model, popularity, request sizes) combinations, shared by cost models.
 _TABLES: dict = {}
 _TABLES_KEPT = 8
+_LAYERS: dict = {}  # model -> per-layer parameter arrays (_layer_arrays)
+
+
+def _layer_arrays(m) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer [L]: non-expert parameters, and parameters active per token outside the routed
+    experts. Cached per model (read-only arrays: cost models of one model share them)."""
+    hit = _LAYERS.get(m)
+    if hit is None:
+        params = np.array([float(m.layer_nonexpert_params(i)) for i in range(m.num_layers)])
+        active = np.array([float(m.layer_active_params(i) - (m.top_k * m.expert_params if m.is_moe_layer(i) else 0))
+                           for i in range(m.num_layers)])
+        params.flags.writeable = active.flags.writeable = False
+        if len(_LAYERS) >= _TABLES_KEPT:
+            _LAYERS.pop(next(iter(_LAYERS)))
+        hit = _LAYERS[m] = (params, active)
+    return hit
 
 
 def _hardware_signature(dev: Device) -> tuple:
@@ -217,11 +233,9 @@ class CostModel:
         self.q = w.popularity  # [moe layer, expert] selection probability per token
         self.expert_flops_per_token = 2.0 * m.expert_params
         self.expert_bytes = m.expert_params * self.db
-        self.nonexpert_bytes = np.array([m.layer_nonexpert_params(i) * self.db for i in range(m.num_layers)])
-        self.nonexpert_flops_per_token = np.array(
-            [2.0 * (m.layer_active_params(i) - (m.top_k * m.expert_params if m.is_moe_layer(i) else 0))
-             for i in range(m.num_layers)]
-        )
+        nonexpert_params, nonexpert_active = _layer_arrays(m)
+        self.nonexpert_bytes = nonexpert_params * self.db
+        self.nonexpert_flops_per_token = 2.0 * nonexpert_active
         # Selection probability of every expert of every layer [L, E]; zero rows for dense layers.
         self.Q = np.zeros((m.num_layers, max(m.num_experts, 1)))
         for layer, k in self.moe_index.items():

@@ -197,6 +197,7 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
 
 
 _LOOP_ROUNDS = 4  # Step 5: latency-loop rounds per batching
+_FAR_BEHIND = 0.30  # a two-tier structure this far behind Step 5's pipeline skips its partner's other batching
 _SHALLOW = 3  # Step 5: pipelines at most this deep skip the hill-climb on micro-batches
 _STAGE_ROUNDS = 6  # Step 5: hill-climbing moves on the number of micro-batches
 
@@ -423,14 +424,17 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     weights = instance.model.total_params * instance.model.dtype_bytes
     here = instance.device(origin).memory_bytes
     out_of_time = lambda: time.perf_counter() >= deadline  # noqa: E731
+    # Step 5 first when there are more than two devices: a pipeline far ahead of a partner's first
+    # two-tier structure spares that partner's other batching.
+    piped = _pipeline_candidate(instance, cm, b0, m0, deadline) if len(instance.devices) > 2 else None
     for far in _partners(instance, cm)[:max_partners]:
         if here + instance.device(far).memory_bytes < weights:
             continue  # the pair cannot hold the weights: no cut can fit
-        if best is not None and out_of_time():
+        if (best is not None or piped is not None) and out_of_time():
             budget_hit = True
             break
         for b, m in batchings:
-            if best is not None and out_of_time():
+            if (best is not None or piped is not None) and out_of_time():
                 budget_hit = True
                 break
             p = two_tier_problem(cm, origin, far, b, m)
@@ -438,13 +442,12 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
             budget_hit = budget_hit or (found is not None and found[2])
             if found is not None and (best is None or found[0] < best[0]):
                 best = (found[0], far, (b, m), found[1])
+            if found is not None and piped is not None and not _close_or_better(
+                    instance.objective, instance_value(instance, found[0]), piped[0], _FAR_BEHIND):
+                break
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
-    # Step 5: pipelines over several devices, when there are more than two.
-    piped = None
-    if best is None or (len(instance.devices) > 2 and not out_of_time()):
+    if best is None and piped is None and len(instance.devices) <= 2:
         piped = _pipeline_candidate(instance, cm, b0, m0, deadline)
-    elif len(instance.devices) > 2:
-        budget_hit = True
     # Step 4 (batching) for the better structure, and for both when they are within 10 %. Out of
     # time, the structures keep the batching they were found at.
     tune = not out_of_time()
