@@ -57,7 +57,7 @@ from solvers.registry import register
 from solvers.result import Result, Status
 
 SHARE_SWEEPS = 30           # Step 3: at most this many sweeps over the replicated items
-SHARE_TOL = 1e-5            # Step 3: stop when a sweep lowers the summed group maxima by less (relative)
+SHARE_TOL = 1e-4            # Step 3: stop when a sweep lowers the summed group maxima by less (relative)
 _EPS = 1e-12
 
 
