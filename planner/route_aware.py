@@ -30,7 +30,9 @@ partners whose memory together with the origin's cannot hold the weights are ski
   (``R / (b m)`` above the bottleneck), the least-latency DP under the cap ``R / (b m)``, which
   lowers the request period each round; then every codec rank at the origin's cut, scored with the
   cost model; first at ``(max_batch / 2) x 2``, then with as many micro-batches as stages.
-  Step 4 runs on the better of the two structures (on both when they are within 10 %).
+  Step 4 runs on the better of the two structures (on both when they are within 10 %). On
+  fleets of three or more Step 5 runs first, and a partner whose first two-tier structure trails
+  its pipeline by more than 30 % is not searched at its second batching.
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; ``time_budget_s`` (default 1 s) is only a safety net, and ``stop_reason``
