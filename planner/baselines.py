@@ -16,6 +16,7 @@ tuned on a small grid (``m`` in {1, stages}, ``b`` halved from ``max_batch // m`
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Iterable
 
 import numpy as np
@@ -23,7 +24,7 @@ import numpy as np
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.validator import evaluate_checked, limit_violations
+from planner.validator import evaluate_checked, limit_violations, structure_violations
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -63,25 +64,35 @@ def batch_grid(max_batch: int, num_stages: int) -> list[tuple[int, int]]:
 def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], name: str,
                   expert_placement: tuple[ExpertPlacement, ...] = ()) -> tuple[Plan | None, float, list]:
     """Best valid plan over the batching grid for fixed stages (and expert placement); returns
-    (plan, objective, last violations). The shape is checked once: the grid keeps every batching
-    within ``max_batch``, so only the figures (memory, SLOs) change from one batching to the next."""
+    (plan, objective, last violations)."""
+    b, m = batch_grid(instance.workload.max_batch, len(stages))[0]
+    plan = Plan((Pipeline(stages, micro_batch_size=b, num_micro_batches=m, expert_placement=expert_placement),),
+                instance.name, name)
+    return batching_sweep(instance, cm, plan)
+
+
+def batching_sweep(instance: Instance, cm: CostModel, plan: Plan) -> tuple[Plan | None, float, list]:
+    """Best valid version of the one-pipeline ``plan`` over its own batching and the batching grid,
+    structure (stages, codecs, expert placement) fixed: (plan, objective, last violations). The
+    shape is checked once: every batching tried stays within ``max_batch``, so only the figures
+    (memory, SLOs) change from one to the next."""
+    pipe = plan.pipelines[0]
+    shape = structure_violations(instance, plan)
+    if shape:
+        return None, None, shape
+    own = (pipe.micro_batch_size, pipe.num_micro_batches)
+    grid = batch_grid(instance.workload.max_batch, len(pipe.stages))
     best, best_obj, last = None, None, []
-    for k, (b, m) in enumerate(batch_grid(instance.workload.max_batch, len(stages))):
-        pipe = Pipeline(stages, micro_batch_size=b, num_micro_batches=m, expert_placement=expert_placement)
-        plan = Plan((pipe,), instance.name, name)
-        if k == 0:
-            ev, violations = evaluate_checked(instance, plan, cm)
-            if ev is None:
-                return None, None, violations
-        else:
-            ev = cm.evaluate(plan)
-            violations = limit_violations(instance, ev)
+    for b, m in ([own] if own not in grid else []) + grid:
+        cand = replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=m),))
+        ev = cm.evaluate(cand)
+        violations = limit_violations(instance, ev)
         if violations:
             last = violations
             continue
         obj = ev.objective(instance.objective)
         if best is None or is_better(instance.objective, obj, best_obj):
-            best, best_obj = plan, obj
+            best, best_obj = cand, obj
     return best, best_obj, last
 
 

@@ -218,7 +218,7 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
     ctx = cm.prompt + cm.output
     workspace = cm.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size,
                                                                m.shared_expert_intermediate_size))
-    experts = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(L)], dtype=float)
+    experts = cm.experts_per_layer
     per_layer = cm.nonexpert_bytes + seqs * ctx * m.kv_bytes_per_token_per_layer + experts * cm.expert_bytes
     memory = np.tile(per_layer, (D, 1))
     memory[:, 0] += m.embedding_params * db

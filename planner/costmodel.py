@@ -257,7 +257,7 @@ class CostModel:
         self._route_terms: dict = {}
         self._passes: dict = {}
         self._cache_local: dict = {}  # this instance's derived tables (routes of a path, ...)
-        self._experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])
+        self.experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])  # [L] routed experts
         # Time tables per hardware signature: devices of the same hardware share them (a fleet of 16
         # H100 is one), and so do cost models of instances with the same model, popularity and
         # request sizes (a re-planner's changed instances), through a small module-level cache.
@@ -508,7 +508,7 @@ class CostModel:
 
         ctx = self.prompt + self.output
         workspace = self.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size, m.shared_expert_intermediate_size))
-        experts_per_layer = self._experts_per_layer
+        experts_per_layer = self.experts_per_layer
         for pipe in plan.pipelines:
             seqs = pipe.micro_batch_size * pipe.num_micro_batches
             for si, stage in enumerate(pipe.stages):

@@ -47,20 +47,19 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 
-from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
-from dataclasses import replace
-
 from models.chain import evaluate as chain_evaluate
-from planner.baselines import batch_grid, partner_candidates
+from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
+from planner.baselines import batch_grid, batching_sweep, partner_candidates
 from planner.chain_plan import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.joint import instance_value, plan_from_solution, two_tier_problem
 from planner.plan import Plan
-from planner.validator import evaluate_checked, limit_violations, structure_violations
+from planner.validator import evaluate_checked
 from solvers import dp
 from solvers.registry import register
 from solvers.result import Result, Status
@@ -359,23 +358,9 @@ def _close_or_better(kind: str, a: float, b: float, slack: float = 0.10) -> bool
 
 def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
     """Step 4 for a fixed structure: the best valid (objective, plan) over the batching grid and the
-    plan's own batching, or None. The structure is checked once: every batching tried stays within
-    ``max_batch``, so only the figures (memory, SLOs) change from one to the next."""
-    pipe = plan.pipelines[0]
-    best = None
-    grid = batch_grid(instance.workload.max_batch, len(pipe.stages))
-    own = (pipe.micro_batch_size, pipe.num_micro_batches)
-    if structure_violations(instance, plan):
-        return None
-    for b, m in ([own] if own not in grid else []) + grid:
-        cand = replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=m),))
-        ev = cm.evaluate(cand)
-        if limit_violations(instance, ev):
-            continue
-        obj = ev.objective(instance.objective)
-        if best is None or is_better(instance.objective, obj, best[0]):
-            best = (obj, cand)
-    return best
+    plan's own batching, or None."""
+    best, obj, _ = batching_sweep(instance, cm, plan)
+    return None if best is None else (obj, best)
 
 
 def _two_tier_as_found(instance: Instance, cm: CostModel, best):
