@@ -51,10 +51,8 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
     hb = m.hidden_bytes_per_token
 
     exists = np.zeros((L, E), dtype=bool)
-    Q = np.zeros((L, E))  # selection probability of each expert; zero rows for dense layers
-    for l in m.moe_layers:
-        exists[l] = True
-        Q[l] = cm.q[cm.moe_index[l]]
+    exists[m.moe_layers] = True
+    Q = cm.Q  # selection probability of each expert [L, E]; zero rows for dense layers
     ne_lat = np.zeros((2, L, P))
     item_lat = np.zeros((2, L, E, P))
     for ph, (tokens, ctx, prefill, _) in enumerate(phases):
