@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -121,12 +122,12 @@ class PhaseCost:
         self.busy_s[key] = self.busy_s.get(key, 0.0) + float(seconds)
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One resource held during a pass: ``key`` is a device name or a link ``(a, b)`` (names sorted,
     as in :attr:`PhaseCost.busy_s`), busy for ``hold_s`` seconds; ``delay_s`` seconds of propagation
     (a link hop's one-way latency, RTT/2) follow before the next step can start. ``nbytes``: bytes a
-    link step sends (``hold_s = nbytes / bandwidth``; 0 for devices)."""
+    link step sends (``hold_s = nbytes / bandwidth``; 0 for devices). A named tuple: a pass makes
+    thousands of them, and a frozen dataclass costs four times as much to build."""
 
     key: str | tuple[str, str]
     hold_s: float
@@ -255,6 +256,7 @@ class CostModel:
         self._predecessors: dict[int, list[int]] = {}  # per source: predecessor of each node (-9999: none)
         self._routes: dict = {}
         self._route_terms: dict = {}
+        self._hop_links: dict = {}  # (a, b) -> ((link key, bytes/s, one-way s) per hop)
         self._passes: dict = {}
         self._cache_local: dict = {}  # this instance's derived tables (routes of a path, ...)
         self.experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])  # [L] routed experts
@@ -314,12 +316,16 @@ class CostModel:
 
     def _hops(self, a: str, b: str, nbytes: float) -> tuple[float, list[Step]]:
         """Latency (s) of sending ``nbytes`` from ``a`` to ``b``, and one :class:`Step` per link hop."""
+        hops = self._hop_links.get((a, b))
+        if hops is None:
+            hops = self._hop_links[(a, b)] = tuple(((min(u, v), max(u, v)), link.bandwidth_bytes_per_s, link.one_way_s)
+                                                  for u, v, link in self.route(a, b))
         latency = 0.0
         steps = []
-        for u, v, link in self.route(a, b):
-            t = nbytes / link.bandwidth_bytes_per_s
-            latency += link.one_way_s + t
-            steps.append(Step((min(u, v), max(u, v)), t, link.one_way_s, nbytes))
+        for key, bw, one_way in hops:
+            t = nbytes / bw
+            latency += one_way + t
+            steps.append(Step(key, t, one_way, nbytes))
         return latency, steps
 
     def transfer(self, cost: PhaseCost | None, a: str, b: str, nbytes: float) -> float:
@@ -454,7 +460,7 @@ class CostModel:
         for d, share, chosen, mass in self._layer_shares(entries, layer, home):
             if chosen is not None:
                 # Whole experts: their times are the cached full-share times.
-                t = float(self._expert_matrix(d, tokens)[layer][chosen].sum())
+                t = float(np.add.reduce(self._expert_matrix(d, tokens)[layer, chosen]))
             else:
                 prob = q * share
                 touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
@@ -473,7 +479,7 @@ class CostModel:
 
     def _layer_shares(self, entries: list, layer: int, home: str) -> list[tuple]:
         """Per device serving some of the layer's experts (home first): (device, share of each
-        expert's selection probability [E], the experts it serves whole (bool [E]) or None when some
+        expert's selection probability [E], the indices of the experts it serves whole or None when some
         share is fractional, expected routing mass sent there). Independent of the tokens, so kept
         per placement for the passes that follow: keyed by the entries' identities, and the entry
         keeps them alive, so an identity cannot be reused by another object meanwhile."""
@@ -481,17 +487,23 @@ class CostModel:
         hit = self._cache_local.get(key)
         if hit is not None:
             return hit[1]
-        m = self.model
         q = self.q[self.moe_index[layer]]
-        per_device_share: dict[str, np.ndarray] = {home: np.ones(m.num_experts)}
+        n = self.model.num_experts
+        # Plain lists while accumulating: numpy scalar assignments cost ~100x a list's.
+        rows: dict[str, list[float]] = {home: [1.0] * n}
         for entry in entries:
-            per_device_share[home][entry.expert] = 0.0
+            rows[home][entry.expert] = 0.0
             for d, s in zip(entry.devices, entry.shares):
-                per_device_share.setdefault(d, np.zeros(m.num_experts))[entry.expert] += s
+                row = rows.get(d)
+                if row is None:
+                    row = rows[d] = [0.0] * n
+                row[entry.expert] += s
         out = []
-        for d, share in per_device_share.items():
-            whole = bool(np.all((share == 0.0) | (share == 1.0)))
-            out.append((d, share, share == 1.0 if whole else None, float((q * share).sum())))
+        for d, row in rows.items():
+            share = np.array(row)
+            whole = all(x == 0.0 or x == 1.0 for x in row)
+            chosen = np.array([i for i, x in enumerate(row) if x == 1.0], dtype=np.intp) if whole else None
+            out.append((d, share, chosen, float(np.add.reduce(q * share))))
         if len(self._cache_local) >= _PASS_CACHE_SIZE:
             self._cache_local.clear()
         self._cache_local[key] = (tuple(entries), out)

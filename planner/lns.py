@@ -101,6 +101,12 @@ class Scorer:
         self.capacity = {d.name: d.memory_bytes for d in instance.devices}
         self.cache: dict[Plan, tuple[float | None, str]] = {}
         self.evaluations = 0
+        self.evaluation_s = 0.0  # time spent validating and evaluating (the cost of a score, on average)
+
+    @property
+    def mean_evaluation_s(self) -> float:
+        """Mean time (s) of one evaluation so far (0 before the first)."""
+        return self.evaluation_s / self.evaluations if self.evaluations else 0.0
 
     def memory_ok(self, plan: Plan) -> bool:
         try:
@@ -118,6 +124,7 @@ class Scorer:
             out = (None, "memory")
         else:
             self.evaluations += 1
+            t0 = time.perf_counter()
             try:
                 violations = validate(self.instance, plan, self.memo)
             except (KeyError, IndexError, ValueError) as exc:  # a route that does not exist, say
@@ -126,6 +133,7 @@ class Scorer:
                 out = (None, getattr(violations[0], "kind", "structure"))
             else:
                 out = (float(self.memo.evaluate(plan).objective(self.kind)), "")
+            self.evaluation_s += time.perf_counter() - t0
         self.cache[plan] = out
         return out
 
@@ -370,7 +378,9 @@ def improve(instance: Instance, start: Plan, *, cost_model: CostModel | None = N
     """Improve the valid plan ``start``: large-neighbourhood search (see the module docstring).
 
     Stops after ``max_moves`` moves or ``time_budget_s`` seconds, whichever comes first; with
-    neither, after :data:`DEFAULT_TIME_BUDGET_S`. ``accept`` (optional) vetoes improving plans (the
+    neither, after :data:`DEFAULT_TIME_BUDGET_S`. Under a time budget a move is not started when
+    the mean time of the moves so far (before the first: of the scorer's evaluations) would take it
+    past the deadline. ``accept`` (optional) vetoes improving plans (the
     re-planner uses it to keep migration within budget). ``scorer`` (optional) shares its cache of
     scored plans with the caller. Raises ``ValueError`` if ``start`` is not valid on ``instance``.
     """
@@ -396,11 +406,15 @@ def improve(instance: Instance, start: Plan, *, cost_model: CostModel | None = N
     mem = cm.memory_bytes(best)
     tried = accepted = 0
     stop = "max_moves"
+    # A move is not started when it would likely end past the deadline: it takes as long as the
+    # moves so far did on average (before the first, as long as the scorer's evaluations).
+    moves_t0 = time.perf_counter()
     while True:
         if max_moves is not None and tried >= max_moves:
             stop = "max_moves"
             break
-        if time_budget_s is not None and time.perf_counter() >= deadline:
+        now = time.perf_counter()
+        if time_budget_s is not None and now + ((now - moves_t0) / tried if tried else scorer.mean_evaluation_s) >= deadline:
             stop = "time budget"
             break
         tried += 1
