@@ -131,6 +131,12 @@ def _lower_bounds(problem: ReplicatedAssignment, limit: np.ndarray, reach: np.nd
     return np.maximum(problem.load.sum(axis=1) / problem.speed.sum(), best_item.max(axis=1, initial=0.0))
 
 
+def _n_candidates(problem: ReplicatedAssignment) -> np.ndarray:
+    """[G, I]: the number of candidate bins of each item."""
+    G, I, B = problem.shape
+    return np.full((G, I), B) if problem.mask.all() else problem.mask.sum(axis=2)
+
+
 def _reach(problem: ReplicatedAssignment) -> np.ndarray:
     """[G, I, B]: entry c is the summed speed of item i's c + 1 fastest candidate bins."""
     if problem.mask.all():
@@ -144,14 +150,17 @@ def _reach(problem: ReplicatedAssignment) -> np.ndarray:
 
 class _State:
     """A placement being built: replicas y [G, I, B] bool, shares s [G, I, B], raw bin loads
-    L [G, B] (sum of load * share), replicas per bin cnt [G, B], memory in use mem [B] (bytes)."""
+    L [G, B] (sum of load * share), replicas per bin cnt [G, B], replicas per item rcount [G, I],
+    memory in use mem [B] (bytes). ``cnt`` and ``rcount`` are computed from y unless given."""
 
-    def __init__(self, problem: ReplicatedAssignment, y: np.ndarray, s: np.ndarray):
+    def __init__(self, problem: ReplicatedAssignment, y: np.ndarray, s: np.ndarray,
+                 cnt: np.ndarray | None = None, rcount: np.ndarray | None = None):
         self.p = problem
         self.y = y
         self.s = s
         self.L = np.einsum("gi,gib->gb", problem.load, s)
-        self.cnt = y.sum(axis=1)
+        self.cnt = y.sum(axis=1) if cnt is None else cnt
+        self.rcount = y.sum(axis=2) if rcount is None else rcount
         self.mem = np.einsum("ib,gib->b", problem.weight, y.astype(float)) if problem.weight.any() else np.zeros(y.shape[2])
 
     def times(self, g) -> np.ndarray:
@@ -168,52 +177,92 @@ class _State:
         return AssignmentSolution(self.y.copy(), self.s.copy())
 
 
-def _fill_batch(st: _State, gs: np.ndarray, items: np.ndarray) -> tuple:
-    """The fixed data :func:`_fill` needs for items ``items[k]`` of groups ``gs[k]``: (gs, items,
-    bins [n, R] with each row's replica bins first, speed [n, R] of those bins and 0 after them).
-    Items of one group in a batch must have no bin in common."""
-    keep = st.p.load[gs, items] > 0
-    gs, items = gs[keep], items[keep]
-    y_rows = st.y[gs, items]
-    width = max(int(y_rows.sum(axis=1).max(initial=1)), 1)
-    bins = np.argsort(~y_rows, axis=1, kind="stable")[:, :width]
-    on = np.take_along_axis(y_rows, bins, axis=1)
-    return gs, items, bins, np.where(on, st.p.speed[bins], 0.0)
+class _FillBatch:
+    """The fixed data :func:`_fill` needs for items ``items[k]`` of groups ``gs[k]`` (those with load):
+    x [n, 1] their loads; per row, the item's replica bins first, then padding, as flat indices
+    into ``L`` (``at_L`` [n, R]) and ``s`` (``at_s``), with speed ``sp`` (0 on padding), divisor
+    ``div`` (speed, 1 on padding) and ``pad`` (0, +inf on padding); ``share`` [n, R] the shares
+    the batch holds between fills (None: read and write ``s`` at every fill); ``at_L_on`` /
+    ``on`` the flat indices and positions of the replica entries. Items of one group in a batch
+    must have no bin in common."""
+
+    def __init__(self, st: _State, gs: np.ndarray, items: np.ndarray, hold_shares: bool = False):
+        p = st.p
+        G, I, B = st.y.shape
+        keep = p.load[gs, items] > 0
+        gs, items = gs[keep], items[keep]
+        y_rows = st.y[gs, items]
+        width = max(int(y_rows.sum(axis=1).max(initial=1)), 1)
+        bins = np.argsort(~y_rows, axis=1, kind="stable")[:, :width]
+        on = np.take_along_axis(y_rows, bins, axis=1)
+        self.n = gs.size
+        self.x = p.load[gs, items][:, None]
+        self.sp = np.where(on, p.speed[bins], 0.0)
+        self.div = np.where(on, self.sp, 1.0)
+        self.pad = np.where(on, 0.0, np.inf)
+        self.at_L = gs[:, None] * B + bins
+        self.at_s = (gs * I + items)[:, None] * B + bins
+        self.on = np.flatnonzero(on)                      # write replica bins only: a row's padding may
+        self.at_L_on = self.at_L.ravel()[self.on]         # be another row's replica bin
+        self.x_on = np.repeat(self.x[:, 0], width)[self.on]
+        self.first = np.arange(self.n) * width            # flat index of each row's first entry
+        self.row_at = self.first[:, None]
+        self.share = st.s.reshape(-1)[self.at_s] if hold_shares else None
+
+    def store(self, st: _State) -> None:
+        """Write the shares the batch holds back into ``st.s``."""
+        if self.share is not None and self.n:
+            st.s.reshape(-1)[self.at_s] = self.share
 
 
-def _fill(st: _State, batch: tuple) -> None:
-    """Water-fill each item of a :func:`_fill_batch` over its replicas, the other loads held.
+def _fill_batch(st: _State, gs: np.ndarray, items: np.ndarray) -> _FillBatch:
+    return _FillBatch(st, gs, items)
+
+
+def _fill(st: _State, batch: _FillBatch) -> None:
+    """Water-fill each item of a :class:`_FillBatch` over its replicas, the other loads held.
 
     The level lam solves ``sum_b speed_b * max(0, lam - t_b) = load`` where ``t_b`` is bin b's time
     without the item; bin b then serves ``speed_b * (lam - t_b)`` of it.
     """
-    gs, items, bins, sp = batch
-    if gs.size == 0:
+    if batch.n == 0:
         return
-    x = st.p.load[gs, items][:, None]
-    g2, i2 = gs[:, None], items[:, None]
-    rows = np.arange(gs.size)[:, None]
-    base = st.L[g2, bins] - x * st.s[g2, i2, bins]         # [n, R] loads without the item
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(sp > 0, base / sp, np.inf)
-    order = np.argsort(t, axis=1)
-    ts, sps = t[rows, order], sp[rows, order]
-    lam = (x + np.cumsum(sps * np.where(sps > 0, ts, 0.0), axis=1)) / np.cumsum(sps, axis=1)
-    level = lam[rows[:, 0], np.maximum((ts < lam).sum(axis=1) - 1, 0)]  # the k + 1 lowest bins share it
-    alloc = sp * np.maximum(level[:, None] - t, 0.0)
-    share = alloc / alloc.sum(axis=1, keepdims=True)
-    st.s[g2, i2, bins] = share
-    r, c = np.nonzero(sp > 0)               # write replica bins only: a row's padding may be another's bin
-    st.L[gs[r], bins[r, c]] = base[r, c] + x[r, 0] * share[r, c]
+    x, sp = batch.x, batch.sp
+    L = st.L.reshape(-1)
+    share = batch.share if batch.share is not None else st.s.reshape(-1)[batch.at_s]
+    base = L[batch.at_L]
+    base -= x * share                                      # [n, R] loads without the item
+    t0 = base / batch.div
+    t = t0 + batch.pad                                     # +inf on padding
+    at = np.argsort(t, axis=1)
+    at += batch.row_at
+    ts, sps = t.take(at), sp.take(at)
+    lam = np.cumsum(sps * t0.take(at), axis=1)             # padding: 0 * a finite time
+    lam += x
+    lam /= np.cumsum(sps, axis=1)
+    k = (ts < lam).sum(axis=1)                             # the k lowest bins share the level
+    k -= 1
+    np.maximum(k, 0, out=k)
+    k += batch.first
+    alloc = np.subtract(lam.take(k)[:, None], t)
+    np.maximum(alloc, 0.0, out=alloc)
+    alloc *= sp
+    alloc /= alloc.sum(axis=1, keepdims=True)
+    if batch.share is not None:
+        batch.share = alloc
+    else:
+        st.s.reshape(-1)[batch.at_s] = alloc
+    on = batch.on
+    L[batch.at_L_on] = base.take(on) + batch.x_on * alloc.take(on)
 
 
-def _disjoint_batches(st: _State, groups: np.ndarray) -> list[tuple]:
+def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False) -> list[_FillBatch]:
     """Step 3's batches: the replicated items of ``groups``, coloured greedily (heaviest first, all
     groups in lockstep) so that the items of one group in a batch share no bin; filling a batch at
     once then equals filling its items one after another."""
     p = st.p
     n = groups.size
-    multi = (st.y[groups].sum(axis=2) > 1) & (p.load[groups] > 0)   # [n, I]
+    multi = (st.rcount[groups] > 1) & (p.load[groups] > 0)          # [n, I]
     if not multi.any():
         return []
     rows, items = np.nonzero(multi)
@@ -232,13 +281,14 @@ def _disjoint_batches(st: _State, groups: np.ndarray) -> list[tuple]:
         c = np.argmin((used & bins[:, None, :]).any(axis=2), axis=1)  # first colour without a shared bin
         used[everyone, c] |= bins
         colour[here, j] = c[here]
-    return [_fill_batch(st, groups[np.nonzero(colour == c)[0]], table[colour == c]) for c in range(int(colour.max()) + 1)]
+    return [_FillBatch(st, groups[np.nonzero(colour == c)[0]], table[colour == c], hold_shares)
+            for c in range(int(colour.max()) + 1)]
 
 
 def _balance_shares(st: _State, groups: np.ndarray, max_sweeps: int = SHARE_SWEEPS, tol: float = SHARE_TOL) -> None:
     """Step 3 on ``groups``: sweep the replicated items, water-filling each, until the groups'
     summed maximum times improve by less than a relative ``tol`` in a sweep."""
-    batches = _disjoint_batches(st, groups)
+    batches = _disjoint_batches(st, groups, hold_shares=True)
     if not batches:
         return
     speed = st.p.speed
@@ -250,6 +300,8 @@ def _balance_shares(st: _State, groups: np.ndarray, max_sweeps: int = SHARE_SWEE
         if worst - now <= tol * now:
             break
         worst = now
+    for batch in batches:
+        batch.store(st)
 
 
 # ----- Step 1 and Step 2 -----------------------------------------------------------------------
@@ -260,24 +312,37 @@ def _replica_counts(problem: ReplicatedAssignment, reach: np.ndarray, limit: np.
     spare = int(problem.slots.sum()) - I
     if spare < 0:
         raise _NoPlacement(f"{I} items need a slot each but the bins have {int(problem.slots.sum())} in all")
-    rows = np.arange(G)
-    count = np.ones((G, I), dtype=np.int64)
-    load = problem.load
+    if spare == 0 or G * I == 0:
+        return np.ones((G, I), dtype=np.int64)
+    count = np.ones(G * I, dtype=np.int64)            # flat [G * I] views of the [G, I] arrays
+    load, limit = problem.load.ravel(), limit.ravel()
+    if problem.mask.all():                             # then every item has the same reach
+        fastest = reach[0, 0]
+        def reach_at(fi, c):
+            return fastest[c - 1]
+    else:
+        reach_flat = reach.reshape(G * I, B)
+        def reach_at(fi, c):
+            return reach_flat[fi, c - 1]
 
-    def key(r, i):
-        c = count[r, i]
-        return np.where(c < limit[r, i], load[r, i] / reach[r, i, c - 1], -np.inf)
+    def key(fi):
+        c = count[fi]
+        return np.where(c < limit[fi], load[fi] / reach_at(fi, c), -np.inf)
 
-    per_replica = key(*np.indices((G, I)))
+    per_replica = key(np.arange(G * I)).reshape(G, I)
+    flat = per_replica.ravel()
+    row_start = np.arange(G) * I
     for _ in range(spare):
-        hottest = np.argmax(per_replica, axis=1)
-        go = per_replica[rows, hottest] > 0
-        if not go.any():
-            break
-        r, i = rows[go], hottest[go]
-        count[r, i] += 1
-        per_replica[r, i] = key(r, i)
-    return count
+        fi = per_replica.argmax(axis=1)
+        fi += row_start
+        go = flat[fi] > 0
+        if not go.all():
+            if not go.any():
+                break
+            fi = fi[go]
+        count[fi] += 1
+        flat[fi] = key(fi)
+    return count.reshape(G, I)
 
 
 def _replica_order(problem: ReplicatedAssignment, count: np.ndarray, per_replica: np.ndarray,
@@ -286,25 +351,31 @@ def _replica_order(problem: ReplicatedAssignment, count: np.ndarray, per_replica
     with ``mandatory_first``, first one replica of every item (fewest candidate bins, then
     heaviest), then the spare replicas, heaviest first. Ties keep item order."""
     G, I, _ = problem.shape
+    per_group = count.sum(axis=1)
+    order = np.full((G, int(per_group.max())), -1, dtype=np.int64)
+    if not mandatory_first:     # an item's replicas weigh the same: sort the items, repeat each
+        by = np.argsort(-per_replica, axis=1, kind="stable")             # [G, I] heaviest first, ties in item order
+        reps = np.take_along_axis(count, by, axis=1).ravel()
+        group = np.repeat(np.arange(G), per_group)
+        starts = np.concatenate([[0], np.cumsum(per_group)[:-1]])
+        order[group, np.arange(group.size) - starts[group]] = np.repeat(by.ravel(), reps)
+        return order
     flat = count.ravel()
     group = np.repeat(np.repeat(np.arange(G), I), flat)                  # one entry per replica
     item = np.repeat(np.tile(np.arange(I), G), flat)
     first = np.ones(group.size, dtype=bool)
     first[1:] = (item[1:] != item[:-1]) | (group[1:] != group[:-1])
     heavy = -per_replica[group, item]
-    if mandatory_first:
-        n_cand = np.where(first, problem.mask.sum(axis=2)[group, item], 0)
-        by = np.lexsort((heavy, n_cand, ~first, group))
-    else:
-        by = np.lexsort((heavy, group))
-    starts = np.concatenate([[0], np.cumsum(count.sum(axis=1))[:-1]])
-    order = np.full((G, int(count.sum(axis=1).max())), -1, dtype=np.int64)
+    n_cand = np.where(first, _n_candidates(problem)[group, item], 0)
+    by = np.lexsort((heavy, n_cand, ~first, group))
+    starts = np.concatenate([[0], np.cumsum(per_group)[:-1]])
     order[group[by], np.arange(group.size) - starts[group[by]]] = item[by]
     return order
 
 
-def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bool) -> np.ndarray:
-    """Step 2: replicas y [G, I, B]; raises :class:`_NoPlacement` if an item gets none.
+def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bool) -> tuple:
+    """Step 2: (y [G, I, B] replicas; g, i, b the groups, items and bins of the replicas placed;
+    rcount [G, I] replicas per item); raises :class:`_NoPlacement` if an item gets none.
 
     A bin's score for a replica of load w is ``(level + w + (free - 1) * fill) / speed``: its time
     after taking the replica, plus the load its other free slots will still receive, estimated as
@@ -312,92 +383,145 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
     the last, smallest replicas are forced onto the slow bins' free slots and overload them.
     Groups are placed in lockstep (the k-th replica of every group at once); only memory couples
     them, and groups that pick the same bin in one step are then admitted in group order.
+
+    A step is a few whole-array operations on [G, B]: what blocks a bin lives in the score's own
+    terms (a full bin's level is +inf; ``barred`` [G * I, B] is +inf where a bin may not take the
+    item, being no candidate or holding it already, and 0 elsewhere, so adding it leaves the
+    formula's value unchanged), and the work a step cannot need is skipped: ``barred`` only for
+    items with several replicas or with a candidate mask, the check for a group with no bin left
+    only where one can arise (masks, memory, an item's second or later replica, groups done).
     """
     G, I, B = problem.shape
     per_replica = problem.load / count
     order = _replica_order(problem, count, per_replica, mandatory_first)   # [G, R]
+    R = order.shape[1]
     rows = np.arange(G)
     active = order >= 0
     item_at = np.where(active, order, 0)
     w_at = np.where(active, per_replica[rows[:, None], item_at], 0.0)    # [G, R]
     left = w_at[:, ::-1].cumsum(axis=1)[:, ::-1] - w_at                   # load placed after step k
-    fill_at = left / np.maximum(problem.slots.sum() - 1 - np.arange(order.shape[1]), 1)
-    y = np.zeros((G, I, B), dtype=bool)
-    level = np.zeros((G, B))
-    spare = np.broadcast_to(problem.slots - 1.0, (G, B)).copy()          # free slots - 1
-    mem = np.zeros(B)
+    fill_at = left / np.maximum(problem.slots.sum() - 1 - np.arange(R), 1)
     same_speed = bool(np.all(problem.speed == problem.speed[0]))  # then w and speed do not change the argmin
-    inv_speed = 1.0 / problem.speed
     any_mask = not problem.mask.all()
     memory_binds = bool(np.isfinite(problem.capacity).any() and problem.weight.any())
+    # step-major: step k's terms are row k, as [G, 1] columns to broadcast over the bins
+    fill_k = np.ascontiguousarray(fill_at.T)[:, :, None]                  # [R, G, 1]
+    w_k = np.ascontiguousarray(w_at.T)                                    # [R, G]
+    w_kb = None if same_speed else w_k[:, :, None]
+    inv_speed = 1.0 / problem.speed
+    item_k = np.ascontiguousarray(item_at.T)                              # [R, G]
+    barred_row = item_k + rows[None, :] * I                               # [R, G] row (g, item at step k) of barred
+    barred_at = barred_row * B - rows[None, :] * B                        # + flat index (g, b): barred's (g, i, b)
+    several = active & (count[rows[:, None], item_at] > 1)               # [G, R] the item has other replicas
+    if mandatory_first:
+        again = several                                                   # (a superset of the later replicas)
+    else:                                                                 # an item's replicas are consecutive
+        again = several & np.concatenate([np.zeros((G, 1), dtype=bool), order[:, 1:] == order[:, :-1]], axis=1)
     everyone = active.all(axis=0)
-    full = np.zeros((G, B), dtype=bool)                                   # spare < 0: no free slot
+    set_barred = several.any(axis=0)
+    use_barred = again.any(axis=0) | any_mask
+    check = use_barred | ~everyone | memory_binds
+    barred = np.where(problem.mask, 0.0, np.inf).reshape(G * I, B)
+    barred_flat = barred.ravel()
+    level = np.zeros((G, B))
+    level[:, problem.slots < 1] = np.inf                                  # no slot at all: full from the start
+    spare = np.broadcast_to(problem.slots - 1.0, (G, B)).copy()          # free slots - 1
+    level_flat, spare_flat = level.ravel(), spare.ravel()
+    placed = np.full((R, G), -1, dtype=np.int64)                          # flat (g, b) of step k's replica; -1: none
+    mem = np.zeros(B)
+    row_start = rows * B
+    ones = np.ones(G)
     score = np.empty((G, B))
-    for k in range(order.shape[1]):
-        items, w = item_at[:, k], w_at[:, k]
+    score_flat = score.ravel()
+    for k in range(R):
         todo = None if everyone[k] else active[:, k]      # None: every group places a replica
         while True:
-            np.multiply(spare, fill_at[:, k, None], out=score)
+            np.multiply(spare, fill_k[k], out=score)
             score += level
-            if not same_speed:
-                score += w[:, None]
+            if w_kb is not None:
+                score += w_kb[k]
                 score *= inv_speed
-            blocked = y[rows, items]
-            blocked |= full
-            if any_mask:
-                blocked |= ~problem.mask[rows, items]
+            if use_barred[k]:
+                score += barred[barred_row[k]]
             if memory_binds:
-                blocked |= mem + problem.weight[items] > problem.capacity
+                score[mem + problem.weight[item_k[k]] > problem.capacity] = np.inf
             if todo is not None:
-                blocked[~todo] = True
-            score[blocked] = np.inf
-            bins = score.argmin(axis=1)
-            take = ~blocked[rows, bins]          # a replica that fits nowhere is dropped
-            retry = None
-            if memory_binds:  # groups of this step may compete for the same bin's memory
+                score[~todo] = np.inf
+            flat = score.argmin(axis=1)
+            flat += row_start
+            w, r, retry = w_k[k], None, None
+            if check[k] and not score_flat[flat].dot(ones) < np.inf:   # some group has no bin left
+                take = score_flat[flat] < np.inf       # a replica that fits nowhere is dropped
+                if memory_binds:  # groups of this step may compete for the same bin's memory
+                    retry = np.zeros(G, dtype=bool)
+                    for g in np.flatnonzero(take):
+                        i, b = item_k[k, g], flat[g] - row_start[g]
+                        if mem[b] + problem.weight[i, b] <= problem.capacity[b]:
+                            mem[b] += problem.weight[i, b]
+                        else:
+                            take[g], retry[g] = False, True
+                r = np.flatnonzero(take)
+                flat, w = flat[r], w[r]
+            elif memory_binds:
                 retry = np.zeros(G, dtype=bool)
-                for g in np.flatnonzero(take):
-                    i, b = items[g], bins[g]
+                for g in range(G):
+                    i, b = item_k[k, g], flat[g] - row_start[g]
                     if mem[b] + problem.weight[i, b] <= problem.capacity[b]:
                         mem[b] += problem.weight[i, b]
                     else:
-                        take[g], retry[g] = False, True
-            if take.all():
-                y[rows, items, bins] = True
-                level[rows, bins] += w
-                spare[rows, bins] -= 1
-                full[rows, bins] = spare[rows, bins] < 0
+                        retry[g] = True
+                if retry.any():
+                    r = np.flatnonzero(~retry)
+                    flat, w = flat[r], w[r]
+            if r is None:
+                placed[k] = flat
+                if set_barred[k]:
+                    barred_flat[barred_at[k] + flat] = np.inf
             else:
-                r, b = rows[take], bins[take]
-                y[r, items[r], b] = True
-                level[r, b] += w[r]
-                spare[r, b] -= 1
-                full[r, b] = spare[r, b] < 0
+                placed[k, r] = flat
+                if set_barred[k]:
+                    barred_flat[barred_at[k, r] + flat] = np.inf
+            level_flat[flat] += w
+            free = spare_flat[flat]
+            spare_flat[flat] = free - 1.0
+            if np.count_nonzero(free) < free.size:       # a bin took its last free slot
+                level_flat[flat[free < 1.0]] = np.inf
             if retry is None or not retry.any():
                 break
             todo = retry
-    missing = np.argwhere(~y.any(axis=2))
+    k, g = np.nonzero(placed >= 0)
+    i, b = item_at[g, k], placed[k, g] - row_start[g]
+    y = np.zeros((G, I, B), dtype=bool)
+    y[g, i, b] = True
+    if np.count_nonzero(y) != k.size or spare.min(initial=0.0) < -1:
+        raise AssertionError("Step 2 put a replica on a bin that could not take it")
+    rcount = np.bincount(g * I + i, minlength=G * I).reshape(G, I)
+    missing = np.argwhere(rcount == 0)
     if missing.size:
         g, i = missing[0]
         raise _NoPlacement(f"item ({g}, {i}) fits on no candidate bin (slots or memory are used up); "
                            f"{len(missing)} item(s) without a replica")
-    return y
+    return y, g, i, b, rcount
 
 
 def _greedy(problem: ReplicatedAssignment) -> _State:
     """Steps 1-3."""
-    G, I, _ = problem.shape
-    if np.any(problem.mask.sum(axis=2) == 0):
-        g, i = np.argwhere(problem.mask.sum(axis=2) == 0)[0]
+    G, I, B = problem.shape
+    n_cand = _n_candidates(problem)
+    if np.any(n_cand == 0):
+        g, i = np.argwhere(n_cand == 0)[0]
         raise _NoPlacement(f"item ({g}, {i}) has no candidate bin")
     reach = _reach(problem)
-    limit = np.minimum(problem.max_replicas, problem.mask.sum(axis=2))
+    limit = np.minimum(problem.max_replicas, n_cand)
     count = _replica_counts(problem, reach, limit)
     try:
-        y = _place(problem, count, mandatory_first=False)
+        y, g, i, b, rcount = _place(problem, count, mandatory_first=False)
     except _NoPlacement:
-        y = _place(problem, count, mandatory_first=True)
-    st = _State(problem, y, y / y.sum(axis=2, keepdims=True))
+        y, g, i, b, rcount = _place(problem, count, mandatory_first=True)
+    s = np.zeros((G, I, B))
+    s[g, i, b] = 1.0 / rcount[g, i]                    # equal shares to start
+    cnt = np.bincount(g * B + b, minlength=G * B).reshape(G, B)
+    st = _State(problem, y, s, cnt=cnt, rcount=rcount)
     _balance_shares(st, np.arange(G))
     return st
 
@@ -411,7 +535,7 @@ class _Search:
         self.st = st
         self.p = st.p
         self.lower = lower
-        self.rcount = st.y.sum(axis=2)
+        self.rcount = st.rcount
         self.moves = 0
 
     def _others_max(self, t: np.ndarray, first: int) -> np.ndarray:
@@ -658,7 +782,7 @@ def _finish(name: str, problem: ReplicatedAssignment, sol: AssignmentSolution, t
 
 
 def _bound(problem: ReplicatedAssignment) -> np.ndarray:
-    limit = np.minimum(problem.max_replicas, np.maximum(problem.mask.sum(axis=2), 1))
+    limit = np.minimum(problem.max_replicas, np.maximum(_n_candidates(problem), 1))
     return _lower_bounds(problem, limit, _reach(problem))
 
 
@@ -678,7 +802,7 @@ def solve_greedy_placement(problem: ReplicatedAssignment, *, time_limit=None, se
     except _NoPlacement as why:
         return Result(Status.INFEASIBLE, name, sense="min", solve_time_s=time.perf_counter() - t0,
                       message=f"the greedy found no placement: {why}", stop_reason="no placement")
-    return _finish(name, problem, st.solution(), t0, float(_bound(problem).sum()), "greedy done",
+    return _finish(name, problem, AssignmentSolution(st.y, st.s), t0, float(_bound(problem).sum()), "greedy done",
                    st.L / problem.speed)
 
 

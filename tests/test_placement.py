@@ -274,6 +274,90 @@ def test_greedy_reports_no_placement():
     assert res.status is Status.INFEASIBLE and "slot" in res.message
 
 
+def test_greedy_leaves_bins_without_slots_alone():
+    """A bin with 0 slots takes no replica (Step 2 once let it take one, and the result was an ERROR)."""
+    problem = ReplicatedAssignment.build(np.array([[5.0, 3.0, 2.0, 1.0], [1.0, 1.0, 4.0, 2.0]]),
+                                         np.array([1.0, 2.0, 0.4]), slots=[3, 0, 3], max_replicas=2)
+    for name in HEURISTICS:
+        res = solve(name, problem)
+        assert res.status is Status.FEASIBLE, res.message
+        assert not res.solution.replicas[:, :, 1].any()
+
+
+def reference_counts(problem: ReplicatedAssignment) -> np.ndarray:
+    """Step 1 one spare at a time, per group, in plain Python."""
+    G, I, B = problem.shape
+    count = np.ones((G, I), dtype=int)
+    for g in range(G):
+        reach = [np.cumsum(np.sort(problem.speed[problem.mask[g, i]])[::-1]) for i in range(I)]
+        limit = np.minimum(problem.max_replicas[g], problem.mask[g].sum(axis=1))
+        for _ in range(int(problem.slots.sum()) - I):
+            keys = [problem.load[g, i] / reach[i][count[g, i] - 1] if count[g, i] < limit[i] else -np.inf
+                    for i in range(I)]
+            i = int(np.argmax(keys))
+            if keys[i] <= 0:
+                break
+            count[g, i] += 1
+    return count
+
+
+def reference_place(problem: ReplicatedAssignment, count: np.ndarray) -> np.ndarray | None:
+    """Step 2 (no memory) one group and one replica at a time, in plain Python; None where a
+    replica fits nowhere (the solver then drops it or starts over with one replica of each item)."""
+    G, I, B = problem.shape
+    speed = problem.speed.tolist()
+    same_speed = len(set(speed)) == 1
+    y = np.zeros((G, I, B), dtype=bool)
+    for g in range(G):
+        per_replica = problem.load[g] / count[g]
+        items = [i for i in sorted(range(I), key=lambda i: -per_replica[i]) for _ in range(count[g, i])]
+        w = [float(per_replica[i]) for i in items]
+        left = [0.0] * len(w)
+        total = 0.0
+        for k in range(len(w) - 1, -1, -1):
+            total += w[k]
+            left[k] = total - w[k]
+        level, free = [0.0] * B, problem.slots.tolist()
+        for k, i in enumerate(items):
+            fill = left[k] / max(int(problem.slots.sum()) - 1 - k, 1)
+            best, pick = np.inf, None
+            for b in range(B):
+                if free[b] < 1 or y[g, i, b] or not problem.mask[g, i, b]:
+                    continue
+                score = (free[b] - 1) * fill + level[b]
+                if not same_speed:
+                    score = (score + w[k]) * (1.0 / speed[b])
+                if score < best:
+                    best, pick = score, b
+            if pick is None:
+                return None
+            y[g, i, pick] = True
+            level[pick] += w[k]
+            free[pick] -= 1
+    return y
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems(), st.booleans())
+def test_steps_1_and_2_match_plain_python(problem, ties):
+    """The vectorised Steps 1 and 2 (all groups in lockstep, blocked bins kept in the scores,
+    checks skipped where nothing can be blocked) place exactly what the rules say."""
+    if ties:  # many equal keys and scores
+        problem = ReplicatedAssignment.build(np.round(problem.load / 10.0), problem.speed, slots=problem.slots,
+                                             mask=problem.mask, max_replicas=problem.max_replicas)
+    count = reference_counts(problem) if problem.slots.sum() >= problem.shape[1] else None
+    if count is None:
+        return
+    limit = np.minimum(problem.max_replicas, problem.mask.sum(axis=2))
+    assert np.array_equal(placement._replica_counts(problem, placement._reach(problem), limit), count)
+    expected = reference_place(problem, count)
+    if expected is None or problem.weight.any():
+        return
+    y, g, i, b, rcount = placement._place(problem, count, mandatory_first=False)
+    assert np.array_equal(y, expected)
+    assert np.array_equal(rcount, count) and y[g, i, b].all() and g.size == y.sum()
+
+
 def test_bad_options_and_initial_solution():
     problem = identical(np.array([[4.0, 2.0, 1.0, 1.0]]), devices=2, redundant=0)
     with pytest.raises(ValueError, match="unknown option"):
