@@ -2,9 +2,10 @@
 same seed gives the same plan.
 
 ``python -m planner.check_heuristics [--count 1000] [--seed 0]`` draws random instances (model
-shape, 2-4 devices of random tier, memory, speed and bandwidth, popularity, codec ranks, SLOs,
-objective) from a seeded generator and runs ``route-aware``, ``local-search`` (with a fixed move
-count, so it is reproducible), ``replan`` after a 4x bandwidth drop, and ``greedy-placement`` on the
+shape, 2-4 devices of random tier, memory, speed and bandwidth, popularity, codec ranks (half of
+them with an accuracy trade-off), SLOs, objective) from a seeded generator and runs
+``route-aware``, ``local-search`` (with a fixed move count, so it is reproducible), ``replan``
+after a 4x bandwidth drop, and ``greedy-placement`` on the
 instance's expert-placement loads. It prints counts; a failure prints the instance's seed.
 """
 
@@ -62,6 +63,8 @@ def random_instance(seed: int):
         ranks = sorted({int(r) for r in rng.integers(1, hidden, size=2)})
         data["constraints"] = {"codec_ranks": ranks, "codec_accuracy_loss": [float(x) for x in rng.uniform(0, 0.02, len(ranks))],
                                "accuracy_loss_budget": float(rng.uniform(0, 0.03))}
+        if rng.random() < 0.5:
+            data["constraints"]["accuracy_tradeoff"] = float(rng.uniform(0, 0.2))
     return instance_from_dict(data, file=f"<random {seed}>")
 
 

@@ -78,6 +78,9 @@ class Constraints:
     accuracy_loss_budget: float = 0.0
     codec: Codec = Codec()
     migration_budget_bytes: float | None = None
+    # Share of the objective route-aware and the re-planner may give up for codec ranks with less
+    # accuracy loss (0: the objective alone decides; see planner.codec_choice).
+    accuracy_tradeoff: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ _WORKLOAD_KEYS = {
 _POP_KEYS = {"kind", "zipf_exponent", "file", "seed"}
 _CONSTRAINT_KEYS = {
     "latency_slo_ms", "ttft_slo_ms", "tpot_slo_ms", "accuracy_loss_budget", "codec_ranks",
-    "codec_accuracy_loss", "migration_budget_gb",
+    "codec_accuracy_loss", "migration_budget_gb", "accuracy_tradeoff",
 }
 
 
@@ -444,8 +447,9 @@ def _read_constraints(data: dict, model: MoEModel | None, col: Collector) -> Con
         else:
             codec = Codec(tuple(int(r) for r in ranks), tuple(float(x) for x in losses))
     mig = F.number(table, "migration_budget_gb", tp, col, required=False, nonnegative=True, maximum=1e7)
+    tradeoff = F.number(table, "accuracy_tradeoff", tp, col, required=False, default=0.0, nonnegative=True, maximum=0.5)
     return Constraints(ms("latency_slo_ms"), ms("ttft_slo_ms"), ms("tpot_slo_ms"), budget or 0.0, codec,
-                       mig * 1e9 if mig is not None else None)
+                       mig * 1e9 if mig is not None else None, float(tradeoff or 0.0))
 
 
 def _check_connected(instance: Instance, col: Collector) -> None:

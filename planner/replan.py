@@ -16,6 +16,9 @@ Candidates:
   neighbour with room, else their least popular experts to the device with the most free memory;
   the batching is kept if valid, else lowered along the shared grid until it fits;
 * the route-aware plan on the new instance (:mod:`planner.route_aware`);
+* the current (or repaired) plans with other allowed codec ranks at their cuts
+  (:func:`planner.codec_choice.codec_variants`): a migration of codec matrices only, the cheap
+  answer to a bandwidth change;
 * local moves (:mod:`planner.lns`) from the best start within the migration budget and from the
   least-migrating valid start, vetoing every move whose plan would exceed the migration budget.
 
@@ -24,7 +27,10 @@ instance's ``constraints.migration_budget_bytes``, else unlimited), those that n
 candidate beats by more than ``threshold`` (default 1 %) are equally good; of these the one that
 migrates the fewest bytes wins, and a current plan that is still valid always wins among them: it is
 kept unchanged (the same object), with zero migration and reason "no change needed", unless some
-candidate improves the objective by more than the threshold. With no valid candidate within budget the status is ``infeasible``, the plan None,
+candidate improves the objective by more than the threshold. With ``constraints.accuracy_tradeoff``
+= ``t`` > 0 this choice is made among the candidates of least codec accuracy loss within ``t`` of
+the best objective (so the ranks follow the bandwidth: larger while the link is fast, smaller when
+it slows down). With no valid candidate within budget the status is ``infeasible``, the plan None,
 and the reason says why.
 
 Migration bytes: a plan's *memory map* lists which device holds which weights: every layer's
@@ -44,7 +50,9 @@ structure it finds, untuned) and the local moves get what is left but a tenth, k
 and reporting. A search that cannot produce its first plan within the budget still finishes (a
 few ms on Mixtral, more on large fleets), in which case no local moves run unless ``max_moves`` is
 given (then exactly ``max_moves`` moves per start, and route-aware runs to its end: reproducible,
-but the time budget no longer bounds the run). Without ``max_moves`` the chosen plan may depend on
+but the time budget no longer bounds the run). Route-aware does not run at all when the repairs of the
+current plan left it less than a quarter of the budget and one of them is within the migration
+budget (unless ``max_moves`` is given). Without ``max_moves`` the chosen plan may depend on
 the machine's speed.
 """
 
@@ -59,6 +67,8 @@ import numpy as np
 
 from planner import lns
 from planner.baselines import batch_grid
+from planner.codec_choice import codec_variants, plan_accuracy_loss
+from planner.codec_choice import within as within_tradeoff
 from planner.costmodel import CostModel
 from planner.device import Device
 from planner.errors import InputError, Problem
@@ -520,10 +530,20 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
     # Route-aware may use the first half of the budget (it stops between partners and steps once a
     # plan is found); the local moves get the rest but a tenth, kept for choosing and reporting.
     # With ``max_moves`` nothing depends on the clock: route-aware runs to its end.
-    ra_budget = 1.0 if max_moves is not None else max(t0 + 0.5 * time_budget_s - time.perf_counter(), 1e-4)
-    ra = route_aware(instance, seed=seed, cost_model=cm, time_budget_s=ra_budget)
-    if ra.solution is not None:
-        add("route-aware", ra.solution)
+    # When the repairs gave a plan within the migration budget and left route-aware less than a
+    # quarter of the budget, route-aware is skipped: its first plan would likely come too late.
+    ra_left = t0 + 0.5 * time_budget_s - time.perf_counter()
+    if max_moves is not None or ra_left >= 0.25 * time_budget_s or not cands:
+        ra = route_aware(instance, seed=seed, cost_model=cm, time_budget_s=1.0 if max_moves is not None else max(ra_left, 1e-4))
+        if ra.solution is not None:
+            add("route-aware", ra.solution)
+
+    # Other codec ranks for the current or repaired plans: a cheap migration (the codec matrices)
+    # that follows the bandwidth (see planner.codec_choice).
+    for c in list(cands):
+        if c.name != "route-aware":
+            for variant in codec_variants(c.plan, instance):
+                add(f"{c.name}, codec ranks {_ranks_text(variant)}", variant)
 
     # Local moves from the best start and from the least-migrating start, within the migration budget.
     if cands:
@@ -544,8 +564,8 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
             if out.plan is not start.plan:
                 add(f"local-search from {start.name}", out.plan, out.objective)
 
-    table = [{"name": c.name, "objective": c.objective, "migration_bytes": c.migration_bytes, "within_budget": c in cands}
-             for c in cands + rejected]
+    table = [{"name": c.name, "objective": c.objective, "migration_bytes": c.migration_bytes, "within_budget": c in cands,
+              "accuracy_loss": plan_accuracy_loss(c.plan, instance)} for c in cands + rejected]
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
     budget_txt = "unlimited" if math.isinf(budget) else f"{budget / GB:.3g} GB"
     why_current = ("current plan valid" if not violations
@@ -561,20 +581,35 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
         return ReplanResult(None, Status.INFEASIBLE, before, math.nan, 0.0, [], reason, elapsed(), table)
 
     best = _best(kind, cands)
-    good = [c for c in cands if not lns.improves(kind, best.objective, c.objective, threshold)]
+    pool = cands
+    tradeoff = instance.constraints.accuracy_tradeoff
+    if tradeoff > 0:
+        # The least accuracy loss among the candidates within the trade-off of the best objective.
+        near = [c for c in cands if within_tradeoff(kind, c.objective, best.objective, tradeoff)]
+        least = min(plan_accuracy_loss(c.plan, instance) for c in near)
+        pool = [c for c in near if plan_accuracy_loss(c.plan, instance) <= least + 1e-12]
+    top = _best(kind, pool)
+    good = [c for c in pool if not lns.improves(kind, top.objective, c.objective, threshold)]
     keep = next((c for c in good if c.plan is current), None)
     chosen = keep or min(good, key=lambda c: (c.migration_bytes, _key(kind, c.objective), cands.index(c)))
     if chosen.plan is current:
         if best is chosen:
             reason = "no change needed: current plan valid and no candidate beats it"
-        else:
-            gain = abs(best.objective - before) / abs(before) if before else math.inf
+        elif top is chosen:
             reason = (f"no change needed: current plan valid; the best candidate ({best.name}, "
-                      f"{_fmt_obj(kind, best.objective)}) improves it by {gain:.2%}, threshold {threshold:.0%}")
+                      f"{_fmt_obj(kind, best.objective)}) is within the accuracy trade-off {tradeoff:.0%} and "
+                      f"loses more accuracy")
+        else:
+            gain = abs(top.objective - before) / abs(before) if before else math.inf
+            reason = (f"no change needed: current plan valid; the best candidate ({top.name}, "
+                      f"{_fmt_obj(kind, top.objective)}) improves it by {gain:.2%}, threshold {threshold:.0%}")
         return ReplanResult(current, Status.FEASIBLE, before, before, 0.0, [], reason, elapsed(), table)
     plan = replace(chosen.plan, instance=instance.name, solver="replan", metrics=cm.evaluate(chosen.plan).metrics())
     if violations:
         head = why_current
+    elif tradeoff > 0 and plan_accuracy_loss(chosen.plan, instance) != plan_accuracy_loss(current, instance):
+        head = (f"current plan valid, {chosen.name} has codec accuracy loss {plan_accuracy_loss(chosen.plan, instance):.4g} "
+                f"(current {plan_accuracy_loss(current, instance):.4g}) within the accuracy trade-off {tradeoff:.0%}")
     else:
         gain = abs(chosen.objective - before) / abs(before) if before else math.inf
         head = f"current plan valid, {chosen.name} is {gain:.1%} better"
@@ -582,6 +617,10 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
               f"migration {chosen.migration_bytes / GB:.3g} GB (budget {budget_txt})")
     return ReplanResult(plan, Status.FEASIBLE, before, chosen.objective, chosen.migration_bytes, chosen.steps, reason,
                         elapsed(), table)
+
+
+def _ranks_text(plan: Plan) -> str:
+    return "; ".join(",".join("none" if r is None else str(r) for r in p.codec_ranks) for p in plan.pipelines)
 
 
 def _key(kind: str, v: float) -> float:

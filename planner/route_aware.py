@@ -33,6 +33,9 @@ partners whose memory together with the origin's cannot hold the weights are ski
   Step 4 runs on the better of the two structures (on both when they are within 10 %). On
   fleets of three or more Step 5 runs first, and a partner whose first two-tier structure trails
   its pipeline by more than 30 % is not searched at its second batching.
+* Step 6 (only with ``constraints.accuracy_tradeoff`` > 0): the codec ranks of the chosen plan
+  with the least accuracy loss whose objective is within the trade-off of the plan's
+  (:func:`planner.codec_choice.prefer_accuracy`; at most 64 rank combinations per pipeline).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; ``time_budget_s`` (default 1 s) is only a safety net, and ``stop_reason``
@@ -55,6 +58,7 @@ from models.chain import evaluate as chain_evaluate
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
 from planner.baselines import batch_grid, batching_sweep, partner_candidates
 from planner.chain_plan import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
+from planner.codec_choice import prefer_accuracy
 from planner.costmodel import CostModel, is_better
 from planner.instance import Instance
 from planner.joint import instance_value, plan_from_solution, two_tier_problem
@@ -455,6 +459,13 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
                               "fleet, fits memory, SLOs and the accuracy budget",
                       stop_reason="no candidate")
     best_obj, best_plan = chosen
+    if instance.constraints.accuracy_tradeoff > 0:
+        # Step 6: the most accurate codec ranks within the trade-off of the plan's objective.
+        def score(plan: Plan) -> float | None:
+            ev, bad = evaluate_checked(instance, plan, cm)
+            return None if ev is None or bad else float(ev.objective(instance.objective))
+
+        best_plan, best_obj = prefer_accuracy(best_plan, instance, score)
     return Result(Status.FEASIBLE, "route-aware", objective=best_obj, sense=sense, solve_time_s=elapsed(),
                   solution=best_plan,
                   stop_reason="time budget (the plan may depend on machine speed)" if budget_hit else "local optimum or move cap")

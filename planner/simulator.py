@@ -129,13 +129,16 @@ class ReplanHook:
     :func:`planner.replan.replan` with ``time_budget_s``, ``migration_budget_bytes`` (None: the
     instance's) and ``max_moves`` local moves per start (a fixed count keeps runs reproducible).
     ``decision_s``: simulated seconds between the call and the start of the migration (default
-    ``time_budget_s``).
+    ``time_budget_s``). ``bandwidth_window_s``: the re-planner sees each link's bandwidth as the
+    harmonic mean of the last this many seconds, one sample per second (the rate at which bytes
+    went through on average, a forecast for requests that last about as long); 0 (default): the
+    bandwidth at the moment of the call.
     """
 
     def __init__(self, every_s: float | None = None, on_bandwidth_change: float | None = 0.25,
                  time_budget_s: float = 0.02, migration_budget_bytes: float | None = None, *,
                  on_device_change: bool = True, policy: Callable[[Instance, Plan], Plan | None] | None = None,
-                 max_moves: int = 8, seed: int = 0, decision_s: float | None = None):
+                 max_moves: int = 8, seed: int = 0, decision_s: float | None = None, bandwidth_window_s: float = 0.0):
         if every_s is not None and not (every_s > 0 and math.isfinite(every_s)):
             raise ValueError(f"every_s must be a positive number of seconds, got {every_s!r}")
         if on_bandwidth_change is not None and not on_bandwidth_change >= 0:
@@ -154,6 +157,9 @@ class ReplanHook:
         self.max_moves = max_moves
         self.seed = seed
         self.decision_s = decision
+        if not (bandwidth_window_s >= 0 and math.isfinite(bandwidth_window_s)):
+            raise ValueError(f"bandwidth_window_s must be a finite number of seconds >= 0, got {bandwidth_window_s!r}")
+        self.bandwidth_window_s = float(bandwidth_window_s)
 
     def propose(self, instance: Instance, plan: Plan) -> Plan | None:
         """A new plan for the observed ``instance``, or None to keep ``plan``."""
@@ -809,12 +815,21 @@ class _Sim:
 
     # ----- re-planning ---------------------------------------------------------------------------
     def _observed_bw(self) -> dict:
-        """Factor of each link with a bandwidth clock: its bandwidth now over its nominal one (a
-        second of a series at zero shows as 1e-6: the re-planner needs a positive bandwidth)."""
+        """Factor of each link with a bandwidth clock: its bandwidth now (or the harmonic mean over
+        the hook's ``bandwidth_window_s``) over its nominal one (a second of a series at zero shows
+        as 1e-6: the re-planner needs a positive bandwidth)."""
         out = {}
+        window = self.hook.bandwidth_window_s if self.hook is not None else 0.0
+        samples = [max(0.0, self.now - k) for k in range(max(1, math.ceil(window)))]
         for r, clock in enumerate(self.clocks):
-            if clock is not None:
-                out[self.res_keys[r]] = max(clock.rate(self.now) / clock.nominal, 1e-6)
+            if clock is None:
+                continue
+            if window <= 0:
+                rate = clock.rate(self.now)
+            else:
+                floor = clock.nominal * 1e-6
+                rate = len(samples) / sum(1.0 / max(clock.rate(t), floor) for t in samples)
+            out[self.res_keys[r]] = max(rate / clock.nominal, 1e-6)
         return out
 
     def _observed_instance(self) -> Instance:

@@ -100,7 +100,9 @@ def test_scale_and_dynamic_csvs(quick_all):
         assert {"static", "replan"} <= modes
     cellular = [r for r in dyn if r["scenario"] == "cellular series"]
     assert {r["mode"] for r in cellular} == {"static, nominal bandwidth", "static", "replan"}
-    assert "SLO static" in stdout and "SLO re-plan" in stdout
+    assert "SLO static" in stdout and "SLO re-plan" in stdout and "codec loss re-plan" in stdout
+    static = next(r for r in cellular if r["mode"] == "static")
+    assert float(static["sim_accuracy_loss_mean"]) == pytest.approx(0.006)  # rank 512 throughout
 
 
 def test_without_matplotlib_the_csv_and_table_are_still_written(tmp_path, monkeypatch):
@@ -201,3 +203,18 @@ def test_paper_matrix_covers_models_end_devices_and_networks():
 def test_dynamic_scenarios_point_at_existing_files():
     for sc in DYNAMIC:
         assert (ROOT / "instances" / "bench" / sc.file).is_file(), sc.file
+
+
+def test_served_accuracy_loss_follows_the_plan_that_served_each_request():
+    from dataclasses import replace
+
+    from planner.bench_suites import served_accuracy_loss
+    from planner.simulator import simulate
+
+    inst = api.load_instance(Path(__file__).resolve().parents[1] / "instances" / "bench" / "dynamic"
+                             / "mixtral-orin-h100-cellular-slo.toml")
+    plan = api.solve(inst, "route-aware").solution
+    for rank, loss in zip(inst.constraints.codec.ranks, inst.constraints.codec.accuracy_loss):
+        ranked = replace(plan, pipelines=(replace(plan.pipelines[0], codec_ranks=(rank,)),))
+        res = simulate(inst, ranked, num_requests=5, seed=0)
+        assert served_accuracy_loss(res, inst) == pytest.approx(loss)

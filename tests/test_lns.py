@@ -132,3 +132,15 @@ def test_multi_pipeline_plans_with_placement_stay_valid(fleet):
     out = lns.improve(inst, start, max_moves=120, seed=1)
     assert validate(inst, out.plan) == []
     assert out.objective >= out.initial_objective
+
+
+def test_no_move_starts_when_a_mean_evaluation_would_overrun_the_budget(fleet):
+    start = api.solve(fleet, "proportional").solution
+    scorer = lns.Scorer(fleet, lns.CostModel(fleet))
+    scorer.score(start)
+    assert scorer.evaluations == 1 and scorer.mean_evaluation_s > 0
+    scorer.evaluation_s = 10.0  # as if an evaluation took 10 s
+    out = lns.improve(fleet, start, time_budget_s=1.0, scorer=scorer)
+    assert out.moves_tried == 0 and out.stop_reason == "time budget" and out.plan is start
+    # Without that history the same budget runs moves.
+    assert lns.improve(fleet, start, time_budget_s=0.05, seed=0).moves_tried > 0

@@ -130,6 +130,25 @@ def test_lost_expert_host_on_the_mixtral_cluster_is_repaired():
     assert [(s.what, s.layer, s.expert, s.from_device) for s in r.steps] == [("expert", first.layer, first.expert, None)]
 
 
+def test_route_aware_is_skipped_when_the_repairs_used_its_share_of_the_budget():
+    inst = api.load_instance(REPO / "instances" / "a100-l4-t4-cluster.toml")
+    ra = api.solve(inst, "route-aware").solution
+    pipe = ra.pipelines[0]
+    first = pipe.expert_placement[0]
+    moved = (ExpertPlacement(first.layer, first.expert, ("t4-0",), (1.0,)),) + pipe.expert_placement[1:]
+    current = replace(ra, pipelines=(replace(pipe, expert_placement=moved),))
+    new = changed_instance(inst, drop_device="t4-0")
+    quick = replan(current, new, migration_budget_bytes=2 * GB, time_budget_s=0.0)
+    check(quick, new, 2 * GB)
+    assert "route-aware" not in {c["name"] for c in quick.candidates}
+    # With a move count nothing depends on the clock: route-aware runs.
+    full = replan(current, new, migration_budget_bytes=2 * GB, max_moves=0)
+    assert "route-aware" in {c["name"] for c in full.candidates}
+    # With no repair within the migration budget route-aware runs whatever the clock says.
+    none = replan(current, new, migration_budget_bytes=0.0, time_budget_s=0.0)
+    assert none.plan is None and "route-aware" in {c["name"] for c in none.candidates}
+
+
 def test_device_added_is_used_when_it_pays(fleet, deployed):
     big = Device(name="gpu9", kind="gpu9", tier="cloud", memory_bytes=1e9, memory_bandwidth_bytes_per_s=3e12,
                  peak_flops_per_s={"fp16": 1e15}, power_w=700)

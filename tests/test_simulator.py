@@ -297,6 +297,29 @@ def test_the_hook_sees_the_instance_as_observed(line):
     assert lost.workload.arrival_rate_per_s == pytest.approx(3.0 * line.workload.arrival_rate_per_s)
 
 
+def test_the_hook_can_see_the_harmonic_mean_bandwidth_of_a_window(line):
+    key = ("edge", "phone")
+    bw = {frozenset((l.a, l.b)): l.bandwidth_bytes_per_s for l in line.links}[frozenset(key)]
+    series = np.array([bw] * 10 + [bw / 4] * 10)  # cycled: 10 s fast, 10 s slow
+    trace = RequestTrace(np.arange(0.0, 40.0, 2.0), np.array([16] * 20), np.array([2] * 20))
+    plan = remote_line_plan()
+    seen = {}
+    for window in (0.0, 10.0):
+        calls = []
+
+        def policy(observed, current):
+            calls.append({frozenset((l.a, l.b)): l.bandwidth_bytes_per_s for l in observed.links}[frozenset(key)])
+
+        simulate(line, plan, trace=trace, bandwidth_series={key: series},
+                 replan=ReplanHook(every_s=15.0, on_bandwidth_change=None, policy=policy, bandwidth_window_s=window))
+        seen[window] = calls[0]  # the call at 15 s
+    assert seen[0.0] == pytest.approx(bw / 4)
+    # Seconds 6..15: four at bw, six at bw / 4; their harmonic mean.
+    assert seen[10.0] == pytest.approx(10 / (4 / bw + 6 * 4 / bw))
+    with pytest.raises(ValueError, match="bandwidth_window_s"):
+        ReplanHook(bandwidth_window_s=-1.0)
+
+
 def test_the_default_hook_replans_around_a_lost_device(line):
     plan = pipeline_plan((("phone", 0, 1), ("gpu", 1, 4)), b=1, m=8)
     res = simulate(at_rate(line, plan, 0.5), plan, num_requests=300, seed=1,
