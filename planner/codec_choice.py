@@ -55,7 +55,6 @@ def codec_variants(plan: Plan, instance: Instance) -> list[Plan]:
     out: list[Plan] = []
     if not allowed:
         return out
-    seen = {plan}
     for pi, pipe in enumerate(plan.pipelines):
         cuts = [i for i, r in enumerate(pipe.codec_ranks) if r is not None]
         if not cuts:
@@ -65,16 +64,17 @@ def codec_variants(plan: Plan, instance: Instance) -> list[Plan]:
         else:
             base = tuple(pipe.codec_ranks[i] for i in cuts)
             combos = (base[:j] + (r,) + base[j + 1:] for j in range(len(cuts)) for r in allowed)
+        seen = {pipe.codec_ranks}  # rank tuples, not plans: hashing a large placement is slow
         for combo in combos:
             ranks = list(pipe.codec_ranks)
             for i, r in zip(cuts, combo):
                 ranks[i] = r
+            if tuple(ranks) in seen:
+                continue
+            seen.add(tuple(ranks))
             pipes = list(plan.pipelines)
             pipes[pi] = replace(pipe, codec_ranks=tuple(ranks))
-            variant = replace(plan, pipelines=tuple(pipes))
-            if variant not in seen:
-                seen.add(variant)
-                out.append(variant)
+            out.append(replace(plan, pipelines=tuple(pipes)))
     return out
 
 

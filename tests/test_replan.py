@@ -111,16 +111,21 @@ def test_lost_device_gives_a_valid_plan_without_it(fleet, deployed, lost):
             assert "invalid" in r.reason
 
 
-def test_lost_expert_host_on_the_mixtral_cluster_is_repaired():
+def cluster_expert_on_t4():
+    """The Mixtral cluster, route-aware's plan with one placed expert moved to t4-0 by hand (so the
+    plan depends on t4-0), and the cluster without t4-0: (instance, current plan, changed instance, expert)."""
     inst = api.load_instance(REPO / "instances" / "a100-l4-t4-cluster.toml")
     ra = api.solve(inst, "route-aware").solution
     pipe = ra.pipelines[0]
-    # Move one placed expert to t4-0 by hand: the deployed plan now depends on t4-0.
     first = pipe.expert_placement[0]
     moved = (ExpertPlacement(first.layer, first.expert, ("t4-0",), (1.0,)),) + pipe.expert_placement[1:]
     current = replace(ra, pipelines=(replace(pipe, expert_placement=moved),))
+    return inst, current, changed_instance(inst, drop_device="t4-0"), first
+
+
+def test_lost_expert_host_on_the_mixtral_cluster_is_repaired():
+    inst, current, new, first = cluster_expert_on_t4()
     assert validate(inst, current) == []
-    new = changed_instance(inst, drop_device="t4-0")
     r = replan(current, new, migration_budget_bytes=2 * GB)
     check(r, new, 2 * GB)
     assert "t4-0" not in r.plan.devices
@@ -131,13 +136,7 @@ def test_lost_expert_host_on_the_mixtral_cluster_is_repaired():
 
 
 def test_route_aware_is_skipped_when_the_repairs_used_its_share_of_the_budget():
-    inst = api.load_instance(REPO / "instances" / "a100-l4-t4-cluster.toml")
-    ra = api.solve(inst, "route-aware").solution
-    pipe = ra.pipelines[0]
-    first = pipe.expert_placement[0]
-    moved = (ExpertPlacement(first.layer, first.expert, ("t4-0",), (1.0,)),) + pipe.expert_placement[1:]
-    current = replace(ra, pipelines=(replace(pipe, expert_placement=moved),))
-    new = changed_instance(inst, drop_device="t4-0")
+    _, current, new, _ = cluster_expert_on_t4()
     quick = replan(current, new, migration_budget_bytes=2 * GB, time_budget_s=0.0)
     check(quick, new, 2 * GB)
     assert "route-aware" not in {c["name"] for c in quick.candidates}
