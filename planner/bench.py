@@ -94,7 +94,8 @@ def write_plots(out: Path, result) -> list[Path]:
         paths.append(bench_plots.slo_bars(result.rows, out / "dynamic_slo.png"))
         for b in figs["bandwidth"]:
             paths.append(bench_plots.bandwidth_timeline(b["title"], b["mbps"], b["nominal_mbps"], b["applied_s"], b["kept_s"],
-                                                        out / f"dynamic_bandwidth_{b['slug']}.png"))
+                                                        out / f"dynamic_bandwidth_{b['slug']}.png",
+                                                        rank_steps=b.get("rank_steps")))
     return paths
 
 

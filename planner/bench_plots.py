@@ -209,25 +209,41 @@ def slo_bars(rows: list[dict], path: Path) -> Path:
 
 
 def bandwidth_timeline(title: str, mbps: np.ndarray, nominal_mbps: float, applied_s: list[float], kept_s: list[float],
-                       path: Path) -> Path:
+                       path: Path, rank_steps: list[tuple[float, int | None]] | None = None) -> Path:
     """Bandwidth (Mbit/s) per second, the nominal (planned) figure, and the re-planner's calls:
-    applied (a new plan) as solid red lines, kept (no better plan) as grey ticks at the bottom."""
+    kept (no better plan) as grey ticks at the bottom; applied (a new plan) as solid red lines, or,
+    with ``rank_steps`` ((time s, codec rank) from each plan's start), as the steps of the codec
+    rank in use on a second axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.2))
     t = np.arange(mbps.size)
-    ax.step(t, mbps, where="post", color="#1f77b4", linewidth=1.2, label="link bandwidth")
-    ax.axhline(nominal_mbps, color="black", linestyle="--", linewidth=1, label=f"nominal (planned): {nominal_mbps:g} Mbit/s")
+    handles = ax.step(t, mbps, where="post", color="#1f77b4", linewidth=1.2, label="link bandwidth")
+    handles.append(ax.axhline(nominal_mbps, color="black", linestyle="--", linewidth=1,
+                              label=f"nominal (planned): {nominal_mbps:g} Mbit/s"))
     top = float(max(mbps.max(), nominal_mbps)) * 1.4  # headroom for the legend
-    for k, s in enumerate(applied_s):
-        ax.axvline(s, color="#d62728", alpha=0.7, linewidth=1.2, label=f"re-plan applied ({len(applied_s)})" if k == 0 else None)
+    if rank_steps:
+        ranks = ax.twinx()
+        xs = [s for s, _ in rank_steps] + [mbps.size]
+        ys = [0 if r is None else r for _, r in rank_steps]
+        handles += ranks.step(xs, ys + ys[-1:], where="post", color="#d62728", linewidth=1.4,
+                              label=f"codec rank in use ({len(applied_s)} re-plans applied)")
+        levels = sorted(set(ys))
+        ranks.set_yticks(levels)
+        ranks.set_ylim(0, max(levels) * 1.25)
+        ranks.set_ylabel("codec rank (numbers per token)")
+    else:
+        for k, s in enumerate(applied_s):
+            line = ax.axvline(s, color="#d62728", alpha=0.7, linewidth=1.2, label=f"re-plan applied ({len(applied_s)})")
+            if k == 0:
+                handles.append(line)
     if kept_s:
-        ax.plot(kept_s, [top * 0.02] * len(kept_s), "|", color="#555555", markersize=10,
-                label=f"re-planner called, plan kept ({len(kept_s)})")
+        handles += ax.plot(kept_s, [top * 0.02] * len(kept_s), "|", color="#555555", markersize=10,
+                           label=f"re-planner called, plan kept ({len(kept_s)})")
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("bandwidth (Mbit/s)")
     ax.set_ylim(0, top)
     ax.set_xlim(0, mbps.size)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center", ncol=2)
+    ax.legend(handles=handles, fontsize=8, loc="upper center", ncol=2)
     return _save(fig, path)

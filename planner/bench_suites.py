@@ -486,25 +486,33 @@ def run_dynamic(settings: Settings, progress: Progress) -> SuiteOutput:
         modes = [("static", series, None), ("replan", series, dynamic_hook(sc, settings.seed))]
         if series is not None:
             modes.insert(0, ("static, nominal bandwidth", None, None))  # the fairness check: the SLO is met here
-        logs = {}
+        sims = {}
         for mode, s, hook in modes:
             t0 = time.perf_counter()
             sim = simulate(inst, plan, trace, seed=settings.seed, series=s, events=events, replan=hook)
-            logs[mode] = sim.replan_log
+            sims[mode] = sim
             row = {**base, "mode": mode, **measured(sim), "replan_calls": len(sim.replan_log),
                    "sim_accuracy_loss_mean": served_accuracy_loss(sim, inst)}
             rows.append(row)
             clock.say(f"{i}/{len(chosen)} {sc.name} ({inst.name}): {mode} simulated in {time.perf_counter() - t0:.2f} s, "
                       f"SLO attainment {fmt(row['sim_slo_attainment'], '.3f')}")
         if sc.change in ("bandwidth", "cellular"):
-            bandwidth_plots.append(bandwidth_figure(sc, inst, series, events, logs["replan"], rows[-1]["sim_sim_time_s"]))
+            rp = sims["replan"]
+            bandwidth_plots.append(bandwidth_figure(sc, inst, series, events, rp.replan_log, rows[-1]["sim_sim_time_s"],
+                                                    rp.plans))
     return SuiteOutput("dynamic", rows, *dynamic_table(rows), figures={"bandwidth": bandwidth_plots})
 
 
+# The cellular timeline shows this many periods of the series (the run has CELLULAR_CYCLES).
+CELLULAR_PLOT_CYCLES = 2
+
+
 def bandwidth_figure(sc: DynamicScenario, inst: Instance, series: BandwidthSeries | None, events: list,
-                     replan_log: list[dict], sim_time_s: float) -> dict:
+                     replan_log: list[dict], sim_time_s: float, plans: list[Plan] = ()) -> dict:
     """Data of the bandwidth timeline plot: the origin's link bandwidth per second (Mbit/s), the
-    nominal figure, and the instants the re-planner applied a new plan or kept the old one."""
+    nominal figure, the instants the re-planner applied a new plan or kept the old one, and (when
+    the plans have codec ranks) the rank of the first pipeline's first ranked cut from the moment
+    each plan took effect. A cellular series is shown for its first periods only."""
     origin = inst.workload.origin
     link = next(l for l in inst.links if origin in (l.a, l.b))
     nominal = link.bandwidth_bytes_per_s * 8 / 1e6
@@ -517,10 +525,19 @@ def bandwidth_figure(sc: DynamicScenario, inst: Instance, series: BandwidthSerie
         for ev in events:
             mbps[int(ev.time_s):] = nominal * ev.value
         label = f"link {link.a}<->{link.b}"
+    applied = [e for e in replan_log if e["outcome"] == "applied"]
+    ranks = [next((r for r in p.pipelines[0].codec_ranks if r is not None), None) for p in plans]
+    rank_steps = []
+    if any(r is not None for r in ranks) and len(ranks) == len(applied) + 1:
+        rank_steps = [(0.0, ranks[0])] + [(e["effective_s"], r) for e, r in zip(applied, ranks[1:])]
+    show = mbps.size if series is None else min(mbps.size, CELLULAR_PLOT_CYCLES * series.mbps.size)
+    if show < mbps.size:
+        label += f"; first {show} s of {mbps.size} s"
     return {"slug": re.sub(r"[^a-z0-9]+", "-", sc.name.lower()).strip("-"),
-            "title": f"Dynamic suite, {sc.name}: {inst.name}\n{label}", "mbps": mbps, "nominal_mbps": nominal,
-            "applied_s": [e["time_s"] for e in replan_log if e["outcome"] == "applied"],
-            "kept_s": [e["time_s"] for e in replan_log if e["outcome"] != "applied"]}
+            "title": f"Dynamic suite, {sc.name}: {inst.name}\n{label}", "mbps": mbps[:show], "nominal_mbps": nominal,
+            "applied_s": [e["time_s"] for e in applied if e["time_s"] < show],
+            "kept_s": [e["time_s"] for e in replan_log if e["outcome"] != "applied" and e["time_s"] < show],
+            "rank_steps": [(t, r) for t, r in rank_steps if t < show]}
 
 
 def dynamic_table(rows: list[dict]) -> tuple[str, list[str]]:
