@@ -22,9 +22,9 @@ up to :data:`MAX_COMBINATIONS` per pipeline are all scored, beyond that each cut
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import replace
 
+from planner.costmodel import is_within
 from planner.instance import Instance
 from planner.plan import Plan
 
@@ -36,15 +36,6 @@ def plan_accuracy_loss(plan: Plan, instance: Instance) -> float:
     (as :class:`planner.costmodel.Evaluation` reports it)."""
     codec = instance.constraints.codec
     return max((sum(codec.loss(r) for r in p.codec_ranks if r is not None) for p in plan.pipelines), default=0.0)
-
-
-def within(kind: str, value: float, reference: float, tradeoff: float) -> bool:
-    """Whether objective ``value`` is within ``tradeoff`` (a share) of ``reference``."""
-    if not (math.isfinite(value) and math.isfinite(reference)):
-        return False
-    if kind == "throughput":
-        return value >= (1.0 - tradeoff) * reference - 1e-12 * abs(reference)
-    return value <= (1.0 + tradeoff) * reference + 1e-12 * abs(reference)
 
 
 def codec_variants(plan: Plan, instance: Instance) -> list[Plan]:
@@ -97,7 +88,7 @@ def prefer_accuracy(plan: Plan, instance: Instance, score, reference: float | No
     chosen = (plan, own)
     for i, variant in enumerate(codec_variants(plan, instance), start=1):
         v = score(variant)
-        if v is None or not within(kind, v, ref, t):
+        if v is None or not is_within(kind, v, ref, t):
             continue
         key = (plan_accuracy_loss(variant, instance), sign * v, i)
         if key < best:

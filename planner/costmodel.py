@@ -217,6 +217,17 @@ def is_better(kind: str, a: float, b: float) -> bool:
     return a > b if kind == "throughput" else a < b
 
 
+def is_within(kind: str, value: float, reference: float, share: float) -> bool:
+    """Whether objective ``value`` is better than ``reference`` or within ``share`` of it:
+    ``value >= (1 - share) * reference`` for throughput, ``value <= (1 + share) * reference`` for
+    latency and energy (False when either is not finite)."""
+    if not (np.isfinite(value) and np.isfinite(reference)):
+        return False
+    if kind == "throughput":
+        return value >= (1.0 - share) * reference - 1e-12 * abs(reference)
+    return value <= (1.0 + share) * reference + 1e-12 * abs(reference)
+
+
 class CostModel:
     """Predicts a plan's figures on one instance. Build once per instance; :meth:`evaluate` is cheap."""
 
@@ -241,7 +252,7 @@ class CostModel:
         self.Q = np.zeros((m.num_layers, max(m.num_experts, 1)))
         for layer, k in self.moe_index.items():
             self.Q[layer] = self.q[k]
-        self.graph = instance.graph()
+        self._links = {(min(l.a, l.b), max(l.a, l.b)): l for l in instance.links}  # a pair's link (the last listed)
         # Shortest routes by weight per link: one-way latency + the time of a 1 MB message.
         self._names = [d.name for d in instance.devices]
         self._node = {n: i for i, n in enumerate(self._names)}
@@ -295,7 +306,7 @@ class CostModel:
             while nodes[-1] != i:
                 nodes.append(pred[nodes[-1]])
             names = [self._names[k] for k in reversed(nodes)]
-            route = self._routes[key] = [(u, v, self.graph.edges[u, v]["link"]) for u, v in zip(names, names[1:])]
+            route = self._routes[key] = [(u, v, self._links[(min(u, v), max(u, v))]) for u, v in zip(names, names[1:])]
         return route
 
     def hardware_of(self, device: str) -> tuple:
@@ -309,20 +320,25 @@ class CostModel:
         key = (a, b)
         hit = self._route_terms.get(key)
         if hit is None:
-            hops = self.route(a, b)
-            inv = [1.0 / link.bandwidth_bytes_per_s for _, _, link in hops]
-            hit = self._route_terms[key] = (sum(link.one_way_s for _, _, link in hops), sum(inv), max(inv, default=0.0))
+            hops = self.route_hops(a, b)
+            inv = [1.0 / bw for _, bw, _ in hops]
+            hit = self._route_terms[key] = (sum(one_way for _, _, one_way in hops), sum(inv), max(inv, default=0.0))
         return hit
 
-    def _hops(self, a: str, b: str, nbytes: float) -> tuple[float, list[Step]]:
-        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``, and one :class:`Step` per link hop."""
+    def route_hops(self, a: str, b: str) -> tuple[tuple[tuple[str, str], float, float], ...]:
+        """Per link hop of the route from ``a`` to ``b``: (link key, names sorted; bandwidth bytes/s;
+        one-way latency s). Cached; empty for ``a == b``."""
         hops = self._hop_links.get((a, b))
         if hops is None:
             hops = self._hop_links[(a, b)] = tuple(((min(u, v), max(u, v)), link.bandwidth_bytes_per_s, link.one_way_s)
                                                   for u, v, link in self.route(a, b))
+        return hops
+
+    def _hops(self, a: str, b: str, nbytes: float) -> tuple[float, list[Step]]:
+        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``, and one :class:`Step` per link hop."""
         latency = 0.0
         steps = []
-        for key, bw, one_way in hops:
+        for key, bw, one_way in self.route_hops(a, b):
             t = nbytes / bw
             latency += one_way + t
             steps.append(Step(key, t, one_way, nbytes))
@@ -609,7 +625,7 @@ class CostModel:
         for pipe, pm, s in zip(plan.pipelines, pms, shares):
             for key, busy in pm.decode_busy_s.items():
                 if isinstance(key, tuple):
-                    bw = self.graph.edges[key]["link"].bandwidth_bytes_per_s
+                    bw = self._links[key].bandwidth_bytes_per_s
                     name = f"{key[0]}<->{key[1]}"
                     bytes_per_token[name] = bytes_per_token.get(name, 0.0) + s * busy * bw / pipe.micro_batch_size
         return Evaluation(

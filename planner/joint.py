@@ -29,8 +29,8 @@ from solvers.result import Result, Status
 
 def _route_terms(cm: CostModel, a: str, b: str) -> tuple[float, np.ndarray]:
     """(sum of one-way latencies, 1 / bandwidth of each hop) of the route from ``a`` to ``b``."""
-    hops = cm.route(a, b)
-    return sum(link.one_way_s for _, _, link in hops), np.array([1.0 / link.bandwidth_bytes_per_s for _, _, link in hops])
+    hops = cm.route_hops(a, b)
+    return sum(one_way for _, _, one_way in hops), np.array([1.0 / bw for _, bw, _ in hops])
 
 
 def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro_batches: int) -> TwoTierProblem:

@@ -68,8 +68,7 @@ import numpy as np
 from planner import lns
 from planner.baselines import batch_grid
 from planner.codec_choice import codec_variants, plan_accuracy_loss
-from planner.codec_choice import within as within_tradeoff
-from planner.costmodel import CostModel
+from planner.costmodel import CostModel, is_within
 from planner.device import Device
 from planner.errors import InputError, Problem
 from planner.instance import Instance, Link, routing_probabilities
@@ -585,7 +584,7 @@ def replan(current: Plan, instance: Instance, *, time_budget_s: float = 0.02, mi
     tradeoff = instance.constraints.accuracy_tradeoff
     if tradeoff > 0:
         # The least accuracy loss among the candidates within the trade-off of the best objective.
-        near = [c for c in cands if within_tradeoff(kind, c.objective, best.objective, tradeoff)]
+        near = [c for c in cands if is_within(kind, c.objective, best.objective, tradeoff)]
         least = min(plan_accuracy_loss(c.plan, instance) for c in near)
         pool = [c for c in near if plan_accuracy_loss(c.plan, instance) <= least + 1e-12]
     top = _best(kind, pool)

@@ -59,7 +59,7 @@ from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate,
 from planner.baselines import batch_grid, batching_sweep, partner_candidates
 from planner.chain_plan import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
 from planner.codec_choice import prefer_accuracy
-from planner.costmodel import CostModel, is_better
+from planner.costmodel import CostModel, is_better, is_within
 from planner.instance import Instance
 from planner.joint import instance_value, plan_from_solution, two_tier_problem
 from planner.plan import Plan
@@ -202,6 +202,7 @@ def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: flo
 
 
 _LOOP_ROUNDS = 4  # Step 5: latency-loop rounds per batching
+_CLOSE = 0.10  # Step 4 tunes both structures when they are this close
 _FAR_BEHIND = 0.30  # a two-tier structure this far behind Step 5's pipeline skips its partner's other batching
 _SHALLOW = 3  # Step 5: pipelines at most this deep skip the hill-climb on micro-batches
 _STAGE_ROUNDS = 6  # Step 5: hill-climbing moves on the number of micro-batches
@@ -355,11 +356,6 @@ def _pipeline_plan(instance: Instance, cm: CostModel, path: list[str], b: int, m
     return best
 
 
-def _close_or_better(kind: str, a: float, b: float, slack: float = 0.10) -> bool:
-    """Whether objective value ``a`` is better than ``b`` or within ``slack`` (relative) of it."""
-    return a >= b * (1 - slack) if kind == "throughput" else a <= b * (1 + slack)
-
-
 def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
     """Step 4 for a fixed structure: the best valid (objective, plan) over the batching grid and the
     plan's own batching, or None."""
@@ -433,7 +429,7 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
             budget_hit = budget_hit or (found is not None and found[2])
             if found is not None and (best is None or found[0] < best[0]):
                 best = (found[0], far, (b, m), found[1])
-            if found is not None and piped is not None and not _close_or_better(
+            if found is not None and piped is not None and not is_within(
                     instance.objective, instance_value(instance, found[0]), piped[0], _FAR_BEHIND):
                 break
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
@@ -444,8 +440,8 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     tune = not out_of_time()
     budget_hit = budget_hit or not tune
     two_tier_value = instance_value(instance, best[0]) if best is not None else None
-    use_pipe = piped is not None and (two_tier_value is None or _close_or_better(instance.objective, piped[0], two_tier_value))
-    use_two_tier = best is not None and (piped is None or _close_or_better(instance.objective, two_tier_value, piped[0]))
+    use_pipe = piped is not None and (two_tier_value is None or is_within(instance.objective, piped[0], two_tier_value, _CLOSE))
+    use_two_tier = best is not None and (piped is None or is_within(instance.objective, two_tier_value, piped[0], _CLOSE))
     chosen = None
     if use_two_tier:
         chosen = _two_tier_batching(instance, cm, best, b0, m0) if tune else _two_tier_as_found(instance, cm, best)

@@ -82,7 +82,6 @@ class _Tag:
         return f"{self.where} expert ({self.entry.layer}, {self.entry.expert})"
 
 
-
 def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
     """Violations of the plan's shape: coverage, contiguity, devices, ranks, batching, placement, routes."""
     out: list[Violation] = []

@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from planner import api
-from planner.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy, within
-from planner.costmodel import CostModel
+from planner.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
+from planner.costmodel import CostModel, is_within
 from planner.errors import InputError
 from planner.instance import Codec
 from planner.replan import changed_instance, replan
@@ -50,11 +50,11 @@ def scorer(inst):
 # ----- the helpers -----------------------------------------------------------------------------
 
 def test_within_is_relative_to_the_reference_and_the_objective_sense():
-    assert within("throughput", 95.0, 100.0, 0.05) and not within("throughput", 94.9, 100.0, 0.05)
-    assert within("throughput", 120.0, 100.0, 0.0)  # better is always within
-    assert within("latency", 1.05, 1.0, 0.05) and not within("latency", 1.051, 1.0, 0.05)
-    assert within("energy", 0.5, 1.0, 0.0)
-    assert not within("throughput", math.nan, 100.0, 0.5) and not within("latency", 1.0, math.inf, 0.5)
+    assert is_within("throughput", 95.0, 100.0, 0.05) and not is_within("throughput", 94.9, 100.0, 0.05)
+    assert is_within("throughput", 120.0, 100.0, 0.0)  # better is always within
+    assert is_within("latency", 1.05, 1.0, 0.05) and not is_within("latency", 1.051, 1.0, 0.05)
+    assert is_within("energy", 0.5, 1.0, 0.0)
+    assert not is_within("throughput", math.nan, 100.0, 0.5) and not is_within("latency", 1.0, math.inf, 0.5)
 
 
 def test_accuracy_loss_sums_the_cuts_and_takes_the_worst_pipeline(cellular):
