@@ -215,10 +215,6 @@ class _FillBatch:
             st.s.reshape(-1)[self.at_s] = self.share
 
 
-def _fill_batch(st: _State, gs: np.ndarray, items: np.ndarray) -> _FillBatch:
-    return _FillBatch(st, gs, items)
-
-
 def _fill(st: _State, batch: _FillBatch) -> None:
     """Water-fill each item of a :class:`_FillBatch` over its replicas, the other loads held.
 
@@ -696,8 +692,8 @@ class _Search:
             self._set(g, i, b, True)
             st.L[g] = p.load[g] @ st.s[g]
             gi = np.array([g])
-            _fill(st, _fill_batch(st, gi, np.array([j])))
-            _fill(st, _fill_batch(st, gi, np.array([i])))
+            _fill(st, _FillBatch(st, gi, np.array([j])))
+            _fill(st, _FillBatch(st, gi, np.array([i])))
             if st.group_objective(g) < before - _EPS * max(before, 1.0):
                 return True
             st.y[g], st.s[g], st.L[g], st.cnt[g], st.mem[:], self.rcount[g] = saved
@@ -713,7 +709,7 @@ class _Search:
         saved = (st.s[g].copy(), st.L[g].copy())
         gi = np.array([g])
         for i in touched:
-            _fill(st, _fill_batch(st, gi, np.array([i])))
+            _fill(st, _FillBatch(st, gi, np.array([i])))
         if st.group_objective(g) > before:
             st.s[g], st.L[g] = saved
 
