@@ -46,6 +46,8 @@ def log(text: str) -> None:
 
 def prepare_out(out: str) -> Path:
     """Create ``out`` and check that files can be written in it; :class:`InputError` naming it if not."""
+    if not out.strip():
+        raise InputError(Problem(out, "--out", "must name a folder"))
     path = Path(out)
     try:
         path.mkdir(parents=True, exist_ok=True)

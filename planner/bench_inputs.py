@@ -19,13 +19,15 @@ seconds as they do in the traces. Every output names which one was used.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from planner.workload_files import AZURE_COLUMNS, RequestTrace, read_request_trace
+from planner.errors import InputError, Problem
+from planner.workload_files import AZURE_COLUMNS, RequestTrace, open_text, read_request_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURE_EXCERPT = ROOT / "instances" / "data" / "azure_llm_2023_conv_first2000.csv"
@@ -83,11 +85,31 @@ def cellular_series(trace: str, *, seed: int = 0, shared_file: Path | None = Non
 
 
 def _read_shared(path: Path, trace: str) -> np.ndarray:
+    """Mbit/s per whole second of ``trace`` in the shared mahimahi file (columns trace, second,
+    mbps), without its partial last second; a malformed file is an :class:`InputError` naming it."""
+    label = str(path)
     rows = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            if row.get("trace") == trace:
-                rows.append((int(row["second"]), float(row["mbps"])))
+    try:
+        with open_text(path, label) as fh:
+            reader = csv.DictReader(fh)
+            missing = {"trace", "second", "mbps"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputError(Problem(label, "header", f"needs columns trace, second, mbps; missing {sorted(missing)}"))
+            for line, row in enumerate(reader, start=2):
+                if row["trace"] != trace:
+                    continue
+                try:
+                    second, mbps = int(row["second"]), float(row["mbps"])
+                except (TypeError, ValueError):
+                    raise InputError(Problem(label, f"line {line}", f"second and mbps must be numbers, got "
+                                                                    f"{row['second']!r}, {row['mbps']!r}")) from None
+                if not (math.isfinite(mbps) and 0 <= mbps <= 1e7):
+                    raise InputError(Problem(label, f"line {line}", f"mbps must be between 0 and 1e7, got {mbps}"))
+                rows.append((second, mbps))
+    except UnicodeDecodeError:
+        raise InputError(Problem(label, "", "is not UTF-8 text")) from None
+    except csv.Error as exc:
+        raise InputError(Problem(label, "", f"is not valid CSV: {exc}")) from None
     rows.sort()
     return np.array([mbps for _, mbps in rows[:-1]], dtype=float)
 
@@ -108,6 +130,12 @@ def synthetic_series(summary: CellularSummary, *, seed: int = 0) -> np.ndarray:
     return series * (summary.mean_mbps / series.mean())
 
 
+@functools.lru_cache(maxsize=1)
+def _azure_excerpt() -> RequestTrace:
+    """The shipped Azure excerpt, read once (callers slice it; its arrays are never written)."""
+    return read_request_trace(AZURE_EXCERPT, columns=AZURE_COLUMNS)
+
+
 def azure_requests(num_requests: int, rate_per_s: float, prompt_tokens: float, output_tokens: float,
                    *, seed: int = 0) -> RequestTrace:
     """``num_requests`` consecutive requests of the Azure excerpt (a seeded window), arrivals rescaled
@@ -116,7 +144,7 @@ def azure_requests(num_requests: int, rate_per_s: float, prompt_tokens: float, o
         raise ValueError(f"num_requests must be at least 2, got {num_requests}")
     if not (rate_per_s > 0 and math.isfinite(rate_per_s)):
         raise ValueError(f"rate_per_s must be a positive number, got {rate_per_s!r}")
-    full = read_request_trace(AZURE_EXCERPT, columns=AZURE_COLUMNS)
+    full = _azure_excerpt()
     n = min(num_requests, len(full.arrival_s))
     start = int(np.random.default_rng(seed).integers(0, len(full.arrival_s) - n + 1))
     window = slice(start, start + n)

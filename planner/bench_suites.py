@@ -122,12 +122,17 @@ def plan_summary(plan: Plan) -> str:
     return " + ".join(parts)
 
 
+def origin_links(instance: Instance) -> list:
+    """The links of the origin device (its uplink to the rest of the fleet), in file order."""
+    origin = instance.workload.origin
+    return [l for l in instance.links if origin in (l.a, l.b)]
+
+
 def link_series(instance: Instance, series: BandwidthSeries | None) -> dict | None:
-    """The series on every link of the origin device (its uplink to the rest of the fleet), bytes/s."""
+    """The series on every link of the origin device, bytes/s."""
     if series is None:
         return None
-    origin = instance.workload.origin
-    return {(l.a, l.b): series.bytes_per_s for l in instance.links if origin in (l.a, l.b)}
+    return {(l.a, l.b): series.bytes_per_s for l in origin_links(instance)}
 
 
 def simulate(instance: Instance, plan: Plan, trace, *, seed: int, series: BandwidthSeries | None = None,
@@ -184,7 +189,7 @@ def paper_files(quick: bool) -> list[Path]:
 def network_of(instance: Instance, series: BandwidthSeries | None) -> str:
     if series is not None:
         return f"cellular series {series.trace} ({series.source})"
-    link = next(l for l in instance.links if instance.workload.origin in (l.a, l.b))
+    link = origin_links(instance)[0]
     return f"{link.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s, {link.rtt_s * 1e3:g} ms"
 
 
@@ -222,10 +227,13 @@ def run_paper(settings: Settings, progress: Progress) -> SuiteOutput:
         capacity = max(h["pred_requests_per_s"] for _, h in plans.values())
         runs = {"load": requests_for(inst, settings.load_requests, inst.workload.arrival_rate_per_s, settings.seed),
                 "saturation": requests_for(inst, settings.saturation_requests, SATURATION_FACTOR * capacity, settings.seed)}
+        done: dict[tuple, object] = {}  # (pipelines, run) -> simulation: solvers often return the same plan
         for solver, (plan, head) in plans.items():
             t0 = time.perf_counter()
             for run, trace in runs.items():
-                res = simulate(inst, plan, trace, seed=settings.seed, series=series)
+                res = done.get((plan.pipelines, run))
+                if res is None:
+                    res = done[(plan.pipelines, run)] = simulate(inst, plan, trace, seed=settings.seed, series=series)
                 row = {**head, "run": run, "arrivals": ARRIVALS, "requests": len(trace.arrival_s),
                        "rate_per_s": trace.rate_per_s, **measured(res)}
                 rows.append(row)
@@ -508,13 +516,12 @@ CELLULAR_PLOT_CYCLES = 2
 
 
 def bandwidth_figure(sc: DynamicScenario, inst: Instance, series: BandwidthSeries | None, events: list,
-                     replan_log: list[dict], sim_time_s: float, plans: list[Plan] = ()) -> dict:
+                     replan_log: list[dict], sim_time_s: float, plans: list[Plan]) -> dict:
     """Data of the bandwidth timeline plot: the origin's link bandwidth per second (Mbit/s), the
     nominal figure, the instants the re-planner applied a new plan or kept the old one, and (when
     the plans have codec ranks) the rank of the first pipeline's first ranked cut from the moment
     each plan took effect. A cellular series is shown for its first periods only."""
-    origin = inst.workload.origin
-    link = next(l for l in inst.links if origin in (l.a, l.b))
+    link = origin_links(inst)[0]
     nominal = link.bandwidth_bytes_per_s * 8 / 1e6
     seconds = max(1, math.ceil(sim_time_s))
     if series is not None:

@@ -123,6 +123,13 @@ def test_unknown_suite_is_exit_2_listing_the_suites(capsys):
     assert all(name in err for name in ("paper", "scale", "dynamic", "all"))
 
 
+def test_blank_out_is_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, stderr = run_cli(["bench", "--suite", "scale", "--quick", "--out", " "])
+    assert rc == 2 and "--out" in stderr and "must name a folder" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unwritable_out_is_exit_2_naming_it(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -162,6 +169,25 @@ def test_measured_series_is_read_from_shared_data_without_its_partial_last_secon
     assert not s.synthetic and "mahimahi" in s.source
     assert s.mbps.size == summary.duration_s - 1
     assert s.mbps.mean() == pytest.approx(summary.mean_mbps, rel=0.02)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("trace,second\nx,1\n", "header"),
+    ("trace,second,mbps\nTMobile-LTE-short.up,1,fast\n", "line 2"),
+    ("trace,second,mbps\nTMobile-LTE-short.up,1,-3\n", "line 2"),
+])
+def test_a_malformed_shared_series_is_an_input_error_naming_file_and_line(tmp_path, text, where):
+    from planner.errors import InputError
+
+    bad = tmp_path / "series.csv"
+    bad.write_text(text)
+    with pytest.raises(InputError) as err:
+        bench_inputs.cellular_series("TMobile-LTE-short.up", shared_file=bad)
+    assert str(bad) in str(err.value) and where in str(err.value)
+    # A file that does not hold the trace falls back to the synthetic series.
+    other = tmp_path / "other.csv"
+    other.write_text("trace,second,mbps\nVerizon-LTE-short.up,1,3.0\n")
+    assert bench_inputs.cellular_series("TMobile-LTE-short.up", shared_file=other).synthetic
 
 
 def test_azure_requests_are_rescaled_to_rate_and_token_means():
@@ -241,3 +267,21 @@ def test_bandwidth_figure_shows_the_rank_in_use_and_the_first_periods_of_a_serie
     # Without codec ranks there are no rank steps.
     bare = [replace(p, pipelines=(replace(p.pipelines[0], codec_ranks=(None,)),)) for p in plans]
     assert bandwidth_figure(sc, inst, series, [], log, 1000.0, bare)["rank_steps"] == []
+
+
+def test_paper_suite_simulates_each_distinct_plan_once_per_run(monkeypatch):
+    from planner import bench_suites
+
+    calls = []
+    real = bench_suites.simulate
+
+    def counting(instance, plan, trace, **kw):
+        calls.append((instance.name, plan.pipelines, trace.rate_per_s, kw.get("timeline", False)))
+        return real(instance, plan, trace, **kw)
+
+    monkeypatch.setattr(bench_suites, "simulate", counting)
+    out = bench_suites.run_paper(bench_suites.Settings(quick=True), lambda _: None)
+    runs = [c for c in calls if not c[3]]
+    assert len(runs) == len(set(runs))  # no (scenario, plan, run) simulated twice
+    simulated = [r for r in out.rows if r["run"] in ("load", "saturation")]
+    assert len(simulated) > len(runs)  # some solvers share a plan, and each still has its rows
