@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
 from planner import api
+from planner.bench_inputs import AZURE_EXCERPT, ROOT
 from planner.costmodel import CostModel
 from planner.replan import changed_instance
 from planner.simulator import simulate
 from planner.workload_files import read_request_trace
-
-ROOT = Path(__file__).resolve().parents[1]
-TRACE = ROOT / "instances" / "data" / "azure_llm_2023_conv_first2000.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     trace = None
     if args.arrivals == "trace":
-        raw = read_request_trace(TRACE)
+        raw = read_request_trace(AZURE_EXCERPT)
         w = replace(inst.workload, prompt_tokens=int(round(raw.prompt_tokens.mean())),
                     output_tokens=int(round(raw.output_tokens.mean())))
         predicted = CostModel(replace(inst, workload=w)).evaluate(plan).requests_per_s

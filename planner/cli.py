@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from planner.errors import InputError, MoeplanError
+from planner.workload_files import read_json
 
 EXIT_OK, EXIT_NO_PLAN, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -161,15 +162,7 @@ def cmd_validate(args) -> int:
 def cmd_import_hf(args) -> int:
     from planner.hf_import import card_from_hf_config, write_card
 
-    path = Path(args.config)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError_(args.config, "file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError_(args.config, f"is not valid JSON: {exc}") from None
-    except IsADirectoryError:
-        raise InputError_(args.config, "is a directory, expected config.json") from None
+    config = read_json(Path(args.config), args.config)
     if not isinstance(config, dict):
         raise InputError_(args.config, "must hold a JSON object")
     card = card_from_hf_config(config, name=args.name, file=args.config)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from planner.errors import InputError, Problem
+from planner.workload_files import read_json
 
 SCHEMA = "moeplan.plan/1"
 
@@ -184,16 +186,7 @@ class Plan:
     @classmethod
     def load(cls, path) -> "Plan":
         label = str(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise InputError(Problem(label, "", "file not found")) from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(Problem(label, "", f"is not valid JSON: {exc}")) from None
-        except IsADirectoryError:
-            raise InputError(Problem(label, "", "is a directory, expected a plan JSON file")) from None
-        return cls.from_dict(data, label)
+        return cls.from_dict(read_json(Path(path), label), label)
 
 
 def _is_int(x) -> bool:

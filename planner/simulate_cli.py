@@ -79,7 +79,8 @@ def cmd_simulate(args) -> int:
     from planner.cli import EXIT_NO_PLAN, EXIT_OK, emit_json, log
     from planner.costmodel import CostModel
     from planner.plan import Plan
-    from planner.simulator import ReplanHook, simulate
+    from planner.simulator import MAX_REQUESTS, ReplanHook, simulate
+    from planner.validator import evaluate_checked
     from planner.workload_files import read_bandwidth_series, read_request_trace
 
     instance = api.load_instance(args.instance)
@@ -87,6 +88,16 @@ def cmd_simulate(args) -> int:
     for value, option, integer in ((args.requests, "--requests", True), (args.duration, "--duration", False),
                                    (args.replan_every, "--replan-every", False), (args.timeout, "--timeout", False)):
         _positive(value, option, integer)
+    if args.seed < 0:
+        raise InputError(Problem("--seed", "", f"must be an integer >= 0, got {args.seed}"))
+    if args.requests is not None and args.requests > MAX_REQUESTS:
+        raise InputError(Problem("--requests", "", f"at most {MAX_REQUESTS:,} requests are simulated, got {args.requests:,}"))
+    hook = None
+    if args.replan_every:
+        try:
+            hook = ReplanHook(every_s=args.replan_every, on_bandwidth_change=None)
+        except ValueError as exc:
+            raise InputError(Problem("--replan-every", "", str(exc).replace("every_s ", "", 1))) from None
     if args.trace is not None:
         trace = read_request_trace(Path(args.trace), columns=_columns(args.trace_columns), label=args.trace)
         arrivals = f"trace {args.trace}"
@@ -110,7 +121,11 @@ def cmd_simulate(args) -> int:
     elif args.link is not None:
         raise InputError(Problem("--link", args.link, "needs --bandwidth-trace"))
 
-    violations = api.validate(instance, plan)
+    ev, violations = evaluate_checked(instance, plan, CostModel(instance))
+    if args.duration is not None and args.requests is None and trace is None \
+            and args.duration * instance.workload.arrival_rate_per_s > MAX_REQUESTS:
+        raise InputError(Problem("--duration", "", f"{args.duration:g} s at {instance.workload.arrival_rate_per_s:g} "
+                                                   f"requests/s is more than {MAX_REQUESTS:,} requests"))
     if violations:
         if args.json:
             emit_json({"instance": instance.name, "plan": args.plan, "plan_ok": False,
@@ -121,14 +136,11 @@ def cmd_simulate(args) -> int:
                 log(f"  {v}")
         return EXIT_NO_PLAN
 
-    hook = ReplanHook(every_s=args.replan_every, on_bandwidth_change=None) if args.replan_every else None
     res = simulate(instance, plan, trace=trace, num_requests=args.requests, duration_s=args.duration,
                    bandwidth_series=series, replan=hook, seed=args.seed, timeout_s=args.timeout,
                    progress=log if args.progress else None)
-    ev = CostModel(instance).evaluate(plan)
-    predicted = {"throughput_tokens_per_s": ev.throughput_tokens_per_s, "requests_per_s": ev.requests_per_s,
-                 "ttft_ms": ev.ttft_s * 1e3, "tpot_ms": ev.tpot_s * 1e3, "latency_ms": ev.latency_s * 1e3,
-                 "bottleneck": ev.bottleneck}
+    predicted = {k: v for k, v in ev.metrics().items()
+                 if k in ("throughput_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "latency_ms", "bottleneck")}
     metrics = res.metrics()
     if args.json:
         emit_json({"instance": instance.name, "plan": args.plan, "arrivals": arrivals, "seed": args.seed,

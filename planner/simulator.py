@@ -82,10 +82,12 @@ from planner.costmodel import CostModel, Step
 from planner.instance import Instance
 from planner.plan import Plan
 from planner.replan import changed_instance, migration, replan
-from planner.validator import validate
+from planner.validator import structure_violations
 from planner.workload_files import RequestTrace
 
 DEFAULT_REQUESTS = 1000  # Poisson arrivals when neither num_requests nor duration_s is given
+MAX_REQUESTS = 10_000_000  # a run of more requests (about 25 min at 100k per 15 s) is refused
+MIN_PERIOD_S = 1e-3  # shortest period of periodic re-planning calls (s)
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_TIMELINE_CAP = 100_000
 STORE_BYTES_PER_S = 1e9  # model-store read rate (bytes/s) for weights no surviving device holds
@@ -148,6 +150,9 @@ class ReplanHook:
         decision = time_budget_s if decision_s is None else decision_s
         if not (decision >= 0 and math.isfinite(decision)):
             raise ValueError(f"decision_s must be a finite number >= 0, got {decision_s!r}")
+        if every_s is not None and every_s < max(decision, MIN_PERIOD_S):
+            raise ValueError(f"every_s must be at least {max(decision, MIN_PERIOD_S):g} s (the decision time, "
+                             f"and never below {MIN_PERIOD_S:g} s), got {every_s!r}")
         self.every_s = every_s
         self.on_bandwidth_change = on_bandwidth_change
         self.on_device_change = on_device_change
@@ -487,11 +492,9 @@ class _Sim:
             if ev.kind == "bandwidth":
                 key = None if ev.target is None else (min(ev.target), max(ev.target))
                 bw_changes.setdefault(key, []).append((ev.time_s, ev.value))
-        self.links: dict = {}
         for u, v, data in instance.graph().edges(data=True):
             key = (min(u, v), max(u, v))
             link = data["link"]
-            self.links[key] = link
             changes = sorted(bw_changes.get(None, []) + bw_changes.get(key, []), key=lambda c: c[0])
             s = series.get(key, link.bandwidth_series)
             clock = _LinkClock(link.bandwidth_bytes_per_s, s, changes) if s is not None or changes else None
@@ -832,9 +835,10 @@ class _Sim:
             out[self.res_keys[r]] = max(rate / clock.nominal, 1e-6)
         return out
 
-    def _observed_instance(self) -> Instance:
+    def _observed_instance(self, bandwidth: dict) -> Instance:
+        """The instance as observed now, with ``bandwidth`` (:meth:`_observed_bw`) on its links."""
         inst = self.inst
-        for key, f in sorted(self._observed_bw().items()):
+        for key, f in sorted(bandwidth.items()):
             if f != 1.0:
                 inst = changed_instance(inst, bandwidth_factor=f, link=key)
         if self.rate_factor != 1.0:
@@ -862,7 +866,7 @@ class _Sim:
             self._cancel_pending(why)
         self.ref_bw = self._observed_bw()
         try:
-            observed = self._observed_instance()
+            observed = self._observed_instance(self.ref_bw)
             new = hook.propose(observed, self.plan)
         except ValueError as exc:  # e.g. the origin is down: changed_instance cannot drop it
             self._log(why, "failed", str(exc))
@@ -870,17 +874,17 @@ class _Sim:
         if new is None or new == self.plan:
             self._log(why, "kept")
             return
-        bad = [str(v) for v in validate(self.inst, new) if v.kind in _STRUCTURAL]
+        bad = [str(v) for v in structure_violations(self.inst, new) if v.kind in _STRUCTURAL]
         lost = sorted(new.devices & self.down)
         if bad or lost:
             self._log(why, "rejected", "; ".join(bad[:3]) or f"uses lost device(s) {', '.join(lost)}")
             return
-        nbytes, steps = migration(self.plan, new, observed)
+        cm = CostModel(observed)
+        nbytes, steps = migration(self.plan, new, observed, cm)
         start = self.now + hook.decision_s
         owner = next(self.ids)
         if self.timeline is not None:
             self.what[owner] = "migration"
-        cm = CostModel(observed)
         end = start
         for step in steps:
             end = max(end, self._copy(step, start, owner, cm))
@@ -899,12 +903,11 @@ class _Sim:
                 r = self._add_resource(key, f"store->{step.to_device}")
             return self._place(r, start, step.bytes / self.store_bytes_per_s, owner)
         t = start
-        for u, v, _ in cm.route(step.from_device, step.to_device):
-            key = (min(u, v), max(u, v))
+        for key, bw, one_way in cm.route_hops(step.from_device, step.to_device):
             r = self.res_index[key]
-            link = self.links[key]
-            t = self._place(r, t, step.bytes if self.clocks[r] is not None else step.bytes / link.bandwidth_bytes_per_s, owner)
-            t += link.one_way_s
+            # A link with a bandwidth clock takes bytes; the others, seconds (their bandwidth is nominal).
+            t = self._place(r, t, step.bytes if self.clocks[r] is not None else step.bytes / bw, owner)
+            t += one_way
         return t
 
     def _cancel_pending(self, why: str) -> None:
@@ -1090,7 +1093,14 @@ def _arrivals(instance: Instance, trace: RequestTrace | None, num_requests: int 
     """Arrival times (s), prompt and output tokens of every request of the run."""
     horizon = math.inf if duration_s is None else warp.base(duration_s)
     w = instance.workload
+
+    def too_many(expected: float) -> None:
+        if num_requests is None and duration_s is not None and expected > MAX_REQUESTS:
+            raise ValueError(f"duration_s = {duration_s:g} s brings about {expected:.3g} requests; "
+                             f"at most {MAX_REQUESTS:,} are simulated")
+
     if trace is None:
+        too_many(horizon * w.arrival_rate_per_s)
         count = DEFAULT_REQUESTS if num_requests is None and duration_s is None else num_requests
         rng = np.random.default_rng(seed)
         gaps = []
@@ -1112,6 +1122,7 @@ def _arrivals(instance: Instance, trace: RequestTrace | None, num_requests: int 
     if num_requests is not None:
         reps = math.ceil(num_requests / size)
     elif duration_s is not None:
+        too_many((horizon - float(t0[0])) / period * size)
         reps = max(1, math.ceil((horizon - float(t0[0])) / period) + 1)
     else:
         reps = 1
@@ -1144,13 +1155,13 @@ def simulate(instance: Instance, plan: Plan, *, trace: RequestTrace | None = Non
     options or a plan that cannot run on the instance (structure, coverage, routes, placement).
     """
     t_wall = time.perf_counter()
-    bad = [str(v) for v in validate(instance, plan) if v.kind in _STRUCTURAL]
+    bad = [str(v) for v in structure_violations(instance, plan) if v.kind in _STRUCTURAL]
     if bad:
         raise ValueError("the plan cannot run on this instance: " + "; ".join(bad[:5])
                          + (f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""))
     if num_requests is not None and (isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer))
-                                     or num_requests < 1):
-        raise ValueError(f"num_requests must be an integer >= 1, got {num_requests!r}")
+                                     or not 1 <= num_requests <= MAX_REQUESTS):
+        raise ValueError(f"num_requests must be an integer from 1 to {MAX_REQUESTS:,}, got {num_requests!r}")
     for name, v in (("duration_s", duration_s), ("timeout_s", timeout_s)):
         if v is not None and not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)):
             raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")

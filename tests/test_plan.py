@@ -59,6 +59,14 @@ def test_malformed_plans(tmp_path, text, field):
     assert err.value.problems[0].field.startswith(field)
 
 
+def test_deeply_nested_plan_json_is_an_input_error(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(InputError) as err:
+        Plan.load(p)
+    assert str(p) in str(err.value)
+
+
 def test_missing_plan_file(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         Plan.load(tmp_path / "nope.json")

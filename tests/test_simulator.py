@@ -332,6 +332,12 @@ def test_the_default_hook_replans_around_a_lost_device(line):
 
 def test_bad_options_are_value_errors(line):
     plan = remote_line_plan()
+    with pytest.raises(ValueError, match="every_s must be at least"):
+        ReplanHook(every_s=0.01)  # shorter than the default decision time, 0.02 s
+    with pytest.raises(ValueError, match="at most"):
+        simulate(line, plan, duration_s=1e300)
+    with pytest.raises(ValueError, match="num_requests"):
+        simulate(line, plan, num_requests=10 ** 9)
     with pytest.raises(ValueError, match="device"):
         simulate(line, plan, events=[SimEvent(1.0, "device_down", "nope")])
     with pytest.raises(ValueError, match="kind"):
@@ -400,7 +406,8 @@ def test_cli_invalid_plan_exits_1_listing_violations(capsys, files, tmp_path):
     assert code == 1 and json.loads(out)["violations"][0]["kind"] == "memory"
 
 
-@pytest.mark.parametrize("bad", ["missing-trace", "bad-trace", "bad-columns", "bad-link", "bad-count"])
+@pytest.mark.parametrize("bad", ["missing-trace", "bad-trace", "bad-columns", "bad-link", "bad-count", "negative-seed",
+                                 "too-many", "too-long", "replan-too-often"])
 def test_cli_bad_input_exits_2_naming_it(capsys, files, tmp_path, bad):
     inst, plan = files
     broken = tmp_path / "broken.csv"
@@ -413,6 +420,10 @@ def test_cli_bad_input_exits_2_naming_it(capsys, files, tmp_path, bad):
         "bad-columns": (["--trace", broken, "--trace-columns", "when=ts"], "--trace-columns"),
         "bad-link": (["--bandwidth-trace", bw, "--link", "phone,gpu"], "--link"),
         "bad-count": (["--requests", 0], "--requests"),
+        "negative-seed": (["--seed", -1], "--seed"),
+        "too-many": (["--requests", 10 ** 9], "--requests"),
+        "too-long": (["--duration", 1e300], "--duration"),
+        "replan-too-often": (["--replan-every", 1e-300], "--replan-every"),
     }[bad]
     code, out, err = run(capsys, "simulate", inst, plan, *argv, "--json")
     assert code == 2 and out == "" and named in err
