@@ -216,8 +216,7 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
 
     seqs = micro_batch * micro_batches
     ctx = cm.prompt + cm.output
-    workspace = cm.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size,
-                                                               m.shared_expert_intermediate_size))
+    workspace = cm.workspace_bytes
     experts = cm.experts_per_layer
     per_layer = cm.nonexpert_bytes + seqs * ctx * m.kv_bytes_per_token_per_layer + experts * cm.expert_bytes
     memory = np.tile(per_layer, (D, 1))

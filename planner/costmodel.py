@@ -22,7 +22,7 @@ Per-operator terms (roofline), summed along the plan:
   request over devices and links, prefill plus decode) and ``b*m / latency``.
 * **Memory** per device: weights (its layers' non-expert weights, the routed experts it holds,
   embedding / LM head, codec matrices) + KV cache for ``b*m`` sequences of ``prompt + output``
-  tokens + a prefill activation workspace.
+  tokens + a prefill activation workspace (:attr:`CostModel.workspace_bytes`).
 * **Energy** per output token: busy time x (power - idle power) + idle power x wall time, summed
   over the plan's devices.
 
@@ -245,6 +245,11 @@ class CostModel:
         self.q = w.popularity  # [moe layer, expert] selection probability per token
         self.expert_flops_per_token = 2.0 * m.expert_params
         self.expert_bytes = m.expert_params * self.db
+        # Prefill activation workspace (bytes) every stage device holds on top of its weights and KV
+        # cache: the prompt's hidden state twice plus the widest FFN's intermediate twice.
+        self.workspace_bytes = self.prompt * self.db * (
+            2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size,
+                                        m.shared_expert_intermediate_size))
         nonexpert_params, nonexpert_active = _layer_arrays(m)
         self.nonexpert_bytes = nonexpert_params * self.db
         self.nonexpert_flops_per_token = 2.0 * nonexpert_active
@@ -535,7 +540,7 @@ class CostModel:
             mem[d] = mem.get(d, 0.0) + float(v)
 
         ctx = self.prompt + self.output
-        workspace = self.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size, m.shared_expert_intermediate_size))
+        workspace = self.workspace_bytes
         experts_per_layer = self.experts_per_layer
         for pipe in plan.pipelines:
             seqs = pipe.micro_batch_size * pipe.num_micro_batches

@@ -8,15 +8,15 @@ treating every GPU as identical:
   requests), ordered as :func:`planner.chain_plan.default_path` orders them (the origin first when
   it is one of them, then edge before cloud, memory descending, name).
 * **Experts**: every MoE layer's routed experts go through EPLB's global policy
-  (:func:`solvers.eplb.eplb_rebalance`, one node, one group) on ``B`` identical GPUs with ``s``
-  slots each, the loads being the instance's expert popularity (selection probability per token,
-  [MoE layers, experts]): replicas handed out by load per replica, then balanced packing. Every
-  device gets the same slots, as EPLB assumes: ``s = ceil(E / B) + 1`` (one redundant expert per
-  device, as DeepSeek-V3's prefill deployment has 32 redundant experts on 32 GPUs), or
-  ``ceil(E / B)`` when that does not fit in memory or ``B = 1``. Two copies of one expert that EPLB
-  puts on one device become one replica with both shares; an expert's tokens are split evenly over
-  its replicas (EPLB's routing), so a device's share of an expert is its copies over the expert's
-  replica count (``logcnt``).
+  (:func:`solvers.placement.solve_eplb`, i.e. :func:`solvers.eplb.eplb_rebalance` with one node and
+  one group) on ``B`` identical GPUs with ``s`` slots each, the loads being the instance's expert
+  popularity (selection probability per token, [MoE layers, experts]): replicas handed out by load
+  per replica, then balanced packing. Every device gets the same slots, as EPLB assumes:
+  ``s = ceil(E / B) + 1`` (one redundant expert per device, as DeepSeek-V3's prefill deployment has
+  32 redundant experts on 32 GPUs), or ``ceil(E / B)`` when that does not fit in memory or
+  ``B = 1``. Two copies of one expert that EPLB puts on one device become one replica with both
+  shares; an expert's tokens are split evenly over its replicas (EPLB's routing), so a device's
+  share of an expert is its copies over the expert's replica count (``logcnt``).
 * **Layers**: the non-expert blocks (attention, router, shared experts) are split into contiguous
   stages over the ``B`` devices in that order, in proportion to the memory each device has left
   after its expert slots (:func:`planner.baselines.split_by_weights`); a device whose share rounds
@@ -41,14 +41,14 @@ import time
 
 import numpy as np
 
+from models.assignment import ReplicatedAssignment
 from planner.baselines import (baseline_result, best_batching, explain_violations, pipeline_from_ranges,
                                split_by_weights)
 from planner.chain_plan import default_path
 from planner.costmodel import CostModel
 from planner.instance import Instance
 from planner.plan import ExpertPlacement
-from solvers.eplb import eplb_rebalance
-from solvers.placement import balancedness
+from solvers.placement import solve_eplb
 from solvers.registry import register
 from solvers.result import Result
 
@@ -58,23 +58,6 @@ GB = 1e9
 def expert_devices(instance: Instance) -> list[str]:
     """The devices EPLB spreads experts over: the edge and cloud tiers, in ``default_path`` order."""
     return [n for n in default_path(instance) if instance.device(n).tier != "end"]
-
-
-def eplb_copies(loads: np.ndarray, slots: int, num_devices: int) -> np.ndarray:
-    """EPLB's placement as copies [G, E, B]: how many of expert ``i`` of MoE layer ``g``'s replicas EPLB
-    puts on device ``b``, for ``loads`` [G, E] (tokens or probabilities) on ``num_devices`` identical
-    devices with ``slots`` slots each (global policy)."""
-    G, E = loads.shape
-    phy2log, _, _ = eplb_rebalance(loads, num_devices * slots, num_devices)
-    device_of_slot = np.arange(num_devices * slots) // slots
-    copies = np.zeros((G, E, num_devices), dtype=np.int64)
-    np.add.at(copies, (np.repeat(np.arange(G), num_devices * slots), phy2log.ravel(), np.tile(device_of_slot, G)), 1)
-    return copies
-
-
-def device_loads(loads: np.ndarray, copies: np.ndarray) -> np.ndarray:
-    """Load [G, B] each device serves: every expert's load split evenly over its replicas (EPLB's routing)."""
-    return np.einsum("ge,geb->gb", loads, copies / copies.sum(axis=2, keepdims=True))
 
 
 @register("eplb", kind="baseline", problem="instance")
@@ -122,8 +105,11 @@ def _plan_on(instance: Instance, cm: CostModel, group: list[str], t0: float) -> 
     why = ""
     for redundant in ((1, 0) if B > 1 else (0,)):
         slots = math.ceil(E / B) + redundant
-        copies = eplb_copies(loads, slots, B)
-        experts_bytes = (copies > 0).sum(axis=(0, 1)) * cm.expert_bytes
+        # EPLB's global policy on B identical bins (speed 1, no memory limit); its solution holds
+        # every expert's devices (replicas) and equal shares per EPLB copy (copies / logcnt).
+        placed = solve_eplb(ReplicatedAssignment.build(loads, np.ones(B), slots=slots, max_replicas=B * slots))
+        replicas, shares = placed.solution.replicas, placed.solution.shares
+        experts_bytes = replicas.sum(axis=(0, 1)) * cm.expert_bytes
         free = memory - experts_bytes
         if (free <= 0).any():
             b = int(np.argmin(free))
@@ -133,11 +119,10 @@ def _plan_on(instance: Instance, cm: CostModel, group: list[str], t0: float) -> 
             continue
         stages = pipeline_from_ranges(group, split_by_weights(L, list(free))).stages
         home = {layer: group.index(s.device) for s in stages for layer in s.layers}
-        shares = copies / copies.sum(axis=2, keepdims=True)
         placement = []
         for g, layer in enumerate(m.moe_layers):
             for i in range(E):
-                on = np.nonzero(copies[g, i])[0]
+                on = np.nonzero(replicas[g, i])[0]
                 if on.size == 1 and on[0] == home[layer]:
                     continue
                 placement.append(ExpertPlacement(layer, i, tuple(group[b] for b in on),
@@ -146,8 +131,8 @@ def _plan_on(instance: Instance, cm: CostModel, group: list[str], t0: float) -> 
         if plan is not None:
             result = baseline_result("eplb", instance, plan, obj, t0, "")
             result.extra = {"expert_devices": group, "slots_per_device": slots, "redundant_per_device": redundant,
-                            "balancedness": balancedness(device_loads(loads, copies)),
-                            "merged_duplicates": int(B * slots * m.num_moe_layers - (copies > 0).sum())}
+                            "balancedness": placed.extra["balancedness"],
+                            "merged_duplicates": placed.extra["merged_duplicates"]}
             return result, ""
         why = explain_violations(last, f"infeasible: EPLB with {slots} expert slots on each of the {B} edge and cloud "
                                        f"devices breaks a limit at every batching")

@@ -29,8 +29,8 @@ The problem (one decode step of a batch of ``tokens`` = ``workload.max_batch`` s
   with ``M`` the summed memory of the chosen devices, ``N`` every non-expert weight of the model
   (attention, routers, shared experts, dense FFNs, embedding and LM head: ``CostModel.nonexpert_bytes``
   plus the embedding and head), ``KV`` the KV cache of ``tokens`` sequences of ``prompt + output``
-  tokens over all layers, and ``workspace`` the cost model's prefill activation workspace (every
-  device). Option ``nonexpert="sharded"`` (default) spreads the non-expert weights over the chosen
+  tokens over all layers, and ``workspace`` the cost model's prefill activation workspace
+  (``CostModel.workspace_bytes``, every device). Option ``nonexpert="sharded"`` (default) spreads the non-expert weights over the chosen
   devices in proportion to their memory (tensor / pipeline parallel attention on the same devices);
   ``"replicated"`` puts a whole copy on every device (data-parallel attention, as DeepSeek serves
   V3); the KV cache follows the sequences, so it is spread in proportion to memory either way.
@@ -86,6 +86,7 @@ from planner.instance import Instance
 from solvers import assignment as _assignment  # noqa: F401 - registers milp, cpsat, brute on "assignment"
 from solvers import placement as _placement  # noqa: F401 - registers the placement heuristics
 from solvers.assignment import explain_infeasible
+from solvers.placement import group_lower_bounds
 from solvers.registry import get
 from solvers.result import Result, Status
 
@@ -149,12 +150,10 @@ def reserved_bytes(cm: CostModel, names: list[str], tokens: float, nonexpert: st
     head = 0 if m.tie_word_embeddings else m.lm_head_params
     weights = float(cm.nonexpert_bytes.sum() + (m.embedding_params + head) * db)
     kv = tokens * (cm.prompt + cm.output) * m.kv_bytes_per_token_per_layer * m.num_layers
-    workspace = cm.prompt * db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size,
-                                                              m.shared_expert_intermediate_size))
     share = memory / memory.sum()
     if nonexpert == "sharded":
-        return workspace + share * (kv + weights)
-    return workspace + share * kv + weights
+        return cm.workspace_bytes + share * (kv + weights)
+    return cm.workspace_bytes + share * kv + weights
 
 
 def placement_problem(instance: Instance, *, devices=None, layers=None, tokens: float | None = None,
@@ -216,16 +215,9 @@ def placement_problem(instance: Instance, *, devices=None, layers=None, tokens: 
 def lower_bound(problem: ReplicatedAssignment) -> float:
     """A lower bound on the optimum of ``problem`` ("bottleneck", traffic ignored, so it stays valid):
     per group the larger of total load / total candidate speed and each item's load over the speed
-    of its ``max_replicas`` fastest candidate bins, summed over groups."""
-    cand = np.where(problem.mask, problem.speed[None, None, :], 0.0)
-    ordered = -np.sort(-cand, axis=2)
-    reach = np.cumsum(ordered, axis=2)
-    limit = np.clip(np.minimum(problem.max_replicas, problem.mask.sum(axis=2)), 1, None)
-    best = np.take_along_axis(reach, (limit - 1)[:, :, None], axis=2)[:, :, 0]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        item = np.where(best > 0, problem.load / best, np.inf)
-    whole = problem.load.sum(axis=1) / problem.speed.sum()
-    return float(np.maximum(whole, item.max(axis=1, initial=0.0)).sum())
+    of its ``max_replicas`` fastest candidate bins, summed over groups
+    (:func:`solvers.placement.group_lower_bounds`)."""
+    return float(group_lower_bounds(problem).sum())
 
 
 def candidate_mask(problem: ReplicatedAssignment, reference: AssignmentSolution, k: int, *,
@@ -278,13 +270,18 @@ def _resolve_candidates(problem: ReplicatedAssignment, candidates) -> int | None
     return None if k >= B else k
 
 
-def _memory_room(problem: ReplicatedAssignment) -> float:
-    """Most replicas the bins hold over all groups by memory alone (with the lightest item on each bin)."""
+def _replicas_by_memory(problem: ReplicatedAssignment) -> np.ndarray:
+    """[B]: most replicas each bin holds by memory alone, every one of the lightest item on that bin
+    (inf where that item weighs nothing)."""
     lightest = problem.weight.min(axis=0)
     safe = np.where(lightest > 0, lightest, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        by_memory = np.where(lightest > 0, np.floor(problem.capacity / safe + 1e-9), np.inf)
-    return float(by_memory.sum())
+        return np.where(lightest > 0, np.floor(problem.capacity / safe + 1e-9), np.inf)
+
+
+def _memory_room(problem: ReplicatedAssignment) -> float:
+    """Most replicas the bins hold over all groups by memory alone (with the lightest item on each bin)."""
+    return float(_replicas_by_memory(problem).sum())
 
 
 def _necessary_conditions_fail(problem: ReplicatedAssignment) -> bool:
@@ -293,11 +290,7 @@ def _necessary_conditions_fail(problem: ReplicatedAssignment) -> bool:
     G, I, B = problem.shape
     if int(problem.slots.sum()) < I:
         return True
-    lightest = problem.weight.min(axis=0)
-    safe = np.where(lightest > 0, lightest, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        by_memory = np.where(lightest > 0, np.floor(problem.capacity / safe + 1e-9), np.inf)
-    return float(np.minimum(problem.slots * G, by_memory).sum()) < G * I
+    return float(np.minimum(problem.slots * G, _replicas_by_memory(problem)).sum()) < G * I
 
 
 def _why_infeasible(problem: ReplicatedAssignment) -> str:
@@ -517,16 +510,5 @@ def solve_placement(instance: Instance, solver: str = "greedy-placement", *, tim
     return finish(result)
 
 
-def device_table(problem: ReplicatedAssignment, names: list[str], solution: AssignmentSolution) -> list[dict]:
-    """Per device: name, speed, slots, capacity (GB), replicas held, memory used (GB), and its worst
-    layer's load / speed."""
-    used = np.einsum("ib,gib->b", problem.weight, solution.replicas.astype(float))
-    times = np.einsum("gi,gib->gb", problem.load, solution.shares) / problem.speed[None, :]
-    return [{"name": n, "speed": float(problem.speed[b]), "slots": int(problem.slots[b]),
-             "capacity_gb": float(problem.capacity[b] / 1e9), "replicas": int(solution.replicas[:, :, b].sum()),
-             "memory_gb": float(used[b] / 1e9), "worst_layer": float(times[:, b].max())}
-            for b, n in enumerate(names)]
-
-
 __all__ = ["placement_problem", "solve_placement", "lower_bound", "candidate_mask", "reserved_bytes",
-           "representative_expert_time_s", "device_table", "objective_value"]
+           "representative_expert_time_s", "objective_value"]

@@ -110,8 +110,7 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
     ne_mem = np.stack([cm.nonexpert_bytes + kv] * 2)
     item_mem = np.where(exists, cm.expert_bytes, 0.0)
     ends_mem = np.array([[m.embedding_params * cm.db] * 2, [m.lm_head_params * cm.db] * 2])
-    workspace = cm.prompt * cm.db * (2 * m.hidden_size + 2 * max(m.expert_intermediate_size, m.dense_intermediate_size,
-                                                                   m.shared_expert_intermediate_size))
+    workspace = cm.workspace_bytes
     c = inst.constraints
     return TwoTierProblem(
         ne_lat=ne_lat, ne_busy=ne_busy, item_lat=item_lat, item_busy=item_busy, item_link_lat=item_link_lat,

@@ -124,13 +124,6 @@ def to_eplb_maps(problem: ReplicatedAssignment, solution: AssignmentSolution) ->
     return phy2log, log2phy, logcnt
 
 
-def _lower_bounds(problem: ReplicatedAssignment, limit: np.ndarray, reach: np.ndarray) -> np.ndarray:
-    """Per group [G]: no placement beats all load on all speed, nor item i on its best ``limit`` bins."""
-    rows, items = np.indices(limit.shape)
-    best_item = problem.load / reach[rows, items, limit - 1]
-    return np.maximum(problem.load.sum(axis=1) / problem.speed.sum(), best_item.max(axis=1, initial=0.0))
-
-
 def _n_candidates(problem: ReplicatedAssignment) -> np.ndarray:
     """[G, I]: the number of candidate bins of each item."""
     G, I, B = problem.shape
@@ -777,9 +770,16 @@ def _finish(name: str, problem: ReplicatedAssignment, sol: AssignmentSolution, t
                   extra={**metrics, **(extra or {})})
 
 
-def _bound(problem: ReplicatedAssignment) -> np.ndarray:
+def group_lower_bounds(problem: ReplicatedAssignment) -> np.ndarray:
+    """Per group [G], a lower bound on its bottleneck time (traffic ignored, so it stays valid): no
+    placement beats all load on all speed, nor item i's load over the speed of its ``max_replicas``
+    fastest candidate bins (inf for an item without a candidate bin). Their sum bounds the objective."""
     limit = np.minimum(problem.max_replicas, np.maximum(_n_candidates(problem), 1))
-    return _lower_bounds(problem, limit, _reach(problem))
+    rows, items = np.indices(limit.shape)
+    best = _reach(problem)[rows, items, limit - 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best_item = np.where(best > 0, problem.load / best, np.inf)
+    return np.maximum(problem.load.sum(axis=1) / problem.speed.sum(), best_item.max(axis=1, initial=0.0))
 
 
 @register("greedy-placement", kind="heuristic", problem="assignment",
@@ -798,7 +798,7 @@ def solve_greedy_placement(problem: ReplicatedAssignment, *, time_limit=None, se
     except _NoPlacement as why:
         return Result(Status.INFEASIBLE, name, sense="min", solve_time_s=time.perf_counter() - t0,
                       message=f"the greedy found no placement: {why}", stop_reason="no placement")
-    return _finish(name, problem, AssignmentSolution(st.y, st.s), t0, float(_bound(problem).sum()), "greedy done",
+    return _finish(name, problem, AssignmentSolution(st.y, st.s), t0, float(group_lower_bounds(problem).sum()), "greedy done",
                    st.L / problem.speed)
 
 
@@ -832,7 +832,7 @@ def solve_local_search_placement(problem: ReplicatedAssignment, *, time_limit=No
         except _NoPlacement as why:
             return Result(Status.INFEASIBLE, name, sense="min", solve_time_s=time.perf_counter() - t0,
                           message=f"the greedy found no placement: {why}", stop_reason="no placement")
-    lower = _bound(problem)
+    lower = group_lower_bounds(problem)
     if time_limit is not None:
         budget = min(budget, max(0.0, float(time_limit) - (time.perf_counter() - t0)))
     search = _Search(st, lower)
@@ -884,6 +884,6 @@ def solve_eplb(problem: ReplicatedAssignment, *, time_limit=None, seed=0, initia
     broken = violations(problem, sol)
     if broken:
         return infeasible("EPLB's placement (it knows only the slots) breaks: " + "; ".join(broken[:5]))
-    return _finish(name, problem, sol, t0, float(_bound(problem).sum()), "eplb done",
+    return _finish(name, problem, sol, t0, float(group_lower_bounds(problem).sum()), "eplb done",
                    extra={"merged_duplicates": int(G * B * per_bin - replicas.sum()),
                           "phy2log": phy2log, "log2phy": log2phy, "logcnt": logcnt}, checked=True)

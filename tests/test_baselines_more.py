@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.assignment import ReplicatedAssignment
 from planner import api
 from planner.baselines import batch_grid
 from planner.cli import main
 from planner.costmodel import CostModel
 from planner.edgeshard import capability_order, shard_dp, shard_terms, uniform_instance
-from planner.eplb_instance import eplb_copies
 from planner.validator import evaluate_checked, validate
 from solvers.eplb import eplb_rebalance
-from solvers.placement import balancedness
+from solvers.placement import balancedness, solve_eplb
 from solvers.registry import get
 from solvers.result import Status
 from tests.conftest import LINE, build
@@ -200,8 +200,9 @@ def test_eplb_on_identical_devices_is_eplbs_placement():
     # Every (layer, expert) is served, its shares sum to 1, on EPLB's devices only.
     assert all(abs(sum(s.values()) - 1.0) < 1e-12 and set(s) <= set(GPUS) for s in on.values())
     assert len(on) == G * E
-    copies = eplb_copies(q, slots, 4)
-    assert sum(len(s) for s in on.values()) == int((copies > 0).sum())
+    eplb_alone = solve_eplb(ReplicatedAssignment.build(q, np.ones(4), slots=slots, max_replicas=4 * slots))
+    replicas = eplb_alone.solution.replicas
+    assert sum(len(s) for s in on.values()) == int(replicas.sum())
     # Memory is respected.
     ev = CostModel(inst).evaluate(res.solution)
     assert all(ev.memory_bytes[d] <= inst.device(d).memory_bytes for d in ev.memory_bytes)
