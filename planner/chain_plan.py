@@ -157,19 +157,21 @@ class ChainTerms:
         return float(self.micro_batch_size * self.num_micro_batches)
 
 
-def _route_matrices(cm: CostModel, path: list[str]) -> tuple[np.ndarray, ...]:
+def _route_matrices(cm: CostModel, path: list[str], both_directions: bool = False) -> tuple[np.ndarray, ...]:
     """Route terms of ``path`` (:meth:`CostModel.route_terms`), independent of the batching, cached
-    on the cost model: one-way latency, sum and max of 1 / bandwidth, each [D, D] (row to column,
-    upper triangle) and [D] from the origin to each device and from each device back."""
-    key = ("chain routes", tuple(path))
+    on the cost model: one-way latency, sum and max of 1 / bandwidth, each [D, D] (row to column:
+    the upper triangle, or every ordered pair with ``both_directions``; zeros elsewhere) and [D]
+    from the origin to each device and from each device back."""
+    key = ("chain routes", tuple(path), both_directions)
     hit = cm._cache_local.get(key)
     if hit is None:
         D = len(path)
         origin = cm.instance.workload.origin
         cut = np.zeros((3, D, D))
         for i in range(D):
-            for j in range(i + 1, D):
-                cut[:, i, j] = cm.route_terms(path[i], path[j])
+            for j in range(D) if both_directions else range(i + 1, D):
+                if j != i:
+                    cut[:, i, j] = cm.route_terms(path[i], path[j])
         entry = np.array([cm.route_terms(origin, n) for n in path]).T.reshape(3, D)
         exit_ = np.array([cm.route_terms(n, origin) for n in path]).T.reshape(3, D)
         hit = cm._cache_local[key] = (cut, entry, exit_)
@@ -184,8 +186,11 @@ def _transfer(terms: np.ndarray, bytes_prefill: float, bytes_decode: float, w_bu
     return busy, (1.0 + w_lat) * one_way + (bytes_prefill + w_lat * bytes_decode) * inv_sum
 
 
-def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches: int) -> ChainTerms:
-    """The coefficients of the chain problem for ``path`` and batching ``(micro_batch, micro_batches)``."""
+def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches: int, *,
+                both_directions: bool = False) -> ChainTerms:
+    """The coefficients of the chain problem for ``path`` and batching ``(micro_batch, micro_batches)``.
+    Cuts are priced forward along the path (``cut_*[d, e]`` for ``d < e``), or for every ordered
+    pair with ``both_directions`` (for searches that visit the devices in any order)."""
     m, db = cm.model, cm.db
     L, D = m.num_layers, len(path)
     b = float(micro_batch)
@@ -227,7 +232,7 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
         tied_head = lm * db if m.tie_word_embeddings else 0.0
     capacity = np.array([max(0.0, cm.devices[n].memory_bytes * (1 + MEMORY_TOL) - workspace) for n in path])
 
-    routes_cut, routes_in, routes_out = _route_matrices(cm, path)
+    routes_cut, routes_in, routes_out = _route_matrices(cm, path, both_directions)
     cut_busy, cut_latency = _transfer(routes_cut, cm.prompt * hb, b * hb, w_busy, w_lat)
     entry_busy, entry_latency = _transfer(routes_in, cm.prompt * TOKEN_ID_BYTES, b * TOKEN_ID_BYTES, w_busy, w_lat)
     exit_busy, exit_latency = _transfer(routes_out, 1.0 * TOKEN_ID_BYTES, b * TOKEN_ID_BYTES, w_busy, w_lat)

@@ -91,21 +91,6 @@ def uniform_instance(instance: Instance) -> Instance:
     return replace(instance, workload=replace(instance.workload, popularity=uniform, popularity_kind="uniform"))
 
 
-def shard_terms(cm: CostModel, devices: list[str], micro_batch: int, micro_batches: int, *,
-                both_directions: bool) -> ChainTerms:
-    """The DP's terms over ``devices`` (index 0 = the origin) for batching ``(micro_batch, micro_batches)``.
-
-    :func:`planner.chain_plan.chain_terms` prices cuts forward along its path only
-    (``cut_*[d, e]`` for ``d < e``); with ``both_directions`` the reversed path supplies the
-    backward cuts, so ``cut_busy`` and ``cut_latency`` [D, D] hold every ordered pair."""
-    terms = chain_terms(cm, devices, micro_batch, micro_batches)
-    if not both_directions:
-        return terms
-    back = chain_terms(cm, devices[::-1], micro_batch, micro_batches)
-    return replace(terms, cut_busy=terms.cut_busy + back.cut_busy[::-1, ::-1],
-                   cut_latency=terms.cut_latency + back.cut_latency[::-1, ::-1])
-
-
 @dataclass(frozen=True)
 class _Tables:
     f: np.ndarray            # [L + 1, S, D] best value with the last shard on d ending at k, used set S
@@ -275,7 +260,7 @@ def edgeshard(instance: Instance, *, time_limit=None, seed=0, cost_model: CostMo
     found: dict[tuple[Stage, ...], tuple[ShardPlan, tuple[int, int]]] = {}
     smallest = None
     for b, m in batch_grid(instance.workload.max_batch, D):
-        terms = shard_terms(priced, devices, b, m, both_directions=not ordered)
+        terms = chain_terms(priced, devices, b, m, both_directions=not ordered)
         if smallest is None or b * m < smallest.concurrency:
             smallest = terms
         opt = shard_dp(terms, objective, ordered)

@@ -16,7 +16,8 @@ from planner import api
 from planner.baselines import batch_grid
 from planner.cli import main
 from planner.costmodel import CostModel
-from planner.edgeshard import capability_order, shard_dp, shard_terms, uniform_instance
+from planner.chain_plan import chain_terms
+from planner.edgeshard import capability_order, shard_dp, uniform_instance
 from planner.validator import evaluate_checked, validate
 from solvers.eplb import eplb_rebalance
 from solvers.placement import balancedness, solve_eplb
@@ -131,7 +132,7 @@ def test_the_dp_equals_brute_force_under_its_own_pricing(case, objective, ordere
     priced = CostModel(uniform_instance(inst))
     devices = capability_order(inst, priced) if ordered else [d.name for d in inst.devices]
     for b, m in batch_grid(inst.workload.max_batch, len(devices)):
-        terms = shard_terms(priced, devices, b, m, both_directions=not ordered)
+        terms = chain_terms(priced, devices, b, m, both_directions=not ordered)
         opt = shard_dp(terms, objective, ordered)
         want = brute_force(terms, objective, ordered)
         if want is None:
