@@ -257,7 +257,9 @@ class CostModel:
         self.Q = np.zeros((m.num_layers, max(m.num_experts, 1)))
         for layer, k in self.moe_index.items():
             self.Q[layer] = self.q[k]
-        self._links = {(min(l.a, l.b), max(l.a, l.b)): l for l in instance.links}  # a pair's link (the last listed)
+        self._links = {}  # (a, b) and (b, a) -> the pair's link (the last listed)
+        for link in instance.links:
+            self._links[(link.a, link.b)] = self._links[(link.b, link.a)] = link
         # Shortest routes by weight per link: one-way latency + the time of a 1 MB message.
         self._names = [d.name for d in instance.devices]
         self._node = {n: i for i, n in enumerate(self._names)}
@@ -311,7 +313,7 @@ class CostModel:
             while nodes[-1] != i:
                 nodes.append(pred[nodes[-1]])
             names = [self._names[k] for k in reversed(nodes)]
-            route = self._routes[key] = [(u, v, self._links[(min(u, v), max(u, v))]) for u, v in zip(names, names[1:])]
+            route = self._routes[key] = [(u, v, self._links[(u, v)]) for u, v in zip(names, names[1:])]
         return route
 
     def hardware_of(self, device: str) -> tuple:
@@ -325,9 +327,9 @@ class CostModel:
         key = (a, b)
         hit = self._route_terms.get(key)
         if hit is None:
-            hops = self.route_hops(a, b)
-            inv = [1.0 / bw for _, bw, _ in hops]
-            hit = self._route_terms[key] = (sum(one_way for _, _, one_way in hops), sum(inv), max(inv, default=0.0))
+            hops = self.route(a, b)  # not route_hops: pipelines over 40 devices ask for ~1,000 pairs once each
+            inv = [1.0 / link.bandwidth_bytes_per_s for _, _, link in hops]
+            hit = self._route_terms[key] = (sum(link.one_way_s for _, _, link in hops), sum(inv), max(inv, default=0.0))
         return hit
 
     def route_hops(self, a: str, b: str) -> tuple[tuple[tuple[str, str], float, float], ...]:
