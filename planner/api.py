@@ -12,11 +12,23 @@ import math
 import time
 from dataclasses import replace
 
-from planner import baselines, chain_plan, edgeshard, eplb_instance, joint, lns, route_aware  # noqa: F401  (register the solvers)
-from planner.costmodel import CostModel
-from planner.instance import Instance, load_instance
-from planner.plan import Plan
-from planner.validator import evaluate_checked, validate
+from planner.solve import baselines  # noqa: F401  (register the solvers)
+
+from planner.spaces import chain as chain_plan
+
+from planner.solve import edgeshard
+
+from planner.solve import eplb as eplb_instance
+
+from planner.solve import exact as joint
+
+from planner.solve import local_search as lns
+
+from planner.solve import route_aware
+from planner.cost.costmodel import CostModel
+from planner.domain.instance import Instance, load_instance
+from planner.domain.plan import Plan
+from planner.cost.validator import evaluate_checked, validate
 from solvers import registry
 from solvers.result import Result, Status
 
@@ -45,7 +57,7 @@ def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float
     """Plan ``instance`` with the named solver. Never raises for infeasibility: see ``Result.status``.
 
     The returned plan (``Result.solution``) carries predicted ``metrics`` and the solver's
-    ``certificate``, and has passed :func:`planner.validator.validate`; a solver whose plan fails
+    ``certificate``, and has passed :func:`planner.cost.validator.validate`; a solver whose plan fails
     validation yields status ``error`` listing the violations.
     """
     info = registry.get(solver, problem="instance")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.instance import instance_from_dict
+from planner.domain.instance import instance_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

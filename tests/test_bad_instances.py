@@ -17,9 +17,9 @@ from typing import NamedTuple
 
 import pytest
 
-from planner.cli import main
-from planner.errors import InputError, Problem
-from planner.instance import load_instance
+from planner.cli.main import main
+from planner.domain.errors import InputError, Problem
+from planner.domain.instance import load_instance
 
 DATA = Path(__file__).resolve().parent / "data" / "bad_instances"
 FILES = sorted(DATA.glob("*.toml"))

@@ -13,12 +13,12 @@ import pytest
 
 from models.assignment import ReplicatedAssignment
 from planner import api
-from planner.baselines import batch_grid
-from planner.cli import main
-from planner.costmodel import CostModel
-from planner.chain_plan import chain_terms
-from planner.edgeshard import capability_order, shard_dp, uniform_instance
-from planner.validator import evaluate_checked, validate
+from planner.solve.baselines import batch_grid
+from planner.cli.main import main
+from planner.cost.costmodel import CostModel
+from planner.spaces.chain import chain_terms
+from planner.solve.edgeshard import capability_order, shard_dp, uniform_instance
+from planner.cost.validator import evaluate_checked, validate
 from solvers.eplb import eplb_rebalance
 from solvers.placement import balancedness, solve_eplb
 from solvers.registry import get

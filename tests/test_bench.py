@@ -9,8 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner import api, bench_inputs, cli
-from planner.bench_suites import DYNAMIC, PAPER_DIR, PAPER_SERIES, instance_solvers
+from planner import api
+
+from planner.bench import inputs as bench_inputs
+
+from planner.cli import main as cli
+from planner.bench.suites import DYNAMIC, PAPER_DIR, PAPER_SERIES, instance_solvers
 from solvers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +181,7 @@ def test_measured_series_is_read_from_shared_data_without_its_partial_last_secon
     ("trace,second,mbps\nTMobile-LTE-short.up,1,-3\n", "line 2"),
 ])
 def test_a_malformed_shared_series_is_an_input_error_naming_file_and_line(tmp_path, text, where):
-    from planner.errors import InputError
+    from planner.domain.errors import InputError
 
     bad = tmp_path / "series.csv"
     bad.write_text(text)
@@ -234,8 +238,8 @@ def test_dynamic_scenarios_point_at_existing_files():
 def test_served_accuracy_loss_follows_the_plan_that_served_each_request():
     from dataclasses import replace
 
-    from planner.bench_suites import served_accuracy_loss
-    from planner.simulator import simulate
+    from planner.bench.suites import served_accuracy_loss
+    from planner.sim.engine import simulate
 
     inst = api.load_instance(Path(__file__).resolve().parents[1] / "instances" / "bench" / "dynamic"
                              / "mixtral-orin-h100-cellular-slo.toml")
@@ -249,7 +253,7 @@ def test_served_accuracy_loss_follows_the_plan_that_served_each_request():
 def test_bandwidth_figure_shows_the_rank_in_use_and_the_first_periods_of_a_series():
     from dataclasses import replace
 
-    from planner.bench_suites import CELLULAR_PLOT_CYCLES, bandwidth_figure
+    from planner.bench.suites import CELLULAR_PLOT_CYCLES, bandwidth_figure
 
     sc = next(d for d in DYNAMIC if d.change == "cellular")
     inst = api.load_instance(Path(__file__).resolve().parents[1] / "instances" / "bench" / sc.file)
@@ -270,7 +274,7 @@ def test_bandwidth_figure_shows_the_rank_in_use_and_the_first_periods_of_a_serie
 
 
 def test_paper_suite_simulates_each_distinct_plan_once_per_run(monkeypatch):
-    from planner import bench_suites
+    from planner.bench import suites as bench_suites
 
     calls = []
     real = bench_suites.simulate

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from planner import calibration
+from planner.cost import calibration
 from tests.conftest import shared_data_or_skip
 
 

@@ -1,9 +1,9 @@
 """Heuristic plans on random instances pass the validator and repeat for a seed
-(the 1,000-instance run is `python -m planner.check_heuristics`)."""
+(the 1,000-instance run is `python -m planner.bench.check_heuristics`)."""
 
 import pytest
 
-from planner.check_heuristics import check_one, random_instance
+from planner.bench.check_heuristics import check_one, random_instance
 
 
 @pytest.mark.parametrize("seed", range(30))

@@ -7,8 +7,8 @@ import json
 import pytest
 import tomli_w
 
-from planner.cli import main
-from planner.plan import Plan
+from planner.cli.main import main
+from planner.domain.plan import Plan
 from tests.conftest import LINE, TINY
 
 

@@ -10,12 +10,12 @@ from dataclasses import replace
 import pytest
 
 from planner import api
-from planner.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
-from planner.costmodel import CostModel, is_within
-from planner.errors import InputError
-from planner.instance import Codec
-from planner.replan import changed_instance, replan
-from planner.validator import validate
+from planner.spaces.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
+from planner.cost.costmodel import CostModel, is_within
+from planner.domain.errors import InputError
+from planner.domain.instance import Codec
+from planner.solve.replan import changed_instance, replan
+from planner.cost.validator import validate
 from tests.conftest import REPO
 
 CELLULAR = REPO / "instances" / "bench" / "dynamic" / "mixtral-orin-h100-cellular-slo.toml"

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from planner.costmodel import TOKEN_ID_BYTES, CostModel
-from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from tests.conftest import LINE, TINY, build
 
 GB = 1e9

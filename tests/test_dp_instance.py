@@ -1,4 +1,4 @@
-"""Solver ``dp`` (planner/chain_plan.py): the chain problem carries the cost model's exact terms, the
+"""Solver ``dp`` (planner/spaces/chain.py): the chain problem carries the cost model's exact terms, the
 throughput bisection is exact, and the result equals brute force over every contiguous split."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import planner.chain_plan as cp
+import planner.spaces.chain as cp
 from models.chain import evaluate as chain_evaluate, stage_memory
 from planner import api
-from planner.baselines import batch_grid
-from planner.costmodel import CostModel, is_better
-from planner.plan import Pipeline, Plan, Stage
-from planner.validator import validate
+from planner.solve.baselines import batch_grid
+from planner.cost.costmodel import CostModel, is_better
+from planner.domain.plan import Pipeline, Plan, Stage
+from planner.cost.validator import validate
 from solvers.chain import partitions
 from solvers.result import Status
 from tests.conftest import LINE, TINY, build
@@ -172,7 +172,7 @@ def _links(cm, a, b):
 def _synthetic_terms(rng, D, L, forced_negative=False):
     busy = rng.uniform(0.1, 1.0, (D, L))
     extra = rng.uniform(0.0, 2.0, (D, L))
-    if forced_negative:  # no non-negative potential: see the module docstring of planner.chain_plan
+    if forced_negative:  # no non-negative potential: see the module docstring of planner.spaces.chain
         extra[:] = 0.0
         extra[1, 1] = 10.0
         extra[2, 0] = 10.0

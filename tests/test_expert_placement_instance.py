@@ -1,4 +1,4 @@
-"""Expert placement built from an instance (planner.expert_placement): the problem, heuristic and exact
+"""Expert placement built from an instance (planner.spaces.placement): the problem, heuristic and exact
 solves, warm starts, time limits, restriction of large problems and infeasibility."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from models.assignment import objective_value, violations
-from planner.costmodel import CostModel
-from planner.expert_placement import (candidate_mask, layer_problems, lower_bound, placement_problem,
+from planner.cost.costmodel import CostModel
+from planner.spaces.placement import (candidate_mask, layer_problems, lower_bound, placement_problem,
                                       representative_expert_time_s, reserved_bytes, solve_placement)
-from planner.instance import load_instance
+from planner.domain.instance import load_instance
 from solvers.assignment import explain_infeasible
 from solvers.registry import get
 from solvers.result import Status

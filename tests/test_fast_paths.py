@@ -8,11 +8,13 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from planner import api, costmodel
-from planner.costmodel import CostModel
-from planner.replan import changed_instance
-from planner.route_aware import route_aware
-from planner.validator import validate
+from planner import api
+
+from planner.cost import costmodel
+from planner.cost.costmodel import CostModel
+from planner.solve.replan import changed_instance
+from planner.solve.route_aware import route_aware
+from planner.cost.validator import validate
 from solvers import dp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +93,7 @@ def test_pass_cache_matches_uncached_passes_for_batching_variants():
 
 
 def test_dp_stage_table_and_per_boundary_forward_agree(monkeypatch):
-    from planner.chain_plan import chain_problem, chain_terms, default_path
+    from planner.spaces.chain import chain_problem, chain_terms, default_path
 
     inst = load("mixtral-orin-edge-cloud.toml")
     cm = CostModel(inst)

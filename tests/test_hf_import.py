@@ -1,4 +1,4 @@
-"""Tests of planner.hf_import (Hugging Face config.json -> model card) and of the shipped catalog cards.
+"""Tests of planner.domain.hf_import (Hugging Face config.json -> model card) and of the shipped catalog cards.
 
 Inline configs copy the field sets of the real checkpoints' config.json by hand. Tests that read the
 reference data in ``../shared/data`` skip when it is missing (a user's clone does not have it).
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from planner.device import CARD_FIELDS, device_fields
-from planner.errors import Collector, InputError
-from planner.hf_import import _encode_layers, card_from_hf_config, write_card
-from planner.moe_model import MoEModel, model_from_dict
+from planner.domain.device import CARD_FIELDS, device_fields
+from planner.domain.errors import Collector, InputError
+from planner.domain.hf_import import _encode_layers, card_from_hf_config, write_card
+from planner.domain.moe_model import MoEModel, model_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = REPO / "instances" / "catalog"

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from models.twotier import TwoTierSolution, evaluate, violations
 from planner import api
-from planner.costmodel import CostModel
-from planner.joint import instance_value, plan_from_solution, two_tier_problem
+from planner.cost.costmodel import CostModel
+from planner.solve.exact import instance_value, plan_from_solution, two_tier_problem
 from tests.conftest import LINE, build
 
 SMALL = {
@@ -80,7 +80,7 @@ def test_formulation_equals_the_cost_model_on_every_plan(objective):
 def test_milp_cpsat_and_brute_force_agree(objective, experts, b, m, budget):
     inst = build(SMALL, objective=objective, model={**SMALL["model"], "num_experts": experts},
                  constraints={**SMALL["constraints"], "accuracy_loss_budget": budget})
-    from planner.joint import _cases, _solve_cpsat, _solve_milp
+    from planner.solve.exact import _cases, _solve_cpsat, _solve_milp
 
     p = two_tier_problem(CostModel(inst), "phone", "gpu", b, m)
     expected = brute_force(p)
@@ -187,7 +187,7 @@ def test_memory_infeasibility_names_the_devices_and_sizes():
 def test_export_and_progress_from_the_command_line(tmp_path, capsys):
     import tomli_w
 
-    from planner.cli import main
+    from planner.cli.main import main
 
     path = tmp_path / "small.toml"
     path.write_bytes(tomli_w.dumps(SMALL).encode())
@@ -207,7 +207,7 @@ def test_export_and_progress_from_the_command_line(tmp_path, capsys):
 def test_a_heuristic_plan_becomes_a_mip_start(line):
     """route-aware's plan lies in milp's space: it converts back into a two-tier solution with the
     same value, which the solver receives as a start."""
-    from planner.joint import solution_from_plan
+    from planner.solve.exact import solution_from_plan
 
     plan = api.solve(line, "route-aware").solution
     far, b, m, sol = solution_from_plan(line, plan)

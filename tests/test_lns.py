@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
-from planner import api, lns  # noqa: F401  (registers local-search)
-from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.validator import validate
+from planner import api  # noqa: F401  (registers local-search)
+
+from planner.solve import local_search as lns
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.cost.validator import validate
 from tests.conftest import LINE, REPO, build
 
 # Four devices, meshed: the model (27.8 MB) fits no single small device, so plans span several.
@@ -85,9 +87,9 @@ def test_same_seed_and_max_moves_give_the_same_plan(fleet):
 def test_reproducible_across_processes():
     """Nothing iterates over a set of names: another hash seed gives the same plan."""
     code = ("import json, sys; sys.path.insert(0, '.')\n"
-            "from tests.test_lns import FLEET\nfrom tests.conftest import build\nfrom planner import api, lns\n"
+            "from tests.test_lns import FLEET\nfrom tests.conftest import build\nfrom planner import api\nfrom planner.solve import local_search\n"
             "inst = build(FLEET)\nstart = api.solve(inst, 'single-cut').solution\n"
-            "print(json.dumps(lns.improve(inst, start, max_moves=60, seed=11).plan.to_dict()['pipelines']))\n")
+            "print(json.dumps(local_search.improve(inst, start, max_moves=60, seed=11).plan.to_dict()['pipelines']))\n")
     outs = []
     for hash_seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(REPO))

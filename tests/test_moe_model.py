@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from planner import catalog
-from planner.errors import Collector
-from planner.moe_model import model_from_dict
+from planner.domain import catalog
+from planner.domain.errors import Collector
+from planner.domain.moe_model import model_from_dict
 
 MIXTRAL = dict(name="mixtral", num_layers=32, hidden_size=4096, num_attention_heads=32, num_kv_heads=8,
                head_dim=128, vocab_size=32000, num_experts=8, top_k=2, expert_intermediate_size=14336)

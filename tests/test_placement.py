@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from scipy.optimize import linprog
 
 from models.assignment import AssignmentSolution, ReplicatedAssignment, bin_loads, objective_value, violations
-from planner import cli, place
+from planner.cli import main as cli
+from planner.cli import place
 from solvers import placement
 from solvers.eplb import balanced_packing, eplb_rebalance, replicate_experts
 from solvers.registry import get

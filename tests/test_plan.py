@@ -7,8 +7,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from planner.errors import InputError
-from planner.plan import SCHEMA, ExpertPlacement, Pipeline, Plan, Stage
+from planner.domain.errors import InputError
+from planner.domain.plan import SCHEMA, ExpertPlacement, Pipeline, Plan, Stage
 
 names = st.sampled_from(["phone", "edge", "gpu-0", "gpu-1"])
 

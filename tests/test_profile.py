@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from planner import profile as P
-from planner.device import Device
-from planner.errors import InputError
-from planner.profile import (
+from planner.cost import profiling as P
+from planner.domain.device import Device
+from planner.domain.errors import InputError
+from planner.cost.profiling import (
     SCHEMA, HardwareProfile, ProfileError, check_profile_against_expert_ffn, fit, measure,
     run_profile_command,
 )

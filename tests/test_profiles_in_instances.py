@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from planner import api, catalog
-from planner.errors import InputError
-from planner.costmodel import CostModel
-from planner.plan import Pipeline, Plan, Stage
+from planner import api
+
+from planner.domain import catalog
+from planner.domain.errors import InputError
+from planner.cost.costmodel import CostModel
+from planner.domain.plan import Pipeline, Plan, Stage
 from tests.conftest import TINY
 
 PROFILE = Path(__file__).resolve().parents[1] / "instances" / "profiles" / "ci-2core-x86-numpy.json"

@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from planner import api, lns  # noqa: F401  (registers local-search)
-from planner.device import Device
-from planner.errors import InputError
-from planner.instance import Link
-from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.replan import changed_instance, migration, replan, weight_map
-from planner.validator import validate
+from planner import api  # noqa: F401  (registers local-search)
+
+from planner.solve import local_search as lns
+from planner.domain.device import Device
+from planner.domain.errors import InputError
+from planner.domain.instance import Link
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.solve.replan import changed_instance, migration, replan, weight_map
+from planner.cost.validator import validate
 from tests.conftest import LINE, REPO, TINY, build
 from tests.test_lns import FLEET
 
@@ -82,7 +84,7 @@ def test_bandwidth_drop_gives_a_valid_plan_within_budget(fleet, deployed):
 
 
 def slow_objective(inst, plan):
-    from planner.costmodel import CostModel
+    from planner.cost.costmodel import CostModel
 
     return CostModel(inst).evaluate(plan).objective(inst.objective)
 
@@ -212,7 +214,7 @@ def test_migration_bytes_by_hand_on_tiny():
     assert all(s.to_device == "cloud" and s.from_device == "end" for s in steps)
     assert migration(cur, cur, inst)[0] == 0
     # The memory map holds what the cost model counts.
-    from planner.costmodel import CostModel
+    from planner.cost.costmodel import CostModel
 
     for plan in (cur, a, b):
         held = {}

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tomli_w
 
-from planner.cli import main
-from planner.costmodel import CostModel, Fork, Step
-from planner.instance import load_instance
-from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.replan import changed_instance, migration
-from planner.simulator import ReplanHook, SimEvent, SimResult, simulate
-from planner.workload_files import RequestTrace
+from planner.cli.main import main
+from planner.cost.costmodel import CostModel, Fork, Step
+from planner.domain.instance import load_instance
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.solve.replan import changed_instance, migration
+from planner.sim.engine import ReplanHook, SimEvent, SimResult, simulate
+from planner.domain.data_files import RequestTrace
 from tests.conftest import LINE, REPO, build
 
 # Compute-bound devices (slow FLOP/s, fast memory) joined by a fast link: the work of a decode step
@@ -430,7 +430,7 @@ def test_cli_bad_input_exits_2_naming_it(capsys, files, tmp_path, bad):
 
 
 def test_bench_runs_on_a_few_requests(capsys):
-    from planner import bench_simulator
+    from planner.bench import simulator as bench_simulator
 
     assert bench_simulator.main(["--requests", "300", "--load", "0.5"]) == 0
     out = capsys.readouterr().out

@@ -1,0 +1,143 @@
+"""``moeplan bench``: run a benchmark suite, write a CSV of every measurement and PNG plots, print a table.
+
+    moeplan bench [--suite paper|scale|dynamic|all] [--out DIR] [--quick] [--seed N]
+
+Suites (:mod:`planner.bench.suites`; what each runs and how to read it: ``docs/bench.md``):
+
+* ``paper``: EC2MoE-style end-cloud scenarios (``instances/bench/paper/*.toml``); moeplan's plan
+  and every baseline's, predicted by the cost model and simulated on the same requests;
+* ``scale``: growing models and fleets; solve time and objective of every solver;
+* ``dynamic``: a load spike, a bandwidth drop, a device failure and a measured cellular bandwidth
+  series; the static plan against online re-planning.
+
+Progress (one line per scenario and solver, with the elapsed time) goes to stderr; the tables go to
+stdout at the end. Plots need matplotlib (``pip install 'moeplan[bench]'``); without it the CSVs
+and tables are still written. Exit codes: 0 done, 2 bad input (an unwritable ``--out``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+
+from planner.bench import plots as bench_plots
+from planner.domain.errors import InputError, Problem
+
+SUITES = ("paper", "scale", "dynamic")
+DEFAULT_OUT = "bench-out"
+
+
+def add_parser(subparsers) -> None:
+    """Register ``bench`` on the ``moeplan`` sub-command parsers."""
+    p = subparsers.add_parser("bench", help="benchmark suite: CSV of every measurement, PNG plots, a table")
+    p.add_argument("--suite", choices=(*SUITES, "all"), default="all", help="which suite; default all")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (created); default {DEFAULT_OUT}/")
+    p.add_argument("--quick", action="store_true", help="a few scenarios and requests, no milp: seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of solvers, request windows, synthetic series, simulator")
+    p.set_defaults(func=cmd_bench)
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def prepare_out(out: str) -> Path:
+    """Create ``out`` and check that files can be written in it; :class:`InputError` naming it if not."""
+    if not out.strip():
+        raise InputError(Problem(out, "--out", "must name a folder"))
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".moeplan-bench-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(Problem(out, "--out", f"cannot be written: {exc.strerror or exc}")) from None
+    return path
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Every row, columns in the order first seen; empty cells for missing values, NaN and None."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, columns, restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(v) for k, v in r.items()})
+    return path
+
+
+def _cell(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return v
+
+
+def write_plots(out: Path, result) -> list[Path]:
+    """The PNG files of a suite's output (:class:`planner.bench.suites.SuiteOutput`) in ``out``."""
+    from planner.bench.suites import instance_solvers
+
+    figs = result.figures
+    paths = []
+    if result.name == "paper":
+        if any(sc["sat"] for sc in figs["scenarios"]):
+            paths.append(bench_plots.throughput_bars(figs["scenarios"], instance_solvers(), out / "paper_throughput.png"))
+        for scenario, lat in figs["cdf"].items():
+            paths.append(bench_plots.latency_cdf(scenario, lat, out / f"paper_latency_cdf_{scenario}.png"))
+        if figs["gantt"] and figs["gantt"]["timeline"]:
+            g = figs["gantt"]
+            paths.append(bench_plots.pipeline_gantt(g["scenario"], g["timeline"], out / f"paper_timeline_{g['scenario']}.png"))
+    elif result.name == "scale":
+        paths.append(bench_plots.solve_time_scatter(result.rows, figs["solvers"], out / "scale_solve_time.png"))
+    elif result.name == "dynamic":
+        paths.append(bench_plots.slo_bars(result.rows, out / "dynamic_slo.png"))
+        for b in figs["bandwidth"]:
+            paths.append(bench_plots.bandwidth_timeline(b["title"], b["mbps"], b["nominal_mbps"], b["applied_s"], b["kept_s"],
+                                                        out / f"dynamic_bandwidth_{b['slug']}.png",
+                                                        rank_steps=b.get("rank_steps")))
+    return paths
+
+
+def run(suites: list[str], out: Path, *, quick: bool, seed: int, progress=log) -> list:
+    """Run ``suites`` and write their CSVs and plots into ``out``; returns their
+    :class:`planner.bench.suites.SuiteOutput` s."""
+    from planner.bench import suites as bench_suites
+
+    runners = {"paper": bench_suites.run_paper, "scale": bench_suites.run_scale, "dynamic": bench_suites.run_dynamic}
+    settings = bench_suites.Settings(quick=quick, seed=seed)
+    plots = bench_plots.available()
+    if not plots:
+        progress(f"note: {bench_plots.INSTALL_HINT}; writing the CSVs and tables only")
+    results = []
+    for name in suites:
+        t0 = time.perf_counter()
+        progress(f"suite {name}{' (quick)' if quick else ''} ...")
+        result = runners[name](settings, progress)
+        for stale in out.glob(f"{name}_*.png"):  # plots of an earlier run of this suite
+            stale.unlink()
+        written = [write_csv(out / f"{name}.csv", result.rows)]
+        if plots:
+            written += write_plots(out, result)
+        elapsed = time.perf_counter() - t0
+        result.notes.append(f"suite {name}: {elapsed:.1f} s with its CSV{' and plots' if plots else ''}")
+        progress(f"suite {name} done in {elapsed:.1f} s: " + ", ".join(str(p) for p in written))
+        results.append(result)
+    return results
+
+
+def cmd_bench(args) -> int:
+    out = prepare_out(args.out)
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    results = run(suites, out, quick=args.quick, seed=args.seed)
+    for r in results:
+        print(f"\n== {r.name} ==")
+        print(r.table)
+        for note in r.notes:
+            print(f"  {note}")
+    if not bench_plots.available():
+        print(f"\nno plots written: {bench_plots.INSTALL_HINT}")
+    print(f"\nCSV{' and plots' if bench_plots.available() else ''} in {out}/")
+    return 0

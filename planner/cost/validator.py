@@ -1,0 +1,167 @@
+"""Checks a plan against its instance, independently of the solver that made it.
+
+:func:`validate` lists every violation (it never stops at the first): unknown devices, layer
+coverage and contiguity, devices shared between pipelines, expert placement (range, shares,
+devices), codec ranks not allowed, batch limits, request shares, routes, memory per device,
+latency SLOs and the accuracy-loss budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.cost.costmodel import CostModel, Evaluation
+from planner.domain.instance import Instance
+from planner.domain.plan import Plan
+
+SHARE_TOL = 1e-6
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str  # structure, memory, coverage, contiguity, link, rank, batch, slo, accuracy, placement
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None, evaluation=None) -> list[Violation]:
+    """Every violation of ``plan`` on ``instance`` (empty list: the plan is valid).
+
+    ``evaluation``: the cost model's :class:`~planner.cost.costmodel.Evaluation` of this plan, when the
+    caller has it already (it is recomputed otherwise)."""
+    out = structure_violations(instance, plan)
+    if out:
+        # Figures are meaningless for a plan whose shape is broken.
+        return out
+    cm = cost_model or CostModel(instance)
+    return limit_violations(instance, evaluation if evaluation is not None else cm.evaluate(plan))
+
+
+def limit_violations(instance: Instance, ev: Evaluation) -> list[Violation]:
+    """Violations of memory, SLOs and the accuracy budget by a structurally valid plan's figures ``ev``
+    (callers that vary only a checked plan's batching within ``max_batch`` need not check its shape again)."""
+    out: list[Violation] = []
+    for dev, used in sorted(ev.memory_bytes.items()):
+        cap = instance.device(dev).memory_bytes
+        if used > cap * (1 + 1e-9):
+            out.append(Violation("memory", f"device {dev!r} needs {used / GB:.2f} GB, has {cap / GB:.2f} GB"))
+    c = instance.constraints
+    worst_latency = max(pm.latency_s for pm in ev.pipelines)
+    worst_ttft = max(pm.ttft_s for pm in ev.pipelines)
+    worst_tpot = max(pm.tpot_s for pm in ev.pipelines)
+    for name, value, slo in (("latency", worst_latency, c.latency_slo_s), ("TTFT", worst_ttft, c.ttft_slo_s),
+                             ("TPOT", worst_tpot, c.tpot_slo_s)):
+        if slo is not None and value > slo * (1 + 1e-9):
+            out.append(Violation("slo", f"predicted {name} {value * 1e3:.1f} ms exceeds the SLO of {slo * 1e3:.1f} ms"))
+    if ev.accuracy_loss > c.accuracy_loss_budget + 1e-12:
+        out.append(Violation("accuracy", f"codec accuracy loss {ev.accuracy_loss:.4f} exceeds the budget {c.accuracy_loss_budget:.4f}"))
+    return out
+
+
+def evaluate_checked(instance: Instance, plan: Plan, cost_model: CostModel) -> tuple[Evaluation | None, list[Violation]]:
+    """The plan's evaluation (None when its shape is broken) and its violations, evaluating it once."""
+    shape = structure_violations(instance, plan)
+    if shape:
+        return None, shape
+    ev = cost_model.evaluate(plan)
+    return ev, limit_violations(instance, ev)
+
+
+class _Tag:
+    """``pipeline i expert (layer, expert)`` for a message, formatted only when one is written."""
+
+    __slots__ = ("where", "entry")
+
+    def __init__(self, where: str, entry):
+        self.where, self.entry = where, entry
+
+    def __str__(self) -> str:
+        return f"{self.where} expert ({self.entry.layer}, {self.entry.expert})"
+
+
+def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
+    """Violations of the plan's shape: coverage, contiguity, devices, ranks, batching, placement, routes."""
+    out: list[Violation] = []
+    m = instance.model
+    known = instance.device_index
+    used_by: dict[str, int] = {}
+    if not plan.pipelines:
+        return [Violation("structure", "the plan has no pipeline")]
+    total_share = sum(p.request_share for p in plan.pipelines)
+    if any(p.request_share < 0 for p in plan.pipelines) or abs(total_share - 1.0) > SHARE_TOL:
+        out.append(Violation("structure", f"request shares must be >= 0 and sum to 1, got {[p.request_share for p in plan.pipelines]}"))
+    for pi, pipe in enumerate(plan.pipelines):
+        where = f"pipeline {pi}"
+        if not pipe.stages:
+            out.append(Violation("structure", f"{where} has no stage"))
+            continue
+        # Coverage and contiguity.
+        expected = 0
+        for si, s in enumerate(pipe.stages):
+            if s.device not in known:
+                out.append(Violation("structure", f"{where} stage {si}: unknown device {s.device!r}"))
+            if s.end_layer <= s.first_layer:
+                out.append(Violation("contiguity", f"{where} stage {si} on {s.device!r} is empty or reversed: layers [{s.first_layer}, {s.end_layer})"))
+            if s.first_layer != expected:
+                kind = "coverage" if s.first_layer > expected else "contiguity"
+                out.append(Violation(kind, f"{where} stage {si} starts at layer {s.first_layer}, expected {expected}"))
+            expected = max(expected, s.end_layer)
+        if expected != m.num_layers:
+            out.append(Violation("coverage", f"{where} ends at layer {expected}; the model has {m.num_layers} layers"))
+        devs = pipe.devices
+        for d in set(devs):
+            if devs.count(d) > 1:
+                out.append(Violation("structure", f"{where}: device {d!r} holds {devs.count(d)} stages; merge them"))
+        for d in set(devs) | pipe.expert_devices():
+            if d in used_by and used_by[d] != pi:
+                out.append(Violation("structure", f"device {d!r} is used by pipelines {used_by[d]} and {pi}; pipelines need disjoint devices"))
+            used_by.setdefault(d, pi)
+        # Codec ranks.
+        if len(pipe.codec_ranks) > max(0, len(pipe.stages) - 1):
+            out.append(Violation("rank", f"{where} has {len(pipe.codec_ranks)} codec ranks for {len(pipe.stages) - 1} cuts"))
+        allowed = instance.constraints.codec.ranks
+        for ci, r in enumerate(pipe.codec_ranks):
+            if r is not None and r not in allowed:
+                shown = ", ".join(map(str, allowed)) if allowed else "none (no codec ranks in constraints)"
+                out.append(Violation("rank", f"{where} cut {ci}: rank {r} is not allowed (allowed: {shown})"))
+        # Batching.
+        seqs = pipe.micro_batch_size * pipe.num_micro_batches
+        if pipe.micro_batch_size < 1 or pipe.num_micro_batches < 1:
+            out.append(Violation("batch", f"{where}: micro-batch size and count must be >= 1"))
+        elif seqs > instance.workload.max_batch:
+            out.append(Violation("batch", f"{where}: {pipe.micro_batch_size} x {pipe.num_micro_batches} = {seqs} sequences in flight exceed max_batch {instance.workload.max_batch}"))
+        # Expert placement.
+        seen = set()
+        for e in pipe.expert_placement:
+            tag = _Tag(where, e)
+            if not (0 <= e.layer < m.num_layers) or not m.is_moe_layer(e.layer):
+                out.append(Violation("placement", f"{tag}: layer {e.layer} is not an MoE layer"))
+            if not (0 <= e.expert < m.num_experts):
+                out.append(Violation("placement", f"{tag}: expert {e.expert} out of range 0..{m.num_experts - 1}"))
+            if (e.layer, e.expert) in seen:
+                out.append(Violation("placement", f"{tag} is placed twice"))
+            seen.add((e.layer, e.expert))
+            if not e.devices or len(e.devices) != len(e.shares) or len(set(e.devices)) != len(e.devices):
+                out.append(Violation("placement", f"{tag}: needs distinct devices with one share each"))
+            elif any(s < 0 for s in e.shares) or abs(sum(e.shares) - 1.0) > SHARE_TOL:
+                out.append(Violation("placement", f"{tag}: shares must be >= 0 and sum to 1, got {list(e.shares)}"))
+            for d in e.devices:
+                if d not in known:
+                    out.append(Violation("placement", f"{tag}: unknown device {d!r}"))
+    if out:
+        return out
+    # Routes: every hop the plan uses must exist (the fleet may be connected through other devices).
+    origin = instance.workload.origin
+    component = instance.component_of
+    for pi, pipe in enumerate(plan.pipelines):
+        hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
+        home = {layer: s.device for s in pipe.stages for layer in s.layers}
+        for e in pipe.expert_placement:
+            hops.update((home[e.layer], d) for d in e.devices)
+        for a, b in sorted(hops):
+            if component.get(a) != component.get(b):
+                out.append(Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}"))
+    return out

@@ -1,0 +1,167 @@
+"""Typed reads of TOML/JSON tables that record every problem instead of stopping at the first.
+
+Each reader takes the table, the key, the dotted path of the table (for messages) and a
+:class:`~planner.domain.errors.Collector`; it returns the value, or ``None`` after recording a problem.
+Files are treated as data only: nothing read here is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from planner.domain.errors import Collector
+
+_MISSING = object()
+
+# Anything above this is a typo or a unit mix-up (1e18 bytes is an exabyte, 1e21 FLOP/s a zettaflop).
+ABSURD = 1e21
+
+
+def _path(table_path: str, key) -> str:
+    if isinstance(key, int):
+        return f"{table_path}[{key}]"
+    return f"{table_path}.{key}" if table_path else key
+
+
+def number(
+    table: dict,
+    key: str,
+    table_path: str,
+    col: Collector,
+    *,
+    required: bool = True,
+    default: float | None = None,
+    positive: bool = False,
+    nonnegative: bool = False,
+    maximum: float | None = None,
+    integer: bool = False,
+) -> Any:
+    """A finite number (``int`` when ``integer``) with optional sign and upper limits."""
+    field = _path(table_path, key)
+    value = table.get(key, _MISSING)
+    if value is _MISSING:
+        if required:
+            col.add(field, "is required")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if integer else "a number"
+        col.add(field, f"must be {kind}, got {type(value).__name__} {value!r}")
+        return default
+    if integer and not (isinstance(value, int) or float(value).is_integer()):
+        col.add(field, f"must be an integer, got {value!r}")
+        return default
+    limit = ABSURD if maximum is None else maximum
+    # Compare before any float conversion: a 400-digit TOML integer does not fit a float.
+    if isinstance(value, float) and not math.isfinite(value):
+        col.add(field, f"must be finite, got {value!r}")
+        return default
+    if positive and value <= 0:
+        col.add(field, f"must be > 0, got {_short(value)}")
+        return default
+    if nonnegative and value < 0:
+        col.add(field, f"must be >= 0, got {_short(value)}")
+        return default
+    if abs(value) > limit:
+        if limit <= 1.0:
+            col.add(field, f"must be a fraction between 0 and {limit:g}, got {_short(value)}")
+        else:
+            col.add(field, f"is absurdly large ({_short(value)} > {limit:g}); check the unit in the field name")
+        return default
+    return int(value) if integer else float(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
+
+
+def string(
+    table: dict,
+    key: str,
+    table_path: str,
+    col: Collector,
+    *,
+    required: bool = True,
+    default: str | None = None,
+    choices: Iterable[str] | None = None,
+) -> Any:
+    """A non-empty string, optionally one of ``choices``."""
+    field = _path(table_path, key)
+    value = table.get(key, _MISSING)
+    if value is _MISSING:
+        if required:
+            col.add(field, "is required")
+        return default
+    if not isinstance(value, str) or not value.strip():
+        col.add(field, f"must be a non-empty string, got {value!r}")
+        return default
+    if choices is not None:
+        choices = list(choices)
+        if value not in choices:
+            col.add(field, f"must be one of {', '.join(choices)}; got {value!r}")
+            return default
+    return value
+
+
+def boolean(table: dict, key: str, table_path: str, col: Collector, *, default: bool) -> bool:
+    field = _path(table_path, key)
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        col.add(field, f"must be true or false, got {value!r}")
+        return default
+    return value
+
+
+def table(parent: dict, key: str, table_path: str, col: Collector, *, required: bool = True) -> dict | None:
+    """A sub-table (dict); records a problem when it is missing (if required) or not a table."""
+    field = _path(table_path, key)
+    value = parent.get(key, _MISSING)
+    if value is _MISSING:
+        if required:
+            col.add(field, "is required (a table)")
+        return None
+    if not isinstance(value, dict):
+        col.add(field, f"must be a table, got {type(value).__name__}")
+        return None
+    return value
+
+
+def number_list(
+    parent: dict,
+    key: str,
+    table_path: str,
+    col: Collector,
+    *,
+    required: bool = False,
+    positive: bool = False,
+    nonnegative: bool = False,
+    integer: bool = False,
+) -> list | None:
+    """A non-empty list of finite numbers."""
+    field = _path(table_path, key)
+    value = parent.get(key, _MISSING)
+    if value is _MISSING:
+        if required:
+            col.add(field, "is required (a list of numbers)")
+        return None
+    if not isinstance(value, list) or not value:
+        col.add(field, f"must be a non-empty list of numbers, got {value!r}")
+        return None
+    out = []
+    before = len(col.problems)
+    for i, _ in enumerate(value):
+        out.append(
+            number(dict(enumerate(value)), i, field, col, positive=positive,
+                   nonnegative=nonnegative, integer=integer)
+        )
+    return None if len(col.problems) > before else out
+
+
+def unknown_keys(table_: dict, known: Iterable[str], table_path: str, col: Collector) -> None:
+    """Record keys that are not part of the schema (most often a typo or a wrong unit suffix)."""
+    known = set(known)
+    for key in table_:
+        if key not in known:
+            hint = ", ".join(sorted(known))
+            col.add(_path(table_path, str(key)), f"is not a known field (known: {hint})")

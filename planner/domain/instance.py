@@ -1,0 +1,460 @@
+"""Instances: model + fleet + workload + objective + constraints, read from one TOML file.
+
+See ``docs/instance-format.md`` for the annotated format. :func:`load_instance` checks every field
+and raises one :class:`~planner.domain.errors.InputError` listing every problem, each naming the file,
+the table and the field. Paths inside an instance are relative to the instance file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from planner.domain import catalog
+from planner.domain import fields as F
+from planner.domain.device import Device, device_fields
+from planner.domain.errors import Collector, InputError
+from planner.domain.moe_model import MoEModel, model_from_dict
+from planner.domain.data_files import RequestTrace, read_bandwidth_series, read_popularity_counts, read_request_trace
+
+OBJECTIVES = ("throughput", "latency", "energy")
+POPULARITY_KINDS = ("uniform", "zipf", "measured")
+MAX_DEVICES = 4096
+
+
+@dataclass(frozen=True)
+class Link:
+    """A bidirectional network link. ``bandwidth_series`` (bytes/s per second) overrides the mean when simulating."""
+
+    a: str
+    b: str
+    bandwidth_bytes_per_s: float
+    rtt_s: float
+    bandwidth_series: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def one_way_s(self) -> float:
+        return self.rtt_s / 2.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests. ``popularity[m, e]`` is the probability that a token of MoE layer ``m`` picks expert ``e``
+    (each row sums to top-k), indexed by MoE-layer order (see :attr:`MoEModel.moe_layers`)."""
+
+    origin: str
+    arrival_rate_per_s: float
+    prompt_tokens: int
+    output_tokens: int
+    max_batch: int
+    popularity: np.ndarray = field(repr=False)
+    popularity_kind: str = "uniform"
+    trace: RequestTrace | None = field(default=None, repr=False, compare=False)
+    trace_path: str = ""
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Allowed low-rank codec ranks at a cut and the accuracy loss (fraction) each one costs."""
+
+    ranks: tuple[int, ...] = ()
+    accuracy_loss: tuple[float, ...] = ()
+
+    def loss(self, rank: int | None) -> float:
+        if rank is None:
+            return 0.0
+        return self.accuracy_loss[self.ranks.index(rank)]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    latency_slo_s: float | None = None
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    accuracy_loss_budget: float = 0.0
+    codec: Codec = Codec()
+    migration_budget_bytes: float | None = None
+    # Share of the objective route-aware and the re-planner may give up for codec ranks with less
+    # accuracy loss (0: the objective alone decides; see planner.spaces.codec_choice).
+    accuracy_tradeoff: float = 0.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    model: MoEModel
+    devices: tuple[Device, ...]
+    links: tuple[Link, ...]
+    workload: Workload
+    objective: str
+    constraints: Constraints
+    path: str = ""
+    description: str = ""
+
+    def device(self, name: str) -> Device:
+        return self.device_index[name]
+
+    @cached_property
+    def device_index(self) -> dict[str, Device]:
+        return {d.name: d for d in self.devices}
+
+    @cached_property
+    def component_of(self) -> dict[str, int]:
+        """Connected component (an index) of each device in the network."""
+        return {node: k for k, nodes in enumerate(nx.connected_components(self.graph())) for node in nodes}
+
+    def graph(self) -> nx.Graph:
+        g = nx.Graph()
+        g.add_nodes_from(d.name for d in self.devices)
+        for link in self.links:
+            g.add_edge(link.a, link.b, link=link)
+        return g
+
+    def devices_of_tier(self, tier: str) -> list[Device]:
+        return [d for d in self.devices if d.tier == tier]
+
+    @property
+    def total_memory_bytes(self) -> float:
+        return sum(d.memory_bytes for d in self.devices)
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+_TOP = {"name", "description", "model", "devices", "links", "workload", "objective", "constraints"}
+_DEVICE_KEYS = {
+    "name", "catalog", "count", "profile", "interconnect_gb_per_s", "interconnect_rtt_ms",
+    "tier", "display_name", "memory_gb", "memory_bandwidth_gb_per_s", "power_w", "idle_power_w",
+    "compute_efficiency", "bandwidth_efficiency", "peak_tflops",
+}
+_LINK_KEYS = {"a", "b", "bandwidth_mbps", "bandwidth_gbps", "rtt_ms", "bandwidth_trace"}
+_WORKLOAD_KEYS = {
+    "origin", "arrival_rate_per_s", "trace", "trace_columns", "prompt_tokens", "output_tokens",
+    "max_batch", "popularity",
+}
+_POP_KEYS = {"kind", "zipf_exponent", "file", "seed"}
+_CONSTRAINT_KEYS = {
+    "latency_slo_ms", "ttft_slo_ms", "tpot_slo_ms", "accuracy_loss_budget", "codec_ranks",
+    "codec_accuracy_loss", "migration_budget_gb", "accuracy_tradeoff",
+}
+
+
+def load_instance(path: str | Path) -> Instance:
+    """Read and check an instance file; raises :class:`InputError` with every problem found."""
+    path = Path(path)
+    data = catalog.read_toml(path)
+    return instance_from_dict(data, file=str(path), base_dir=path.parent)
+
+
+def instance_from_dict(data: dict, *, file: str = "<instance>", base_dir: Path | None = None) -> Instance:
+    base_dir = base_dir or Path.cwd()
+    col = Collector(file)
+    F.unknown_keys(data, _TOP, "", col)
+    name = data.get("name", Path(file).stem)
+    if not isinstance(name, str) or not name:
+        col.add("name", f"must be a non-empty string, got {name!r}")
+        name = Path(file).stem
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        col.add("description", f"must be a string, got {type(description).__name__}")
+        description = ""
+
+    model = _read_model(data, file, base_dir, col)
+    devices, mesh_links, declared = _read_devices(data, file, base_dir, col)
+    links = _read_links(data, {d.name for d in devices}, declared, base_dir, col) + mesh_links
+    objective = F.string(data, "objective", "", col, required=False, default="throughput", choices=OBJECTIVES)
+    constraints = _read_constraints(data, model, col)
+    workload = _read_workload(data, model, devices, declared, base_dir, col)
+    col.raise_if_any()
+
+    instance = Instance(name, model, tuple(devices), tuple(links), workload, objective, constraints, file, description)
+    _check_connected(instance, col)
+    col.raise_if_any()
+    return instance
+
+
+def _read_model(data: dict, file: str, base_dir: Path, col: Collector) -> MoEModel | None:
+    table = F.table(data, "model", "", col)
+    if table is None:
+        return None
+    given = [k for k in ("catalog", "file") if k in table]
+    if len(given) > 1:
+        col.add("model", "give either catalog or file, not both")
+        return None
+    try:
+        if "catalog" in table:
+            cat_name = F.string(table, "catalog", "model", col)
+            extra = set(table) - {"catalog", "dtype_bytes"}
+            if extra:
+                col.add("model", f"with catalog, only dtype_bytes may be overridden (found {', '.join(sorted(extra))})")
+            if not cat_name:
+                return None
+            card = catalog.model(cat_name, file=file, field="model.catalog")
+            if "dtype_bytes" in table:
+                # A quantized deployment of a catalog model: 1 = int8/fp8, 0.5 = int4.
+                db = F.number(table, "dtype_bytes", "model", col, positive=True, maximum=16)
+                return replace(card, dtype_bytes=db) if db is not None else None
+            return card
+        if "file" in table:
+            ref = F.string(table, "file", "model", col)
+            return catalog.load_model_card(base_dir / ref) if ref else None
+    except InputError as exc:
+        col.extend(exc.problems)
+        return None
+    return model_from_dict(table, "model", col)
+
+
+def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tuple[list[Device], list[Link], set[str]]:
+    """Devices that passed every check, the links of their interconnects, and every declared
+    device name (valid or not, so that links to a device with a problem are not reported twice)."""
+    entries = data.get("devices")
+    declared: set[str] = set()
+    if entries is None:
+        col.add("devices", "is required: an array of tables [[devices]]")
+        return [], [], declared
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        col.add("devices", "must be a non-empty array of tables [[devices]]")
+        return [], [], declared
+    devices: list[Device] = []
+    mesh: list[Link] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        tp = f"devices[{i}]"
+        before = len(col.problems)
+        F.unknown_keys(entry, _DEVICE_KEYS, tp, col)
+        name = F.string(entry, "name", tp, col)
+        count = F.number(entry, "count", tp, col, required=False, default=1, integer=True, positive=True, maximum=MAX_DEVICES)
+        if name is not None:
+            declared.add(name)
+            if isinstance(count, int) and count > 1:
+                declared.update(f"{name}-{k}" for k in range(count))
+        base = None
+        if "catalog" in entry:
+            cat = F.string(entry, "catalog", tp, col)
+            if cat:
+                try:
+                    base = catalog.device(cat, file=file, field=f"{tp}.catalog")
+                except InputError as exc:
+                    col.extend(exc.problems)
+                    continue
+        kwargs = device_fields(entry, tp, col, base=base)
+        # An entry's own profile wins over the card's.
+        profile = catalog.load_profile_field(entry, tp, base_dir, col) if "profile" in entry else (base.profile if base else None)
+        if len(col.problems) > before or kwargs is None or name is None:
+            continue
+        members = [name] if count == 1 else [f"{name}-{k}" for k in range(count)]
+        for member in members:
+            if member in seen:
+                col.add(f"{tp}.name", f"device name {member!r} is used twice")
+                continue
+            seen.add(member)
+            devices.append(Device(name=member, kind=base.kind if base else name, profile=profile,
+                                  source=base.source if base else {}, **kwargs))
+        if len(devices) > MAX_DEVICES:
+            col.add("devices", f"more than {MAX_DEVICES} devices in all")
+            return devices, mesh, declared
+        has_mesh = "interconnect_gb_per_s" in entry
+        if has_mesh:
+            bw = F.number(entry, "interconnect_gb_per_s", tp, col, positive=True, maximum=1e6)
+            rtt = F.number(entry, "interconnect_rtt_ms", tp, col, required=False, default=0.01, nonnegative=True, maximum=1e6)
+            if bw is not None and rtt is not None:
+                for x in range(len(members)):
+                    for y in range(x + 1, len(members)):
+                        mesh.append(Link(members[x], members[y], bw * 1e9, rtt / 1e3))
+        elif count > 1:
+            col.add(f"{tp}.interconnect_gb_per_s", f"is required when count > 1 (how the {count} devices are joined)")
+    return devices, mesh, declared
+
+
+def _expand(name: str, names: set[str]) -> list[str]:
+    """A link end: a device name, or a group name (``count`` > 1) meaning every member."""
+    if name in names:
+        return [name]
+    return sorted(n for n in names if n.rsplit("-", 1)[0] == name and n.rsplit("-", 1)[-1].isdigit())
+
+
+def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path, col: Collector) -> list[Link]:
+    entries = data.get("links", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        col.add("links", "must be an array of tables [[links]]")
+        return []
+    links = []
+    for i, entry in enumerate(entries):
+        tp = f"links[{i}]"
+        before = len(col.problems)
+        F.unknown_keys(entry, _LINK_KEYS, tp, col)
+        a = F.string(entry, "a", tp, col)
+        b = F.string(entry, "b", tp, col)
+        ends = []
+        for key, end in (("a", a), ("b", b)):
+            members = _expand(end, names) if end else []
+            if end and not members and not _expand(end, declared):
+                col.add(f"{tp}.{key}", f"names no device: {end!r} (devices: {', '.join(sorted(declared))})")
+            ends.append(members)
+        if a and a == b:
+            col.add(f"{tp}.b", "a link must join two different devices")
+        units = [k for k in ("bandwidth_mbps", "bandwidth_gbps") if k in entry]
+        bw = None
+        if len(units) != 1:
+            col.add(f"{tp}.bandwidth_mbps", "give exactly one of bandwidth_mbps (megabits/s) or bandwidth_gbps (gigabits/s)")
+        else:
+            v = F.number(entry, units[0], tp, col, positive=True, maximum=1e9)
+            if v is not None:
+                bw = v * (1e6 if units[0] == "bandwidth_mbps" else 1e9) / 8.0
+        rtt = F.number(entry, "rtt_ms", tp, col, nonnegative=True, maximum=1e6)
+        series = None
+        if "bandwidth_trace" in entry:
+            ref = F.string(entry, "bandwidth_trace", tp, col)
+            if ref:
+                try:
+                    series = read_bandwidth_series(base_dir / ref, label=str(base_dir / ref))
+                except InputError as exc:
+                    col.extend(exc.problems)
+        if len(col.problems) > before:
+            continue
+        for x in ends[0]:
+            for y in ends[1]:
+                if x != y:
+                    links.append(Link(x, y, bw, rtt / 1e3, series))
+    return links
+
+
+def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], declared: set[str], base_dir: Path,
+                   col: Collector) -> Workload | None:
+    table = F.table(data, "workload", "", col)
+    if table is None:
+        return None
+    tp = "workload"
+    F.unknown_keys(table, _WORKLOAD_KEYS, tp, col)
+    names = [d.name for d in devices]
+    default_origin = next((d.name for d in devices if d.tier == "end"), names[0] if names else None)
+    origin = F.string(table, "origin", tp, col, required=False, default=default_origin)
+    if origin is not None and origin not in declared:
+        col.add(f"{tp}.origin", f"names no device: {origin!r} (devices: {', '.join(sorted(declared))})")
+    trace = None
+    trace_path = ""
+    if "trace" in table:
+        ref = F.string(table, "trace", tp, col)
+        cols = table.get("trace_columns", {})
+        if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()) or set(cols) - {"timestamp", "prompt", "output"}:
+            col.add(f"{tp}.trace_columns", "must map timestamp/prompt/output to column names (strings)")
+            cols = {}
+        if ref:
+            trace_path = str(base_dir / ref)
+            try:
+                trace = read_request_trace(base_dir / ref, columns=cols, label=trace_path)
+            except InputError as exc:
+                col.extend(exc.problems)
+    rate = F.number(table, "arrival_rate_per_s", tp, col, required=trace is None and "trace" not in table,
+                    positive=True, maximum=1e9)
+    if rate is None and trace is not None:
+        rate = trace.rate_per_s
+    prompt = F.number(table, "prompt_tokens", tp, col, required=trace is None and "trace" not in table,
+                      integer=True, positive=True, maximum=10_000_000)
+    output = F.number(table, "output_tokens", tp, col, required=trace is None and "trace" not in table,
+                      integer=True, positive=True, maximum=10_000_000)
+    if trace is not None:
+        prompt = prompt or max(1, int(round(float(np.mean(trace.prompt_tokens)))))
+        output = output or max(1, int(round(float(np.mean(trace.output_tokens)))))
+    max_batch = F.number(table, "max_batch", tp, col, required=False, default=1, integer=True, positive=True, maximum=1_000_000)
+    popularity, kind = _read_popularity(table, model, base_dir, col)
+    if any(v is None for v in (origin, rate, prompt, output, max_batch)) or popularity is None:
+        return None
+    return Workload(origin, rate, prompt, output, max_batch, popularity, kind, trace, trace_path)
+
+
+def _read_popularity(table: dict, model: MoEModel | None, base_dir: Path, col: Collector) -> tuple[np.ndarray | None, str]:
+    tp = "workload.popularity"
+    pop = table.get("popularity", {"kind": "uniform"})
+    if not isinstance(pop, dict):
+        col.add(tp, "must be a table with kind = uniform, zipf or measured")
+        return None, ""
+    F.unknown_keys(pop, _POP_KEYS, tp, col)
+    kind = F.string(pop, "kind", tp, col, required=False, default="uniform", choices=POPULARITY_KINDS)
+    if model is None or kind is None:
+        return None, ""
+    layers, experts, k = model.num_moe_layers, model.num_experts, model.top_k
+    if experts == 0 or layers == 0:
+        return np.zeros((layers, experts)), kind
+    if kind == "uniform":
+        weights = np.ones((layers, experts))
+    elif kind == "zipf":
+        s = F.number(pop, "zipf_exponent", tp, col, nonnegative=True, maximum=10)
+        seed = F.number(pop, "seed", tp, col, required=False, default=0, integer=True, nonnegative=True, maximum=2**32 - 1)
+        if s is None or seed is None:
+            return None, kind
+        ranks = np.arange(1, experts + 1, dtype=float)
+        base = ranks ** (-s)
+        rng = np.random.default_rng(seed)
+        # Each layer gets its own permutation: hot experts differ across layers.
+        weights = np.stack([base[rng.permutation(experts)] for _ in range(layers)])
+    else:
+        ref = F.string(pop, "file", tp, col)
+        if ref is None:
+            return None, kind
+        try:
+            weights = read_popularity_counts(base_dir / ref, layers, experts, label=str(base_dir / ref))
+        except InputError as exc:
+            col.extend(exc.problems)
+            return None, kind
+    return routing_probabilities(weights, k), kind
+
+
+def routing_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
+    """Per-token selection probabilities from weights [layers, experts]: rows sum to ``top_k`` and
+    no entry exceeds 1 (an expert is picked at most once per token); excess mass is spread by water-filling."""
+    p = weights / weights.sum(axis=1, keepdims=True) * top_k
+    for row in p:
+        for _ in range(row.size):
+            over = row > 1.0
+            if not over.any():
+                break
+            excess = float((row[over] - 1.0).sum())
+            row[over] = 1.0
+            free = row < 1.0
+            row[free] += excess * row[free] / row[free].sum()
+    return p
+
+
+def _read_constraints(data: dict, model: MoEModel | None, col: Collector) -> Constraints:
+    table = F.table(data, "constraints", "", col, required=False) or {}
+    tp = "constraints"
+    F.unknown_keys(table, _CONSTRAINT_KEYS, tp, col)
+
+    def ms(key):
+        v = F.number(table, key, tp, col, required=False, positive=True, maximum=1e9)
+        return v / 1e3 if v is not None else None
+
+    budget = F.number(table, "accuracy_loss_budget", tp, col, required=False, default=0.0, nonnegative=True, maximum=1.0)
+    ranks = F.number_list(table, "codec_ranks", tp, col, integer=True, positive=True)
+    losses = F.number_list(table, "codec_accuracy_loss", tp, col, nonnegative=True)
+    codec = Codec()
+    if (ranks is None) != (losses is None):
+        col.add(f"{tp}.codec_accuracy_loss", "codec_ranks and codec_accuracy_loss go together (one loss per rank)")
+    elif ranks is not None:
+        if len(ranks) != len(losses):
+            col.add(f"{tp}.codec_accuracy_loss", f"has {len(losses)} entries; codec_ranks has {len(ranks)}")
+        elif len(set(ranks)) != len(ranks):
+            col.add(f"{tp}.codec_ranks", "has duplicate ranks")
+        elif model is not None and max(ranks) >= model.hidden_size:
+            col.add(f"{tp}.codec_ranks", f"ranks must be < hidden_size ({model.hidden_size}); got {max(ranks)}")
+        elif any(x > 1 for x in losses):
+            col.add(f"{tp}.codec_accuracy_loss", "losses are fractions between 0 and 1")
+        else:
+            codec = Codec(tuple(int(r) for r in ranks), tuple(float(x) for x in losses))
+    mig = F.number(table, "migration_budget_gb", tp, col, required=False, nonnegative=True, maximum=1e7)
+    tradeoff = F.number(table, "accuracy_tradeoff", tp, col, required=False, default=0.0, nonnegative=True, maximum=0.5)
+    return Constraints(ms("latency_slo_ms"), ms("ttft_slo_ms"), ms("tpot_slo_ms"), budget or 0.0, codec,
+                       mig * 1e9 if mig is not None else None, float(tradeoff or 0.0))
+
+
+def _check_connected(instance: Instance, col: Collector) -> None:
+    g = instance.graph()
+    if g.number_of_nodes() > 1 and not nx.is_connected(g):
+        parts = sorted((sorted(c) for c in nx.connected_components(g)), key=len, reverse=True)
+        shown = "; ".join("{" + ", ".join(p[:4]) + (", ..." if len(p) > 4 else "") + "}" for p in parts)
+        col.add("links", f"the fleet is not connected: {len(parts)} separate groups {shown}; add a link between them")

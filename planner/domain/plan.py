@@ -1,0 +1,193 @@
+"""Plans: where layers and experts run, how cuts are compressed, how requests are batched and routed.
+
+A plan holds one or more pipelines (replicas of the whole model on disjoint devices); requests are
+split over them by ``request_share``. Each pipeline is a list of stages (contiguous layer ranges on
+one device each), an optional expert placement (routed experts that do not live with their layer's
+stage), a codec rank per cut, and its micro-batching. JSON schema ``moeplan.plan/1``
+(``docs/plan-format.md``); ``Plan.from_dict(plan.to_dict()) == plan`` holds exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.domain.errors import InputError, Problem
+from planner.domain.data_files import read_json
+
+SCHEMA = "moeplan.plan/1"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Layers ``[first_layer, end_layer)`` on ``device``. The stage with layer 0 also runs the embedding,
+    the one with the last layer runs the LM head."""
+
+    device: str
+    first_layer: int
+    end_layer: int
+
+    @property
+    def layers(self) -> range:
+        return range(self.first_layer, self.end_layer)
+
+
+@dataclass(frozen=True)
+class ExpertPlacement:
+    """Routed expert ``expert`` of layer ``layer`` runs on ``devices``; ``shares`` (summing to 1) split its tokens."""
+
+    layer: int
+    expert: int
+    devices: tuple[str, ...]
+    shares: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: tuple[Stage, ...]
+    # rank of the low-rank codec at cut i (between stage i and i+1); None = uncompressed
+    codec_ranks: tuple[int | None, ...] = ()
+    micro_batch_size: int = 1
+    num_micro_batches: int = 1
+    request_share: float = 1.0
+    expert_placement: tuple[ExpertPlacement, ...] = ()
+
+    @property
+    def devices(self) -> list[str]:
+        return [s.device for s in self.stages]
+
+    def stage_of_layer(self, layer: int) -> Stage:
+        for s in self.stages:
+            if s.first_layer <= layer < s.end_layer:
+                return s
+        raise KeyError(layer)
+
+    def expert_devices(self) -> set[str]:
+        return {d for p in self.expert_placement for d in p.devices}
+
+    def local_experts(self, device: str) -> dict[int, list[int]]:
+        """Routed experts that run on ``device``: layer -> experts (the local candidates of an end device)."""
+        placed = {(p.layer, p.expert): p.devices for p in self.expert_placement}
+        out: dict[int, list[int]] = {}
+        for (layer, expert), devs in sorted(placed.items()):
+            if device in devs:
+                out.setdefault(layer, []).append(expert)
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    pipelines: tuple[Pipeline, ...]
+    instance: str = ""
+    solver: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False)
+    certificate: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def devices(self) -> set[str]:
+        out: set[str] = set()
+        for p in self.pipelines:
+            out.update(p.devices)
+            out.update(p.expert_devices())
+        return out
+
+    # ----- JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "instance": self.instance,
+            "solver": self.solver,
+            "pipelines": [
+                {
+                    "stages": [{"device": s.device, "first_layer": s.first_layer, "end_layer": s.end_layer} for s in p.stages],
+                    "codec_ranks": list(p.codec_ranks),
+                    "micro_batch_size": p.micro_batch_size,
+                    "num_micro_batches": p.num_micro_batches,
+                    "request_share": p.request_share,
+                    "expert_placement": [
+                        {"layer": e.layer, "expert": e.expert, "devices": list(e.devices), "shares": list(e.shares)}
+                        for e in p.expert_placement
+                    ],
+                }
+                for p in self.pipelines
+            ],
+            "metrics": self.metrics,
+            "certificate": self.certificate,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, file: str = "<plan>") -> "Plan":
+        """Build a plan from its JSON form; raises :class:`InputError` naming the field on any shape error."""
+        problems: list[Problem] = []
+
+        def bad(field_: str, msg: str):
+            problems.append(Problem(file, field_, msg))
+
+        if not isinstance(data, dict):
+            raise InputError(Problem(file, "", "a plan must be a JSON object"))
+        if data.get("schema") != SCHEMA:
+            raise InputError(Problem(file, "schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}"))
+        pipes = data.get("pipelines")
+        if not isinstance(pipes, list) or not pipes:
+            raise InputError(Problem(file, "pipelines", "must be a non-empty list"))
+        pipelines = []
+        for i, p in enumerate(pipes):
+            tp = f"pipelines[{i}]"
+            if not isinstance(p, dict):
+                bad(tp, "must be an object")
+                continue
+            stages = []
+            for j, s in enumerate(p.get("stages") or []):
+                sp = f"{tp}.stages[{j}]"
+                if not isinstance(s, dict) or not isinstance(s.get("device"), str) or not _is_int(s.get("first_layer")) or not _is_int(s.get("end_layer")):
+                    bad(sp, "must be {device: string, first_layer: int, end_layer: int}")
+                    continue
+                stages.append(Stage(s["device"], s["first_layer"], s["end_layer"]))
+            if not stages:
+                bad(f"{tp}.stages", "must be a non-empty list")
+            ranks = p.get("codec_ranks", [])
+            if not isinstance(ranks, list) or not all(r is None or _is_int(r) for r in ranks):
+                bad(f"{tp}.codec_ranks", "must be a list of integers or null")
+                ranks = []
+            mbs, nmb = p.get("micro_batch_size", 1), p.get("num_micro_batches", 1)
+            if not _is_int(mbs) or mbs < 1:
+                bad(f"{tp}.micro_batch_size", "must be an integer >= 1")
+                mbs = 1
+            if not _is_int(nmb) or nmb < 1:
+                bad(f"{tp}.num_micro_batches", "must be an integer >= 1")
+                nmb = 1
+            share = p.get("request_share", 1.0)
+            if isinstance(share, bool) or not isinstance(share, (int, float)):
+                bad(f"{tp}.request_share", "must be a number")
+                share = 1.0
+            placement = []
+            for j, e in enumerate(p.get("expert_placement") or []):
+                ep = f"{tp}.expert_placement[{j}]"
+                ok = (isinstance(e, dict) and _is_int(e.get("layer")) and _is_int(e.get("expert"))
+                      and isinstance(e.get("devices"), list) and all(isinstance(d, str) for d in e["devices"])
+                      and isinstance(e.get("shares"), list)
+                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e["shares"]))
+                if not ok:
+                    bad(ep, "must be {layer: int, expert: int, devices: [string], shares: [number]}")
+                    continue
+                placement.append(ExpertPlacement(e["layer"], e["expert"], tuple(e["devices"]), tuple(float(x) for x in e["shares"])))
+            pipelines.append(Pipeline(tuple(stages), tuple(ranks), mbs, nmb, float(share), tuple(placement)))
+        if problems:
+            raise InputError(problems)
+        metrics = data.get("metrics", {}) if isinstance(data.get("metrics", {}), dict) else {}
+        cert = data.get("certificate", {}) if isinstance(data.get("certificate", {}), dict) else {}
+        return cls(tuple(pipelines), str(data.get("instance", "")), str(data.get("solver", "")), metrics, cert)
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        label = str(path)
+        return cls.from_dict(read_json(Path(path), label), label)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -1,0 +1,467 @@
+"""Route-aware pipeline scheduling (the EC2MoE scheduler), a fast heuristic.
+
+Two spaces, and the better plan of the two:
+
+* the joint end-cloud space of :mod:`planner.solve.exact` (the origin keeps a prefix of layers and a
+  choice of local experts; one partner runs the rest; one codec option at the cut), so ``moeplan
+  compare`` measures the heuristic's gap against ``milp``'s exact optimum directly (Steps 1-4);
+* pipelines over several devices (Step 5): the cut(s) and stage-to-device mapping along the path
+  of :func:`planner.spaces.chain.default_path` (origin, then end, edge, cloud devices, memory
+  descending), experts at home, a codec rank at the origin's cut. This is the space of ``dp`` plus
+  the codec; it is what holds a model that no pair of devices can (DeepSeek-V3 on 40 devices).
+
+Steps 1-3 run for each candidate partner (one per distinct card and route, best routes first;
+partners whose memory together with the origin's cannot hold the weights are skipped):
+
+* Step 1, every cut and codec at once: with every expert of the origin's layers kept local, the
+  latency, busy time and memory of each side are prefix / suffix sums over layers, so all ``L + 1``
+  cut points x ``K`` codec options are scored in one vectorised pass (O(L K)).
+* Step 2, hardware-aware local expert selection: where the origin's memory cannot hold all experts
+  of its layers, keep the experts that cover the most expected routing mass (popularity) and serve
+  the rest from the partner, filling the memory left after the non-expert weights; scored exactly.
+* Step 3, local search: from the best candidate, score every neighbour at once (the cut moved by
+  one layer, other codec options, the four most popular away experts brought back, the four least
+  popular local ones sent away) with the vectorised exact evaluator, take the best, repeat until
+  no move improves or the move cap is reached.
+* Step 4: tune micro-batching on the best structure (the two-tier equations score offloaded
+  structures, the cost model the others).
+* Step 5 (more than two devices, or no pair fits): per batching, a min-max DP over the path (the
+  least bottleneck busy time, :func:`solvers.dp.best_stages`); while the latency loop binds
+  (``R / (b m)`` above the bottleneck), the least-latency DP under the cap ``R / (b m)``, which
+  lowers the request period each round; then every codec rank at the origin's cut, scored with the
+  cost model; first at ``(max_batch / 2) x 2``, then with as many micro-batches as stages.
+  Step 4 runs on the better of the two structures (on both when they are within 10 %). On
+  fleets of three or more Step 5 runs first, and a partner whose first two-tier structure trails
+  its pipeline by more than 30 % is not searched at its second batching.
+* Step 6 (only with ``constraints.accuracy_tradeoff`` > 0): the codec ranks of the chosen plan
+  with the least accuracy loss whose objective is within the trade-off of the plan's
+  (:func:`planner.spaces.codec_choice.prefer_accuracy`; at most 64 rank combinations per pipeline).
+
+Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
+partner and batching; ``time_budget_s`` (default 1 s) is only a safety net, and ``stop_reason``
+says when it was hit (then the plan may depend on the machine's speed).
+
+Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored
+exactly, vectorised), O(moves x L E) for Step 3; Step 5: O(L^2 D + L D^2) per DP, a few DPs per
+batching (``D`` devices on the path). No randomness; ``seed`` is accepted for the common signature.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from models.chain import evaluate as chain_evaluate
+from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
+from planner.solve.baselines import batch_grid, batching_sweep, partner_candidates
+from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
+from planner.spaces.codec_choice import prefer_accuracy
+from planner.cost.costmodel import CostModel, is_better, is_within
+from planner.domain.instance import Instance
+from planner.solve.exact import instance_value, plan_from_solution, two_tier_problem
+from planner.domain.plan import Plan
+from planner.cost.validator import evaluate_checked
+from solvers import dp
+from solvers.registry import register
+from solvers.result import Result, Status
+
+
+def _all_cuts(p: TwoTierProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """With all experts local, for every cut k and option [L+1, K]: the objective (inf where
+    infeasible), the objective ignoring the origin's memory (to rank codec options where experts
+    must leave), and the origin's memory deficit [L+1] (bytes over capacity; <= 0 when it fits)."""
+    L = p.num_layers
+    ex = p.exists.astype(float)
+    near_lat = p.ne_lat[NEAR] + np.einsum("le,lep->lp", ex, p.item_lat[NEAR])           # [L, P]
+    far_lat = p.ne_lat[FAR] + np.einsum("le,lep->lp", ex, p.item_lat[FAR])
+    near_busy = p.ne_busy[NEAR] + (ex * p.item_busy[NEAR]).sum(axis=1)                    # [L]
+    far_busy = p.ne_busy[FAR] + (ex * p.item_busy[FAR]).sum(axis=1)
+    near_mem = p.ne_mem[NEAR] + (ex * p.item_mem).sum(axis=1)
+    far_mem = p.ne_mem[FAR] + (ex * p.item_mem).sum(axis=1)
+    zero = lambda a: np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])  # noqa: E731
+    pre = lambda a: zero(a)                                                                 # noqa: E731  sum of l < k
+    suf = lambda a: zero(a[::-1])[::-1]                                                     # noqa: E731  sum of l >= k
+    k = np.arange(L + 1)
+    first = (k > 0).astype(float)
+    last = (k == L).astype(float)
+    cut = first - last
+    lat = pre(near_lat) + suf(far_lat)                                                      # [L+1, P]
+    lat += first[:, None] * p.ends_lat[0, NEAR] + (1 - first)[:, None] * p.ends_lat[0, FAR]
+    lat += last[:, None] * p.ends_lat[1, NEAR] + (1 - last)[:, None] * p.ends_lat[1, FAR]
+    lat += (1 - first)[:, None] * p.entry_lat + (1 - last)[:, None] * p.exit_lat
+    lat = lat[:, None, :] + cut[:, None, None] * p.cut_lat[None, :, :]                      # [L+1, K, P]
+    R = lat @ p.lat_weight                                                                  # [L+1, K]
+    bn = pre(near_busy) + first * p.ends_busy[0, NEAR] + last * p.ends_busy[1, NEAR]
+    bf = suf(far_busy) + (1 - first) * p.ends_busy[0, FAR] + (1 - last) * p.ends_busy[1, FAR]
+    bn = bn[:, None] + cut[:, None] * p.cut_busy[NEAR][None, :]
+    bf = bf[:, None] + cut[:, None] * p.cut_busy[FAR][None, :]
+    links = ((1 - first)[:, None] * p.entry_busy[None, :] + (1 - last)[:, None] * p.exit_busy[None, :])   # [L+1, J]
+    links = links[:, None, :] + cut[:, None, None] * p.cut_busy[2:].T[None, :, :]          # [L+1, K, J]
+    busy_max = np.maximum(bn, bf)
+    if links.shape[2]:
+        busy_max = np.maximum(busy_max, links.max(axis=2))
+    period = np.maximum(busy_max, R / p.concurrency)
+    mn = (pre(near_mem) + first * (p.ends_mem[0, NEAR] + p.workspace_mem[NEAR]) + last * (p.ends_mem[1, NEAR] - p.head_tied_mem))
+    mf = (suf(far_mem) + (1 - first) * (p.ends_mem[0, FAR] - p.head_tied_mem) + (1 - last) * (p.ends_mem[1, FAR] + p.workspace_mem[FAR]))
+    mn = mn[:, None] + cut[:, None] * p.cut_mem[NEAR][None, :]
+    mf = mf[:, None] + cut[:, None] * p.cut_mem[FAR][None, :]
+    loss = cut[:, None] * p.cut_loss[None, :]
+    if p.objective == "throughput":
+        obj = period
+    elif p.objective == "latency":
+        obj = R
+    else:
+        used = np.stack([first, 1 - last], axis=1)                                           # [L+1, 2]
+        obj = (used @ p.idle_w)[:, None] * period + (p.power_w[NEAR] - p.idle_w[NEAR]) * bn + (p.power_w[FAR] - p.idle_w[FAR]) * bf
+    ok = (mf <= p.capacity[FAR]) & (loss <= p.loss_budget + 1e-12)
+    if p.max_request_latency is not None:
+        ok &= R <= p.max_request_latency
+    for ph, capv in enumerate(p.max_phase_latency):
+        if capv is not None:
+            ok &= lat[:, :, ph] <= capv
+    if p.max_period is not None:
+        ok &= period <= p.max_period
+    fits = ok & (mn <= p.capacity[NEAR])
+    return np.where(fits, obj, np.inf), np.where(ok, obj, np.inf), np.where(ok, mn - p.capacity[NEAR], np.inf).min(axis=1)
+
+
+def _select_local(p: TwoTierProblem, k: int, deficit: float) -> np.ndarray:
+    """Hardware-aware local experts for cut ``k``: drop the least popular experts of the origin's
+    layers (by expected routing mass) until ``deficit`` bytes are freed. Popularity is read from the
+    decode-phase traffic coefficient (proportional to selection probability)."""
+    near = p.exists.copy()
+    near[k:] = False
+    if deficit <= 0:
+        return near
+    mass = _mass(p)
+    cells = np.argwhere(near)
+    order = np.lexsort((cells[:, 0], mass[cells[:, 0], cells[:, 1]]))
+    freed = np.cumsum(p.item_mem[cells[order, 0], cells[order, 1]])
+    count = int(np.searchsorted(freed, deficit)) + 1  # the fewest least-popular experts that free enough
+    drop = cells[order[:count]]
+    near[drop[:, 0], drop[:, 1]] = False
+    return near
+
+
+def _mass(p: TwoTierProblem) -> np.ndarray:
+    """Expected routing mass of each expert [L, E] (its tokens' traffic if sent away; proportional to popularity)."""
+    return p.item_link_busy.sum(axis=0) if p.num_links else p.item_busy[NEAR]
+
+
+def _value(p: TwoTierProblem, s: TwoTierSolution) -> float:
+    v = evaluate(p, s)
+    return math.inf if violations(p, s, value=v) else v.objective(p.objective)
+
+
+def _local_search(p: TwoTierProblem, s: TwoTierSolution, v: float, deadline: float,
+                  max_evaluations: int) -> tuple[TwoTierSolution, float, bool]:
+    """Best-improvement search over cut +-1, codec options and single-expert moves: each round
+    scores its whole neighbourhood in one vectorised call and takes the best (ties: the first).
+    Stops at a local optimum or after ``max_evaluations`` scored moves (both deterministic), or at
+    ``deadline`` (a safety net; the third value says whether it was hit)."""
+    evaluations = 0
+    mass = _mass(p)
+    improved = True
+    while improved and evaluations < max_evaluations:
+        if time.perf_counter() >= deadline:
+            return s, v, True
+        improved = False
+        cands = []
+        for dk in (-1, 1):
+            k = s.near_layers + dk
+            if 0 <= k <= p.num_layers:
+                near = s.near_items.copy()
+                if dk > 0:
+                    near[k - 1] = p.exists[k - 1]
+                cands.append(TwoTierSolution(k, near, s.option))
+        cands += [TwoTierSolution(s.near_layers, s.near_items, o) for o in range(p.num_options) if o != s.option]
+        k = s.near_layers
+        if k:
+            away = np.argwhere(p.exists[:k] & ~s.near_items[:k])
+            home = np.argwhere(p.exists[:k] & s.near_items[:k])
+            # The four most popular away experts, the four least popular local ones (ties: index order).
+            for cells, sign, bring in ((away, -1.0, True), (home, 1.0, False)):
+                order = np.argsort(sign * mass[cells[:, 0], cells[:, 1]], kind="stable")[:4]
+                for l, e in cells[order]:
+                    near = s.near_items.copy()
+                    near[l, e] = bring
+                    cands.append(TwoTierSolution(k, near, s.option))
+        cands = cands[: max_evaluations - evaluations]
+        if not cands:
+            break
+        evaluations += len(cands)
+        values = evaluate_many(p, np.array([c.near_layers for c in cands]), np.stack([c.near_items for c in cands]),
+                               np.array([c.option for c in cands]))
+        i = int(np.argmin(values))
+        if values[i] < v * (1 - 1e-12):
+            s, v, improved = cands[i], float(values[i]), True
+    return s, v, False
+
+
+_LOOP_ROUNDS = 4  # Step 5: latency-loop rounds per batching
+_CLOSE = 0.10  # Step 4 tunes both structures when they are this close
+_FAR_BEHIND = 0.30  # a two-tier structure this far behind Step 5's pipeline skips its partner's other batching
+_SHALLOW = 3  # Step 5: pipelines at most this deep skip the hill-climb on micro-batches
+_STAGE_ROUNDS = 6  # Step 5: hill-climbing moves on the number of micro-batches
+
+
+def _partners(instance: Instance, cm: CostModel) -> list[str]:
+    """Partner candidates, the strongest routes first (widest bottleneck, then shortest RTT, then memory)."""
+    ranked = sorted(partner_candidates(instance, cm),
+                    key=lambda c: (-c[1], c[2], -instance.device(c[0]).memory_bytes, c[0]))
+    return [name for name, _, _ in ranked]
+
+
+def _search(p: TwoTierProblem, deadline: float, max_evaluations: int) -> tuple[float, TwoTierSolution, bool] | None:
+    """Steps 1-3 on one partner and batching: (objective, solution) or None."""
+    table, ranking, deficit = _all_cuts(p)
+    cands = []
+    if np.isfinite(table).any():
+        k, o = np.unravel_index(np.argmin(table), table.shape)
+        cands.append((float(table[k, o]), TwoTierSolution(int(k), _select_local(p, int(k), 0.0), int(o))))
+    # Step 2: every cut where the origin must send experts away, with that cut's best codec option,
+    # all scored exactly in one vectorised pass.
+    short = np.flatnonzero(np.isfinite(deficit) & (deficit > 0))
+    if short.size:
+        near = np.stack([_select_local(p, int(k), float(deficit[k])) for k in short])
+        options = np.argmin(ranking[short], axis=1)
+        values = evaluate_many(p, short, near, options)
+        for k, v, n, o in zip(short, values, near, options):
+            cands.append((float(v), TwoTierSolution(int(k), n, int(o))))
+    if not cands:
+        return None
+    v, s = min(cands, key=lambda c: c[0])
+    if not math.isfinite(v):
+        return None
+    s, v, hit = _local_search(p, s, v, deadline, max_evaluations)
+    return v, s, hit
+
+
+def _pipeline_stages(instance: Instance, cm: CostModel, path: list[str], b: int, m: int):
+    """Step 5 on one batching: (terms, chain stages, depth of the least-bottleneck pipeline) of a pipeline over ``path`` with every expert
+    at home and no codec, or None. Throughput: the least bottleneck (one min-max DP), then, while
+    the latency loop binds (``R / (b m)`` above the bottleneck), the least latency under the cap
+    ``R / (b m)`` (a shorter pipeline with busier stages); each round lowers ``max(B, R / (b m))``."""
+    terms = chain_terms(cm, path, b, m)
+    if instance.objective == "latency":
+        stages = dp.best_stages(chain_problem(terms, "latency"), "latency")
+        return terms, stages, len(stages) if stages else 0
+    problem = chain_problem(terms, "throughput")
+    # Any least-bottleneck solution first; the least-latency one among them only when latency matters.
+    stages = dp.best_stages(problem, "bottleneck", tie_break=False)
+    if stages is None:
+        return None
+    conc = terms.concurrency
+    depth = len(stages)  # the least-bottleneck pipeline's depth, before the latency loop shortens it
+    bn, lat = chain_evaluate(problem, stages)
+    slo = instance.constraints.latency_slo_s
+    if lat / conc <= bn and slo is not None and lat > slo:
+        # The loop does not bind but the SLO does: the least latency at the same bottleneck.
+        stages = dp.best_stages(problem, "latency", bn)
+        bn, lat = chain_evaluate(problem, stages)
+    for _ in range(_LOOP_ROUNDS):
+        if lat / conc <= bn:
+            break
+        other = dp.best_stages(problem, "latency", lat / conc)
+        if other is None:
+            break
+        bn2, lat2 = chain_evaluate(problem, other)
+        if max(bn2, lat2 / conc) >= max(bn, lat / conc) * (1 - 1e-12):
+            break
+        stages, bn, lat = other, bn2, lat2
+    return terms, stages, depth
+
+
+def _with_codecs(instance: Instance, plan: Plan) -> list[Plan]:
+    """``plan`` and, when the origin runs the first stage, each allowed codec rank at its cut."""
+    pipe = plan.pipelines[0]
+    if len(pipe.stages) < 2 or pipe.stages[0].device != instance.workload.origin:
+        return [plan]
+    rest = (None,) * (len(pipe.stages) - 2)
+    return [plan] + [replace(plan, pipelines=(replace(pipe, codec_ranks=(r, *rest)),))
+                     for r in instance.constraints.codec.ranks]
+
+
+def _paths(instance: Instance) -> list[list[str]]:
+    """Step 5's device orders: ``dp``'s default (origin, then end, edge, cloud devices, larger memory
+    first) and the same tiers with smaller memory first (on DeepSeek-V3 over H100 + L40S the second
+    is 38 % better: the largest devices end the pipeline with the LM head)."""
+    first = default_path(instance)
+    origin = instance.workload.origin
+    rest = sorted((d for d in instance.devices if d.name != origin),
+                  key=lambda d: (TIER_RANK.get(d.tier, len(TIER_RANK)), d.memory_bytes, d.name))
+    second = [origin] + [d.name for d in rest]
+    return [first] if second == first else [first, second]
+
+
+def _pipeline_candidate(instance: Instance, cm: CostModel, b: int, m: int, deadline: float):
+    """Step 5: the best (objective, plan) over pipelines of several devices, or None. Both paths at
+    batching ``(b, m)``; then, on the better path, as many micro-batches as it has stages. After
+    ``deadline`` nothing more is tried once a plan is found."""
+    if instance.objective == "energy":
+        return None
+    best, best_path, stage_count = None, None, 0
+    for path in _paths(instance):
+        if best is not None and time.perf_counter() >= deadline:
+            return best
+        found = _pipeline_plan(instance, cm, path, b, m)
+        if found is not None and (best is None or is_better(instance.objective, found[0], best[0])):
+            best, best_path, stage_count = found[:2], path, found[2]
+    # Micro-batches: a deep pipeline stays busy with about as many micro-batches as stages, but
+    # smaller micro-batches read the weights more often. Hill-climb on m (b = max_batch // m) over
+    # the powers of two and the stage count found, from the best so far.
+    if best is None or stage_count <= _SHALLOW:
+        return best  # a short pipeline: Step 4's batching sweep is enough
+    B = instance.workload.max_batch
+    grid = sorted({2 ** k for k in range(B.bit_length()) if 2 ** k <= B} | {m} | ({stage_count} if stage_count <= B else set()))
+    values = {m: best[0]}
+    at = m
+    for _ in range(_STAGE_ROUNDS):
+        i = grid.index(at)
+        steps = [grid[j] for j in (i + 1, i - 1) if 0 <= j < len(grid) and grid[j] not in values]
+        if stage_count in grid and stage_count not in values:
+            steps.insert(0, stage_count)
+        moved = False
+        for nm in steps:
+            if time.perf_counter() >= deadline:
+                return best
+            found = _pipeline_plan(instance, cm, best_path, max(1, B // nm), nm)
+            values[nm] = found[0] if found is not None else None
+            if found is not None and is_better(instance.objective, found[0], best[0]):
+                best, at, stage_count, moved = found[:2], nm, found[2], True
+                break
+        if not moved:
+            break
+    return best
+
+
+def _pipeline_plan(instance: Instance, cm: CostModel, path: list[str], b: int, m: int):
+    """(objective, plan, depth) of Step 5 on one path and batching, the best codec option, or None;
+    depth: the stage count of the plan or of the least-bottleneck pipeline, if deeper."""
+    found = _pipeline_stages(instance, cm, path, b, m)
+    if found is None or found[1] is None:
+        return None
+    terms, stages, depth = found
+    best = None
+    for cand in _with_codecs(instance, plan_from_stages(instance, terms, stages, "route-aware")):
+        ev, broken = evaluate_checked(instance, cand, cm)
+        if broken:
+            continue
+        obj = ev.objective(instance.objective)
+        if best is None or is_better(instance.objective, obj, best[0]):
+            best = (obj, cand, max(len(stages), depth))
+    return best
+
+
+def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
+    """Step 4 for a fixed structure: the best valid (objective, plan) over the batching grid and the
+    plan's own batching, or None."""
+    best, obj, _ = batching_sweep(instance, cm, plan)
+    return None if best is None else (obj, best)
+
+
+def _two_tier_as_found(instance: Instance, cm: CostModel, best):
+    """The two-tier structure ``best`` at the batching it was found at: (objective, plan) or None."""
+    _, far, (b, m), s = best
+    plan = plan_from_solution(instance, instance.workload.origin, far, b, m, s, "route-aware")
+    ev, broken = evaluate_checked(instance, plan, cm)
+    return None if broken else (ev.objective(instance.objective), plan)
+
+
+def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int):
+    """Step 4 for the two-tier structure ``best`` = (value, partner, batching, solution)."""
+    origin = instance.workload.origin
+    _, far, _, s = best
+    plan = plan_from_solution(instance, origin, far, b0, m0, s, "route-aware")
+    if not plan.pipelines[0].expert_placement:
+        return _tune_batching(instance, cm, plan)
+    # With experts away from their layer's stage the two-tier equations (equal to the cost model,
+    # vectorised) are the cheaper scorer.
+    best_batch, best_value = None, math.inf
+    for b, m in batch_grid(instance.workload.max_batch, 2):
+        value = _value(two_tier_problem(cm, origin, far, b, m), s)
+        if value < best_value:
+            best_batch, best_value = (b, m), value
+    if best_batch is None:
+        return None
+    plan = plan_from_solution(instance, origin, far, *best_batch, s, "route-aware")
+    ev, broken = evaluate_checked(instance, plan, cm)
+    return None if broken else (ev.objective(instance.objective), plan)
+
+
+@register("route-aware", kind="heuristic", problem="instance")
+def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
+                time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, **_) -> Result:
+    """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
+    t0 = time.perf_counter()
+    budget = time_budget_s if time_limit is None else min(time_budget_s, time_limit)
+    deadline = t0 + budget
+    cm = cost_model or CostModel(instance)
+    origin = instance.workload.origin
+    sense = "max" if instance.objective == "throughput" else "min"
+    B = instance.workload.max_batch
+    b0, m0 = (max(1, B // 2), 2) if B >= 2 else (1, 1)
+    best = None  # (value, partner, batching, solution)
+    budget_hit = False
+    # Structures are searched at full concurrency, as one batch or two micro-batches; Step 4 tunes.
+    batchings = sorted({(B, 1), (b0, m0)}, reverse=True)
+    weights = instance.model.total_params * instance.model.dtype_bytes
+    here = instance.device(origin).memory_bytes
+    out_of_time = lambda: time.perf_counter() >= deadline  # noqa: E731
+    # Step 5 first when there are more than two devices: a pipeline far ahead of a partner's first
+    # two-tier structure spares that partner's other batching.
+    piped = _pipeline_candidate(instance, cm, b0, m0, deadline) if len(instance.devices) > 2 else None
+    for far in _partners(instance, cm)[:max_partners]:
+        if here + instance.device(far).memory_bytes < weights:
+            continue  # the pair cannot hold the weights: no cut can fit
+        if (best is not None or piped is not None) and out_of_time():
+            budget_hit = True
+            break
+        for b, m in batchings:
+            if (best is not None or piped is not None) and out_of_time():
+                budget_hit = True
+                break
+            p = two_tier_problem(cm, origin, far, b, m)
+            found = _search(p, deadline, max_evaluations)
+            budget_hit = budget_hit or (found is not None and found[2])
+            if found is not None and (best is None or found[0] < best[0]):
+                best = (found[0], far, (b, m), found[1])
+            if found is not None and piped is not None and not is_within(
+                    instance.objective, instance_value(instance, found[0]), piped[0], _FAR_BEHIND):
+                break
+    elapsed = lambda: time.perf_counter() - t0  # noqa: E731
+    if best is None and piped is None and len(instance.devices) <= 2:
+        piped = _pipeline_candidate(instance, cm, b0, m0, deadline)
+    # Step 4 (batching) for the better structure, and for both when they are within 10 %. Out of
+    # time, the structures keep the batching they were found at.
+    tune = not out_of_time()
+    budget_hit = budget_hit or not tune
+    two_tier_value = instance_value(instance, best[0]) if best is not None else None
+    use_pipe = piped is not None and (two_tier_value is None or is_within(instance.objective, piped[0], two_tier_value, _CLOSE))
+    use_two_tier = best is not None and (piped is None or is_within(instance.objective, two_tier_value, piped[0], _CLOSE))
+    chosen = None
+    if use_two_tier:
+        chosen = _two_tier_batching(instance, cm, best, b0, m0) if tune else _two_tier_as_found(instance, cm, best)
+    if use_pipe:
+        found = _tune_batching(instance, cm, piped[1]) if tune else piped
+        if found is not None and (chosen is None or is_better(instance.objective, found[0], chosen[0])):
+            chosen = found
+    if chosen is None:
+        return Result(Status.INFEASIBLE, "route-aware", sense=sense, solve_time_s=elapsed(),
+                      message="infeasible: no cut between the origin and one partner, and no pipeline over the "
+                              "fleet, fits memory, SLOs and the accuracy budget",
+                      stop_reason="no candidate")
+    best_obj, best_plan = chosen
+    if instance.constraints.accuracy_tradeoff > 0:
+        # Step 6: the most accurate codec ranks within the trade-off of the plan's objective.
+        def score(plan: Plan) -> float | None:
+            ev, bad = evaluate_checked(instance, plan, cm)
+            return None if ev is None or bad else float(ev.objective(instance.objective))
+
+        best_plan, best_obj = prefer_accuracy(best_plan, instance, score)
+    return Result(Status.FEASIBLE, "route-aware", objective=best_obj, sense=sense, solve_time_s=elapsed(),
+                  solution=best_plan,
+                  stop_reason="time budget (the plan may depend on machine speed)" if budget_hit else "local optimum or move cap")
