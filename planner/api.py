@@ -1,9 +1,14 @@
-"""Public API: load an instance, solve it with any registered solver, check and describe the plan.
+"""The public API of moeplan: load an instance, plan it with any solver, check, price, simulate and re-plan.
 
-    from planner import api
-    inst = api.load_instance("instances/default.toml")
-    res = api.solve(inst, solver="route-aware")
-    print(res.status, res.objective, res.solution.metrics["throughput_tokens_per_s"])
+    import planner
+    inst = planner.load_instance("instances/default.toml")
+    res = planner.solve(inst)                       # the default solver, route-aware
+    print(res.status.value, res.objective, res.solution.metrics["throughput_tokens_per_s"])
+    exact = planner.solve(inst, "milp")             # proven optimum, bound and gap
+    assert planner.validate(inst, res.solution) == []
+
+Every name here is also importable from ``planner`` itself. Solvers are registered when the
+``planner`` package is imported (:mod:`planner.solve`); :func:`available_solvers` lists them.
 """
 
 from __future__ import annotations
@@ -11,54 +16,64 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
+from typing import Callable, Iterable
 
-from planner.solve import baselines  # noqa: F401  (register the solvers)
-
-from planner.spaces import chain as chain_plan
-
-from planner.solve import edgeshard
-
-from planner.solve import eplb as eplb_instance
-
-from planner.solve import exact as joint
-
-from planner.solve import local_search as lns
-
-from planner.solve import route_aware
-from planner.cost.costmodel import CostModel
+from planner.cost.costmodel import CostModel, Evaluation
+from planner.cost.validator import Violation, evaluate_checked, structure_violations, validate
 from planner.domain.instance import Instance, load_instance
 from planner.domain.plan import Plan
-from planner.cost.validator import evaluate_checked, validate
+from planner.sim.engine import SimResult, simulate
+from planner.solve.replan import ReplanResult, replan
+from planner.spaces.infeasibility import capacity_check
 from solvers import registry
 from solvers.result import Result, Status
 
-GB = 1e9
 DEFAULT_SOLVER = "route-aware"
 
-__all__ = ["load_instance", "solve", "validate", "capacity_check", "Plan", "Result", "Status", "available_solvers"]
+__all__ = [
+    "DEFAULT_SOLVER", "Evaluation", "Instance", "Plan", "ReplanResult", "Result", "SimResult", "Status", "Violation",
+    "available_solvers", "capacity_check", "compare", "evaluate", "load_instance", "replan", "simulate", "solve",
+    "validate",
+]
 
 
 def available_solvers() -> list[str]:
+    """Names of the solvers of whole instances, sorted (``route-aware``, ``milp``, ``dp``, baselines, ...)."""
     return registry.available(problem="instance")
 
 
-def capacity_check(instance: Instance) -> str | None:
-    """Why no plan can exist at all (the binding resource with numbers), or None."""
-    m = instance.model
-    weights = m.total_params * m.dtype_bytes
-    have = instance.total_memory_bytes
-    if weights > have:
-        return (f"infeasible: the model {m.name!r} needs {weights / GB:.1f} GB for its weights alone, "
-                f"the fleet has {have / GB:.1f} GB of memory in all ({len(instance.devices)} devices)")
-    return None
+def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float | None = None, seed: int = 0,
+          **options) -> Result:
+    """Plan ``instance`` with the named solver.
 
+    Parameters
+    ----------
+    instance
+        The instance (:func:`load_instance`).
+    solver
+        A name from :func:`available_solvers`; default ``route-aware``.
+    time_limit
+        Seconds the solver may run (exact solvers then report the best bound); None: the solver's own default.
+    seed
+        Seed of the solver's random choices: the same seed gives the same plan.
+    **options
+        Solver options, e.g. ``initial_solution=plan`` (a warm start), ``progress=print`` (exact
+        solvers: incumbent and bound over time), ``export="model.lp"`` (milp).
 
-def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float | None = None, seed: int = 0, **options) -> Result:
-    """Plan ``instance`` with the named solver. Never raises for infeasibility: see ``Result.status``.
+    Returns
+    -------
+    Result
+        ``status`` (optimal, feasible, infeasible, time_limit, error), ``objective`` (tokens/s,
+        latency ms or J/token as the instance's objective says), ``bound``, ``gap``,
+        ``solve_time_s`` and ``solution``: a :class:`Plan` that has passed :func:`validate`, with
+        predicted ``metrics`` and the solver's ``certificate``. No plan is a status, not an
+        exception; a solver whose plan fails validation gives status ``error`` listing the violations.
 
-    The returned plan (``Result.solution``) carries predicted ``metrics`` and the solver's
-    ``certificate``, and has passed :func:`planner.cost.validator.validate`; a solver whose plan fails
-    validation yields status ``error`` listing the violations.
+    Raises
+    ------
+    ValueError
+        An unknown solver name (the message lists the known ones) or a time limit that is not a
+        positive number of seconds.
     """
     info = registry.get(solver, problem="instance")
     if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
@@ -84,3 +99,58 @@ def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float
     result.solution = replace(result.solution, solver=solver, instance=instance.name, metrics=ev.metrics(), certificate=certificate)
     return result
 
+
+def compare(instance: Instance, solvers: Iterable[str] | None = None, *, time_limit: float | None = None, seed: int = 0,
+            progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Plan ``instance`` with several solvers, one :func:`solve` each, in the order given.
+
+    Parameters
+    ----------
+    instance
+        The instance.
+    solvers
+        Solver names; default every solver of :func:`available_solvers`. Unknown names raise
+        ``ValueError`` before any solver runs.
+    time_limit, seed
+        As in :func:`solve`, for every solver.
+    progress
+        Called with each solver's name before it runs.
+
+    Returns
+    -------
+    list of Result
+        One per solver, in the order of ``solvers``.
+    """
+    names = list(solvers) if solvers is not None else available_solvers()
+    for name in names:
+        registry.get(name, problem="instance")  # unknown names fail before any work
+    results = []
+    for name in names:
+        if progress is not None:
+            progress(name)
+        results.append(solve(instance, name, time_limit=time_limit, seed=seed))
+    return results
+
+
+def evaluate(instance: Instance, plan: Plan, cost_model: CostModel | None = None) -> Evaluation:
+    """The cost model's prediction for ``plan`` on ``instance``.
+
+    Parameters
+    ----------
+    instance, plan
+        The plan need not be valid: :func:`validate` says whether it is (memory, SLOs, ...); a plan
+        whose shape is broken (a layer covered twice, an unknown device) raises ``ValueError``.
+    cost_model
+        A :class:`CostModel` of ``instance`` to reuse (it caches per-hardware tables).
+
+    Returns
+    -------
+    Evaluation
+        ``throughput_tokens_per_s``, ``latency_s``, ``ttft_s``, ``tpot_s``, ``energy_j_per_token``,
+        ``memory_bytes`` per device, ``bytes_per_token`` per link, ``bottleneck``, per-pipeline figures;
+        ``.metrics()`` gives the JSON ``metrics`` object.
+    """
+    shape = structure_violations(instance, plan)
+    if shape:
+        raise ValueError("the plan cannot be priced: " + "; ".join(map(str, shape)))
+    return (cost_model or CostModel(instance)).evaluate(plan)

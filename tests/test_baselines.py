@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from planner import api
-from planner.solve.baselines import BASELINES, batch_grid, split_by_weights
+from planner.solve.baselines import BASELINES
+from planner.spaces.batching import batch_grid, split_by_weights
 from tests.conftest import LINE, build
 
 

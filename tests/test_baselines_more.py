@@ -13,7 +13,7 @@ import pytest
 
 from models.assignment import ReplicatedAssignment
 from planner import api
-from planner.solve.baselines import batch_grid
+from planner.spaces.batching import batch_grid
 from planner.cli.main import main
 from planner.cost.costmodel import CostModel
 from planner.spaces.chain import chain_terms

@@ -14,7 +14,8 @@ from planner.spaces.codec_choice import MAX_COMBINATIONS, codec_variants, plan_a
 from planner.cost.costmodel import CostModel, is_within
 from planner.domain.errors import InputError
 from planner.domain.instance import Codec
-from planner.solve.replan import changed_instance, replan
+from planner.domain.changes import changed_instance
+from planner.solve.replan import replan
 from planner.cost.validator import validate
 from tests.conftest import REPO
 

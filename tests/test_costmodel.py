@@ -9,8 +9,8 @@ import pytest
 from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from tests.conftest import LINE, TINY, build
+from planner.domain.units import GB
 
-GB = 1e9
 
 
 def one_stage(device, layers=1, b=1, m=1, **kw):

@@ -13,7 +13,7 @@ import pytest
 import planner.spaces.chain as cp
 from models.chain import evaluate as chain_evaluate, stage_memory
 from planner import api
-from planner.solve.baselines import batch_grid
+from planner.spaces.batching import batch_grid
 from planner.cost.costmodel import CostModel, is_better
 from planner.domain.plan import Pipeline, Plan, Stage
 from planner.cost.validator import validate

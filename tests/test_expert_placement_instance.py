@@ -10,8 +10,9 @@ import pytest
 
 from models.assignment import objective_value, violations
 from planner.cost.costmodel import CostModel
+from planner.solve.placement import solve_placement
 from planner.spaces.placement import (candidate_mask, layer_problems, lower_bound, placement_problem,
-                                      representative_expert_time_s, reserved_bytes, solve_placement)
+                                      representative_expert_time_s, reserved_bytes)
 from planner.domain.instance import load_instance
 from solvers.assignment import explain_infeasible
 from solvers.registry import get

@@ -12,7 +12,7 @@ from planner import api
 
 from planner.cost import costmodel
 from planner.cost.costmodel import CostModel
-from planner.solve.replan import changed_instance
+from planner.domain.changes import changed_instance
 from planner.solve.route_aware import route_aware
 from planner.cost.validator import validate
 from solvers import dp

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from models.twotier import TwoTierSolution, evaluate, violations
 from planner import api
 from planner.cost.costmodel import CostModel
-from planner.solve.exact import instance_value, plan_from_solution, two_tier_problem
+from planner.spaces.twotier import instance_value, plan_from_solution, two_tier_problem
 from tests.conftest import LINE, build
 
 SMALL = {
@@ -207,7 +207,7 @@ def test_export_and_progress_from_the_command_line(tmp_path, capsys):
 def test_a_heuristic_plan_becomes_a_mip_start(line):
     """route-aware's plan lies in milp's space: it converts back into a two-tier solution with the
     same value, which the solver receives as a start."""
-    from planner.solve.exact import solution_from_plan
+    from planner.spaces.twotier import solution_from_plan
 
     plan = api.solve(line, "route-aware").solution
     far, b, m, sol = solution_from_plan(line, plan)

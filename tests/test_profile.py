@@ -9,13 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from planner.cost import profiling as P
+from planner.cli import profile as profile_cli
+from planner.cli.profile import run_profile_command
+from planner.cost.profiling import check_profile_against_expert_ffn, fit, measure
 from planner.domain.device import Device
 from planner.domain.errors import InputError
-from planner.cost.profiling import (
-    SCHEMA, HardwareProfile, ProfileError, check_profile_against_expert_ffn, fit, measure,
-    run_profile_command,
-)
+from planner.domain.profile import SCHEMA, HardwareProfile, ProfileError
 
 PEAK_FLOPS, HALF_FLOPS = 8.0e10, 2.0e6       # FLOP/s, FLOPs
 PEAK_BYTES, HALF_BYTES = 2.0e10, 4.0e5       # bytes/s, bytes
@@ -262,7 +261,7 @@ def test_run_profile_command_writes_and_summarises(tmp_path, monkeypatch):
         calls.append((backend, device, quick))
         return synthetic_profile()
 
-    monkeypatch.setattr(P, "measure", fake_measure)
+    monkeypatch.setattr(profile_cli, "measure", fake_measure)
     out = tmp_path / "mine.json"
     lines = []
     assert run_profile_command("cpu", str(out), True, None, lines.append) == 0
@@ -274,13 +273,13 @@ def test_run_profile_command_writes_and_summarises(tmp_path, monkeypatch):
 
 def test_run_profile_command_defaults_to_torch_on_cuda(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(P, "measure", lambda backend, device, quick, progress: calls.append(backend) or synthetic_profile())
+    monkeypatch.setattr(profile_cli, "measure", lambda backend, device, quick, progress: calls.append(backend) or synthetic_profile())
     run_profile_command("cuda", str(tmp_path / "g.json"), False, None, lambda line: None)
     assert calls == ["torch"]
 
 
 def test_run_profile_command_unwritable_output_fails_before_measuring(tmp_path, monkeypatch):
-    monkeypatch.setattr(P, "measure", lambda **kw: pytest.fail("measured although the output is unwritable"))
+    monkeypatch.setattr(profile_cli, "measure", lambda **kw: pytest.fail("measured although the output is unwritable"))
     for target in (tmp_path / "missing" / "p.json", tmp_path):
         with pytest.raises(InputError) as exc:
             run_profile_command("cpu", str(target), True, None, lambda line: None)

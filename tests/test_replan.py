@@ -17,12 +17,14 @@ from planner.domain.device import Device
 from planner.domain.errors import InputError
 from planner.domain.instance import Link
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.solve.replan import changed_instance, migration, replan, weight_map
+from planner.domain.changes import changed_instance
+from planner.solve.migration import migration, weight_map
+from planner.solve.replan import replan
 from planner.cost.validator import validate
 from tests.conftest import LINE, REPO, TINY, build
 from tests.test_lns import FLEET
+from planner.domain.units import GB
 
-GB = 1e9
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from planner.cli.main import main
 from planner.cost.costmodel import CostModel, Fork, Step
 from planner.domain.instance import load_instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.solve.replan import changed_instance, migration
+from planner.domain.changes import changed_instance
+from planner.solve.migration import migration
 from planner.sim.engine import ReplanHook, SimEvent, SimResult, simulate
 from planner.domain.data_files import RequestTrace
 from tests.conftest import LINE, REPO, build

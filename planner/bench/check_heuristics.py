@@ -21,7 +21,8 @@ from planner import api  # noqa: F401  (lns registers local-search)
 
 from planner.solve import local_search as lns
 from planner.domain.instance import instance_from_dict
-from planner.solve.replan import changed_instance, replan
+from planner.domain.changes import changed_instance
+from planner.solve.replan import replan
 
 TIERS = ("end", "edge", "cloud")
 

@@ -107,7 +107,7 @@ def part_d(time_limit: float, cache: dict) -> None:
 def part_b(time_limit: float) -> None:
     from models.assignment import violations
     from planner import api
-    from planner.spaces.placement import solve_placement
+    from planner.solve.placement import solve_placement
     from solvers.bench_assignment import bench_instance
     from solvers.registry import get
 
@@ -136,7 +136,7 @@ def part_b(time_limit: float) -> None:
 
 def part_c(time_limit: float, full_milp: bool) -> None:
     from planner import api
-    from planner.spaces.placement import solve_placement
+    from planner.solve.placement import solve_placement
     from solvers.placement import mean_balancedness
     from models.assignment import bin_loads
 

@@ -27,12 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from planner.domain.errors import InputError, Problem
-from planner.domain.data_files import AZURE_COLUMNS, RequestTrace, open_text, read_request_trace
+from planner.domain.data_files import AZURE_COLUMNS, RequestTrace, read_request_trace
+from planner.domain.files import open_text
+from planner.domain.units import MBPS
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURE_EXCERPT = ROOT / "instances" / "data" / "azure_llm_2023_conv_first2000.csv"
 SHARED_SERIES = ROOT.parent / "shared" / "data" / "network" / "mahimahi_cellular_throughput_1s.csv"
-MBPS = 1e6 / 8.0  # bytes/s per Mbit/s
 Z90 = 1.2815515655446004  # standard normal quantile at 0.9
 AR1 = 0.85  # second-to-second correlation of the synthetic log-throughput
 

@@ -29,8 +29,11 @@ from planner import api  # noqa: F401  (lns registers local-search)
 
 from planner.solve import local_search as lns
 from planner.cost.costmodel import CostModel
-from planner.solve.replan import changed_instance, replan, weight_map
+from planner.domain.changes import changed_instance
+from planner.solve.migration import weight_map
+from planner.solve.replan import replan
 from planner.cost.validator import validate
+from planner.domain.units import GB
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCES = ("default.toml", "mixtral-orin-a100-lte.toml", "mixtral-orin-edge-cloud.toml", "a100-l4-t4-cluster.toml")
@@ -38,7 +41,6 @@ INSTANCES = ("default.toml", "mixtral-orin-a100-lte.toml", "mixtral-orin-edge-cl
 SOLVE_TIMES = (("default.toml", None), ("mixtral-orin-edge-cloud.toml", 10.0), ("deepseek-v3-edge-cloud-40.toml", 200.0),
                ("deepseek-v3-mixed-cloud.toml", None))
 REPLAN_TARGET_MS = 20.0
-GB = 1e9
 
 
 def deployed_plan(inst, lns_moves: int):

@@ -1,6 +1,4 @@
-"""``moeplan bench``: run a benchmark suite, write a CSV of every measurement and PNG plots, print a table.
-
-    moeplan bench [--suite paper|scale|dynamic|all] [--out DIR] [--quick] [--seed N]
+"""Run benchmark suites: write a CSV of every measurement and PNG plots (``moeplan bench``).
 
 Suites (:mod:`planner.bench.suites`; what each runs and how to read it: ``docs/bench.md``):
 
@@ -10,9 +8,8 @@ Suites (:mod:`planner.bench.suites`; what each runs and how to read it: ``docs/b
 * ``dynamic``: a load spike, a bandwidth drop, a device failure and a measured cellular bandwidth
   series; the static plan against online re-planning.
 
-Progress (one line per scenario and solver, with the elapsed time) goes to stderr; the tables go to
-stdout at the end. Plots need matplotlib (``pip install 'moeplan[bench]'``); without it the CSVs
-and tables are still written. Exit codes: 0 done, 2 bad input (an unwritable ``--out``).
+Progress (one line per scenario and solver, with the elapsed time) goes to ``progress``. Plots need
+matplotlib (``pip install 'moeplan[bench]'``); without it the CSVs and tables are still written.
 """
 
 from __future__ import annotations
@@ -24,20 +21,11 @@ import time
 from pathlib import Path
 
 from planner.bench import plots as bench_plots
+from planner.bench import suites as bench_suites
 from planner.domain.errors import InputError, Problem
 
 SUITES = ("paper", "scale", "dynamic")
 DEFAULT_OUT = "bench-out"
-
-
-def add_parser(subparsers) -> None:
-    """Register ``bench`` on the ``moeplan`` sub-command parsers."""
-    p = subparsers.add_parser("bench", help="benchmark suite: CSV of every measurement, PNG plots, a table")
-    p.add_argument("--suite", choices=(*SUITES, "all"), default="all", help="which suite; default all")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (created); default {DEFAULT_OUT}/")
-    p.add_argument("--quick", action="store_true", help="a few scenarios and requests, no milp: seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed of solvers, request windows, synthetic series, simulator")
-    p.set_defaults(func=cmd_bench)
 
 
 def log(text: str) -> None:
@@ -78,13 +66,11 @@ def _cell(v):
 
 def write_plots(out: Path, result) -> list[Path]:
     """The PNG files of a suite's output (:class:`planner.bench.suites.SuiteOutput`) in ``out``."""
-    from planner.bench.suites import instance_solvers
-
     figs = result.figures
     paths = []
     if result.name == "paper":
         if any(sc["sat"] for sc in figs["scenarios"]):
-            paths.append(bench_plots.throughput_bars(figs["scenarios"], instance_solvers(), out / "paper_throughput.png"))
+            paths.append(bench_plots.throughput_bars(figs["scenarios"], bench_suites.instance_solvers(), out / "paper_throughput.png"))
         for scenario, lat in figs["cdf"].items():
             paths.append(bench_plots.latency_cdf(scenario, lat, out / f"paper_latency_cdf_{scenario}.png"))
         if figs["gantt"] and figs["gantt"]["timeline"]:
@@ -104,8 +90,6 @@ def write_plots(out: Path, result) -> list[Path]:
 def run(suites: list[str], out: Path, *, quick: bool, seed: int, progress=log) -> list:
     """Run ``suites`` and write their CSVs and plots into ``out``; returns their
     :class:`planner.bench.suites.SuiteOutput` s."""
-    from planner.bench import suites as bench_suites
-
     runners = {"paper": bench_suites.run_paper, "scale": bench_suites.run_scale, "dynamic": bench_suites.run_dynamic}
     settings = bench_suites.Settings(quick=quick, seed=seed)
     plots = bench_plots.available()
@@ -126,18 +110,3 @@ def run(suites: list[str], out: Path, *, quick: bool, seed: int, progress=log) -
         progress(f"suite {name} done in {elapsed:.1f} s: " + ", ".join(str(p) for p in written))
         results.append(result)
     return results
-
-
-def cmd_bench(args) -> int:
-    out = prepare_out(args.out)
-    suites = list(SUITES) if args.suite == "all" else [args.suite]
-    results = run(suites, out, quick=args.quick, seed=args.seed)
-    for r in results:
-        print(f"\n== {r.name} ==")
-        print(r.table)
-        for note in r.notes:
-            print(f"  {note}")
-    if not bench_plots.available():
-        print(f"\nno plots written: {bench_plots.INSTALL_HINT}")
-    print(f"\nCSV{' and plots' if bench_plots.available() else ''} in {out}/")
-    return 0

@@ -18,7 +18,7 @@ import numpy as np
 
 from planner import api
 
-from planner.cli import report
+from planner.cost import report
 from planner.solve.baselines import BASELINES
 from planner.bench.inputs import BandwidthSeries, azure_requests, cellular_series
 from planner.domain.instance import Instance, instance_from_dict

@@ -31,21 +31,14 @@ and field).
 
 from __future__ import annotations
 
-import math
-import re
-from pathlib import Path
-
 import numpy as np
 
-from planner.domain import fields as F
-from planner.domain.errors import Collector, InputError, Problem
-from planner.domain.data_files import read_json
+from models.assignment import ReplicatedAssignment, bin_loads
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log
+from planner.domain.placement_files import read_devices, read_loads
+from solvers import placement, registry
 
 SOLVERS = ("greedy-placement", "local-search-placement", "eplb")
-GB = 1e9
-MAX_REPORTED = 20  # problems listed for one file before "... and N more"
-MAX_DEVICES = 100_000
-_DEVICE_KEYS = ("name", "speed", "slots", "memory_gb")
 
 
 def add_parser(subparsers) -> None:
@@ -64,148 +57,7 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=cmd_place)
 
 
-# ----- inputs ----------------------------------------------------------------------------------
-
-def read_loads(path: str) -> np.ndarray:
-    """[layers, experts] float loads from a JSON file; :class:`InputError` lists every bad entry."""
-    data = read_json(Path(path), path)
-    shape_hint = "a JSON array of layers, each an array of expert loads ([layers][experts])"
-    if not isinstance(data, list) or not data:
-        raise InputError(Problem(path, "", f"must hold {shape_hint}, got {_kind(data)}"))
-    col = Collector(path)
-    width = None
-    for layer, row in enumerate(data):
-        if not isinstance(row, list) or not row:
-            col.add(f"[{layer}]", f"must be a non-empty array of expert loads, got {_kind(row)}")
-            continue
-        if width is None:
-            width = len(row)
-        elif len(row) != width:
-            col.add(f"[{layer}]", f"has {len(row)} loads, but layer [0] has {width}: every layer needs one load per expert")
-            continue
-        for expert, value in enumerate(row):
-            why = _bad_load(value)
-            if why:
-                col.add(f"[{layer}][{expert}]", why)
-    if len(col.problems) > MAX_REPORTED:
-        more = len(col.problems) - MAX_REPORTED
-        col.problems = col.problems[:MAX_REPORTED] + [Problem(path, "", f"... and {more} more problem(s)")]
-    col.raise_if_any()
-    return np.array(data, dtype=float)
-
-
-def _kind(value) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
-def _bad_load(value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, got {_kind(value)}"
-    try:
-        number = float(value)
-    except OverflowError:
-        return "is too large for a number"
-    if not math.isfinite(number):
-        return f"must be finite, got {value!r}"
-    if number < 0:
-        return f"must be >= 0, got {value!r}"
-    return None
-
-
-def _read_device_file(path: str) -> list:
-    from planner.domain.catalog import read_toml
-
-    suffix = Path(path).suffix.lower()
-    if suffix == ".toml":
-        data = read_toml(Path(path))
-    elif suffix == ".json":
-        data = read_json(Path(path), path)
-    else:
-        raise InputError(Problem(path, "", "a device file must end in .json or .toml"))
-    entries = data.get("devices") if isinstance(data, dict) else data
-    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise InputError(Problem(path, "devices", "must be a non-empty array of device tables (each with speed)"))
-    return entries
-
-
-def read_devices(spec: str, num_experts: int, replicas: int | None, expert_gb: float | None) -> dict:
-    """Speeds, slots, memory and names of the devices given by ``--devices`` (and ``--replicas``).
-
-    Returns a dict with ``names`` [B], ``speed`` [B], ``slots`` [B] (int), ``capacity_bytes`` [B]
-    (inf where unknown) and ``expert_bytes`` (0 when memory is not checked).
-    """
-    if replicas is not None and replicas < 0:
-        raise InputError(Problem("--replicas", "", f"must be >= 0 (redundant slots in all), got {replicas}"))
-    text = spec.strip()
-    if re.fullmatch(r"[+-]?\d+", text):
-        count = int(text)
-        if not 1 <= count <= MAX_DEVICES:
-            raise InputError(Problem("--devices", "", f"must be a number of devices from 1 to {MAX_DEVICES} or a "
-                                                      f"device file, got {spec!r}"))
-        entries, file = [{"speed": 1.0}] * count, None
-    elif not Path(text).exists() and re.fullmatch(r"[+-]?[\d.eE+-]+", text):
-        raise InputError(Problem("--devices", "", f"must be a whole number of devices >= 1 or a device file, got {spec!r}"))
-    else:
-        if not Path(text).exists():
-            raise InputError(Problem(text, "", "file not found (--devices takes a number of devices or a device file)"))
-        entries, file = _read_device_file(text), text
-    col = Collector(file or "--devices")
-    names, speed, slots, memory = [], [], [], []
-    for n, entry in enumerate(entries):
-        where = f"devices[{n}]"
-        F.unknown_keys(entry, _DEVICE_KEYS, where, col)
-        names.append(F.string(entry, "name", where, col, required=False, default=f"device{n}"))
-        speed.append(F.number(entry, "speed", where, col, positive=True))
-        slots.append(F.number(entry, "slots", where, col, required=False, nonnegative=True, integer=True))
-        memory.append(F.number(entry, "memory_gb", where, col, required=False, positive=True))
-    col.raise_if_any()
-    given = [s is not None for s in slots]
-    B = len(entries)
-    if any(given) and not all(given):
-        missing = given.index(False)
-        raise InputError(Problem(file, f"devices[{missing}].slots",
-                                 "is required when another device gives slots (give every device slots, or none)"))
-    if all(given):
-        total = sum(slots)
-        if total < num_experts:
-            raise InputError(Problem(file, "devices[].slots", f"the devices hold {total} experts per layer in all, "
-                                                              f"fewer than the {num_experts} experts in the loads"))
-        if replicas is not None and total != num_experts + replicas:
-            raise InputError(Problem("--replicas", "", f"{num_experts} experts + {replicas} redundant = {num_experts + replicas} "
-                                                       f"physical experts, but the device file gives {total} slots; "
-                                                       "drop --replicas or make them agree"))
-    else:
-        redundant = replicas or 0
-        physical = num_experts + redundant
-        if physical % B:
-            low, high = (physical // B) * B - num_experts, -(-physical // B) * B - num_experts
-            hint = " or ".join(f"--replicas {n}" for n in (low, high) if n >= 0)
-            raise InputError(Problem("--replicas", "", f"{num_experts} experts + {redundant} redundant = {physical} physical "
-                                                       f"experts do not split evenly over {B} devices ({physical} / {B} "
-                                                       f"is not whole); use {hint}, or give each device its slots in a "
-                                                       "device file"))
-        slots = [physical // B] * B
-    checked = expert_gb is not None and any(m is not None for m in memory)
-    if expert_gb is not None and not (expert_gb >= 0 and math.isfinite(expert_gb)):
-        raise InputError(Problem("--expert-gb", "", f"must be a finite number >= 0, got {expert_gb!r}"))
-    return {
-        "names": names,
-        "speed": np.array(speed, dtype=float),
-        "slots": np.array(slots, dtype=int),
-        "capacity_bytes": np.array([m * GB if (checked and m is not None) else np.inf for m in memory]),
-        "expert_bytes": expert_gb * GB if checked else 0.0,
-        "memory_ignored": expert_gb is None and any(m is not None for m in memory),
-    }
-
-
-# ----- command ---------------------------------------------------------------------------------
-
 def cmd_place(args) -> int:
-    from models.assignment import ReplicatedAssignment, bin_loads
-    from planner.cli.main import EXIT_NO_PLAN, EXIT_OK, emit_json, log
-    from solvers import placement, registry
-
     loads = read_loads(args.loads)
     layers, experts = loads.shape
     fleet = read_devices(args.devices, experts, args.replicas, args.expert_gb)

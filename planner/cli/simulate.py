@@ -23,9 +23,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from planner import api
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log
+from planner.cost.costmodel import CostModel
+from planner.cost.validator import evaluate_checked
+from planner.domain.data_files import read_bandwidth_series, read_request_trace
+from planner.domain.plan import Plan
+from planner.sim.engine import MAX_REQUESTS, ReplanHook, simulate
 from planner.domain.errors import InputError, Problem
+from planner.domain.units import GB
 
-GB = 1e9
 _COLUMN_KEYS = ("timestamp", "prompt", "output")
 
 
@@ -75,14 +82,6 @@ def _positive(value, option: str, integer: bool = False):
 
 
 def cmd_simulate(args) -> int:
-    from planner import api
-    from planner.cli.main import EXIT_NO_PLAN, EXIT_OK, emit_json, log
-    from planner.cost.costmodel import CostModel
-    from planner.domain.plan import Plan
-    from planner.sim.engine import MAX_REQUESTS, ReplanHook, simulate
-    from planner.cost.validator import evaluate_checked
-    from planner.domain.data_files import read_bandwidth_series, read_request_trace
-
     instance = api.load_instance(args.instance)
     plan = Plan.load(args.plan)
     for value, option, integer in ((args.requests, "--requests", True), (args.duration, "--duration", False),

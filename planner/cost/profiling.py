@@ -1,209 +1,31 @@
-"""Measured hardware profiles: what one device really reaches, fitted to two saturating curves.
+"""Measuring a machine and fitting its profile (:class:`planner.domain.profile.HardwareProfile`).
 
-A profile holds raw timing samples (matrix multiplies, memory copies and an expert-FFN-shaped op)
-taken on one machine with one backend, and two curves fitted to them::
-
-    effective_flops_per_s(flops)  = peak_flops_per_s * flops  / (flops  + half_flops)
-    effective_bytes_per_s(nbytes) = peak_bytes_per_s * nbytes / (nbytes + half_bytes)
-
-``flops`` is the work of one operation (FLOPs), ``nbytes`` the memory traffic of one operation
-(bytes); ``half_flops``/``half_bytes`` is the size of an operation that reaches half the peak.
-Equivalently the time of one operation is a fixed overhead plus a rate::
-
-    seconds = (flops + half_flops) / peak_flops_per_s = a + b * flops,  b = 1 / peak,  a = half / peak
-
-which is what :func:`fit` estimates (see there). With ``Device.profile`` set, the device's
-roofline uses these curves instead of its datasheet peaks times efficiencies.
-
-Units: FLOPs, FLOP/s, bytes, bytes/s, seconds. A profile is saved as JSON (schema
-``moeplan.profile/1``); :meth:`HardwareProfile.load` checks every field and reports every problem.
+:func:`measure` times matrix multiplies, memory copies and an expert-FFN-shaped op with numpy or torch;
+:func:`fit` fits the two saturating curves of a profile to such samples (see
+:mod:`planner.domain.profile` for the curves); :func:`check_profile_against_expert_ffn` compares
+the fitted roofline with the measured expert FFN. Units: FLOPs, FLOP/s, bytes, bytes/s, seconds.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import re
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from scipy.optimize import nnls
 
-from planner.domain import fields as F
-from planner.domain.device import DTYPES
-from planner.domain.errors import Collector, InputError, MoeplanError, Problem
-
-SCHEMA = "moeplan.profile/1"
-BACKENDS = ("numpy", "torch-cpu", "torch-cuda")
-
-# Field -> integer? for the samples of each list.
-MATMUL_FIELDS = {"m": True, "n": True, "k": True, "flops": False, "seconds": False}
-MEMORY_FIELDS = {"bytes": False, "seconds": False}
-EXPERT_FFN_FIELDS = {
-    "tokens": True, "hidden": True, "intermediate": True, "flops": False, "bytes": False, "seconds": False,
-}
-SAMPLE_FIELDS = {"matmul": MATMUL_FIELDS, "memory": MEMORY_FIELDS, "expert_ffn": EXPERT_FFN_FIELDS}
-CURVE_FIELDS = ("peak_flops_per_s", "half_flops", "peak_bytes_per_s", "half_bytes")
-TOP_FIELDS = ("schema", "host", "backend", "dtype", "created", *SAMPLE_FIELDS, *CURVE_FIELDS)
+from planner.domain.profile import HardwareProfile, ProfileError
 
 # An expert-FFN sample enters the compute fit only when the fitted memory curve explains at most
 # this fraction of its measured time: a memory-bound sample says nothing about compute.
 COMPUTE_BOUND_MEMORY_SHARE = 0.5
-
-
-class ProfileError(MoeplanError):
-    """A measurement cannot be made (backend or accelerator missing) or its samples cannot be fitted."""
-
-
-@dataclass(frozen=True)
-class HardwareProfile:
-    """Samples measured on one device and the throughput curves fitted to them.
-
-    ``matmul`` samples: ``m, n, k`` (sizes), ``flops`` (2*m*n*k FLOPs), ``seconds`` (one call).
-    ``memory`` samples: ``bytes`` (traffic of one copy, read + write), ``seconds``.
-    ``expert_ffn`` samples: ``tokens, hidden, intermediate`` (sizes), ``flops`` (FLOPs of the three
-    matrix multiplies), ``bytes`` (weights + input + output), ``seconds``.
-    Curves: ``peak_flops_per_s`` (FLOP/s), ``half_flops`` (FLOPs), ``peak_bytes_per_s`` (bytes/s),
-    ``half_bytes`` (bytes).
-    """
-
-    host: str
-    backend: str
-    dtype: str
-    created: str
-    peak_flops_per_s: float
-    half_flops: float
-    peak_bytes_per_s: float
-    half_bytes: float
-    matmul: list = field(default_factory=list)
-    memory: list = field(default_factory=list)
-    expert_ffn: list = field(default_factory=list)
-    schema: str = SCHEMA
-
-    def effective_flops_per_s(self, flops: float) -> float:
-        """FLOP/s reached by one operation of ``flops`` FLOPs."""
-        return self.peak_flops_per_s * flops / (flops + self.half_flops)
-
-    def effective_bytes_per_s(self, nbytes: float) -> float:
-        """Bytes/s reached by one operation moving ``nbytes`` bytes."""
-        return self.peak_bytes_per_s * nbytes / (nbytes + self.half_bytes)
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict, ``schema`` first."""
-        d = asdict(self)
-        return {key: d[key] for key in TOP_FIELDS}
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the profile as JSON, atomically (temporary file in the same folder, then rename).
-
-        Raises :class:`InputError` naming ``path`` when it cannot be written.
-        """
-        path = os.fspath(path)
-        # One sample per line, so that a profile reads (and diffs) well.
-        items = []
-        for key, value in self.to_dict().items():
-            if isinstance(value, list):
-                rows = ",\n".join(f"    {json.dumps(s)}" for s in value)
-                items.append(f'  "{key}": [\n{rows}\n  ]' if value else f'  "{key}": []')
-            else:
-                items.append(f'  "{key}": {json.dumps(value)}')
-        text = "{\n" + ",\n".join(items) + "\n}\n"
-        folder = os.path.dirname(os.path.abspath(path))
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=".profile-", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            umask = os.umask(0o022)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
-            os.replace(tmp, path)
-        except OSError as exc:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise InputError(Problem(path, "", f"cannot write the profile: {exc.strerror or exc}")) from None
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "HardwareProfile":
-        """Read and check a profile JSON file; raises :class:`InputError` listing every problem."""
-        path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                text = fh.read()
-        except OSError as exc:
-            raise InputError(Problem(path, "", f"cannot read the profile: {exc.strerror or exc}")) from None
-        except UnicodeDecodeError:
-            raise InputError(Problem(path, "", "is not a profile: not UTF-8 text")) from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(Problem(
-                path, "", f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-            )) from None
-        return cls.from_dict(data, path)
-
-    @classmethod
-    def from_dict(cls, d: Any, file: str) -> "HardwareProfile":
-        """Build a profile from parsed JSON, checking every field; ``file`` names the source in messages."""
-        col = Collector(file)
-        if not isinstance(d, dict):
-            col.add("", f"must be a JSON object with the fields {', '.join(TOP_FIELDS)}; got {type(d).__name__}")
-            col.raise_if_any()
-        F.unknown_keys(d, TOP_FIELDS, "", col)
-        schema = F.string(d, "schema", "", col)
-        if schema is not None and schema != SCHEMA:
-            col.add("schema", f"unknown schema version {schema!r}; this moeplan reads {SCHEMA!r}")
-        values: dict[str, Any] = {
-            "host": F.string(d, "host", "", col),
-            "backend": F.string(d, "backend", "", col, choices=BACKENDS),
-            "dtype": F.string(d, "dtype", "", col, choices=DTYPES),
-            "created": F.string(d, "created", "", col),
-        }
-        if values["created"] is not None:
-            try:
-                datetime.fromisoformat(values["created"])
-            except ValueError:
-                col.add("created", f"must be an ISO 8601 time, got {values['created']!r}")
-        for key in ("peak_flops_per_s", "peak_bytes_per_s"):
-            values[key] = F.number(d, key, "", col, positive=True)
-        for key in ("half_flops", "half_bytes"):
-            values[key] = F.number(d, key, "", col, nonnegative=True)
-        for key, spec in SAMPLE_FIELDS.items():
-            values[key] = _samples(d, key, spec, col)
-        col.raise_if_any()
-        return cls(**values)
-
-
-def _samples(d: dict, key: str, spec: dict[str, bool], col: Collector) -> list | None:
-    """A list of sample objects whose fields (``spec``: name -> integer?) are all positive numbers."""
-    if key not in d:
-        col.add(key, f"is required (a list of samples with {', '.join(spec)})")
-        return None
-    value = d[key]
-    if not isinstance(value, list):
-        col.add(key, f"must be a list of samples, got {type(value).__name__}")
-        return None
-    before = len(col.problems)
-    out = []
-    for i, item in enumerate(value):
-        where = f"{key}[{i}]"
-        if not isinstance(item, dict):
-            col.add(where, f"must be an object with {', '.join(spec)}; got {type(item).__name__}")
-            continue
-        F.unknown_keys(item, spec, where, col)
-        out.append({name: F.number(item, name, where, col, positive=True, integer=integer)
-                    for name, integer in spec.items()})
-    return out if len(col.problems) == before else None
-
 
 # ----- fitting ---------------------------------------------------------------------------------
 
@@ -510,41 +332,3 @@ def _sample(ops, plan: _Plan, say: Callable[[str], None]) -> tuple[list, list, l
                            "flops": flops, "bytes": nbytes, "seconds": seconds})
         say(f"expert FFN {tokens} tokens (h={h}, f={f}): {seconds * 1e3:.3f} ms")
     return matmul, memory, expert_ffn
-
-
-def _check_writable(output: str) -> None:
-    """Raise :class:`InputError` naming ``output`` when a profile cannot be written there."""
-    folder = os.path.dirname(os.path.abspath(output))
-    if os.path.isdir(output):
-        reason = "is a folder; give a file name such as NAME.json"
-    elif not os.path.isdir(folder):
-        reason = f"the folder {folder} does not exist"
-    elif not os.access(folder, os.W_OK):
-        reason = f"the folder {folder} is not writable"
-    else:
-        return
-    raise InputError(Problem(output, "", f"cannot write the profile: {reason}"))
-
-
-def run_profile_command(device: str, output: str, quick: bool, backend: str | None,
-                        log: Callable[[str], None]) -> int:
-    """``moeplan profile``: measure, write the profile JSON to ``output``, log a summary; returns 0.
-
-    ``backend`` defaults to numpy on ``cpu`` and torch on CUDA. Raises :class:`InputError` naming
-    ``output`` when it cannot be written (checked before measuring), :class:`ProfileError` when the
-    backend or device is missing.
-    """
-    _check_writable(output)
-    backend = backend or ("numpy" if device == "cpu" else "torch")
-    profile = measure(backend=backend, device=device, quick=quick, progress=log)
-    profile.save(output)
-    log(f"profile of {profile.host} ({profile.backend}, {profile.dtype}) written to {output}")
-    log(f"compute: peak {profile.peak_flops_per_s / 1e9:.1f} GFLOP/s, "
-        f"half of it at {profile.half_flops / 1e6:.3g} MFLOP per op")
-    log(f"memory:  peak {profile.peak_bytes_per_s / 1e9:.1f} GB/s, "
-        f"half of it at {profile.half_bytes / 1e6:.3g} MB per op")
-    log("expert FFN, predicted by the curves (roofline) / measured:")
-    for c in check_profile_against_expert_ffn(profile):
-        log(f"  {c.tokens:4d} tokens: measured {c.measured_s * 1e3:8.3f} ms, "
-            f"predicted {c.predicted_s * 1e3:8.3f} ms, ratio {c.ratio:.2f}")
-    return 0

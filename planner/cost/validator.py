@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from planner.cost.costmodel import CostModel, Evaluation
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
+from planner.domain.units import GB
 
 SHARE_TOL = 1e-6
-GB = 1e9
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ sources (``<repo>/instances/catalog``). Cards are parsed as data only.
 from __future__ import annotations
 
 import os
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 
 from planner.domain.device import Device, device_fields
 from planner.domain.errors import Collector, InputError, Problem
+from planner.domain.files import read_toml
 from planner.domain.moe_model import MoEModel, model_from_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,28 +21,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def catalog_dir() -> Path:
     env = os.environ.get("MOEPLAN_CATALOG")
     return Path(env) if env else REPO_ROOT / "instances" / "catalog"
-
-
-def read_toml(path: Path, *, label: str | None = None) -> dict:
-    """Parse a TOML file; unreadable or malformed files become an :class:`InputError` naming the file."""
-    name = label or str(path)
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(Problem(name, "", "file not found")) from None
-    except IsADirectoryError:
-        raise InputError(Problem(name, "", "is a directory, expected a TOML file")) from None
-    except PermissionError:
-        raise InputError(Problem(name, "", "cannot be read (permission denied)")) from None
-    except UnicodeDecodeError:
-        raise InputError(Problem(name, "", "is not UTF-8 text")) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(Problem(name, "", f"is not valid TOML: {exc}")) from None
-    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
-        raise InputError(Problem(name, "", f"is not usable TOML: {exc}")) from None
-    except RecursionError:
-        raise InputError(Problem(name, "", "is nested too deeply to be an instance or card")) from None
 
 
 def available(kind: str) -> list[str]:
@@ -103,7 +81,7 @@ def load_profile_field(table: dict, table_path: str, base_dir: Path, col: Collec
     if "profile" not in table:
         return None
     from planner.domain import fields as F
-    from planner.cost.profiling import HardwareProfile
+    from planner.domain.profile import HardwareProfile
 
     ref = F.string(table, "profile", table_path, col)
     if ref is None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from planner.domain.errors import InputError, Problem
+from planner.domain.files import open_text, read_json
+from planner.domain.units import MBPS
 
 # Column names of the Azure LLM inference trace (2023).
 AZURE_COLUMNS = {"timestamp": "TIMESTAMP", "prompt": "ContextTokens", "output": "GeneratedTokens"}
@@ -54,31 +56,6 @@ def _parse_time(value: str) -> float:
         head, frac = text.split(".", 1)
         text = f"{head}.{frac[:6]}"
     return datetime.fromisoformat(text).timestamp()
-
-
-def open_text(path: Path, label: str):
-    try:
-        return open(path, newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(Problem(label, "", "file not found")) from None
-    except IsADirectoryError:
-        raise InputError(Problem(label, "", "is a directory, expected a file")) from None
-    except PermissionError:
-        raise InputError(Problem(label, "", "cannot be read (permission denied)")) from None
-
-
-def read_json(path: Path, label: str | None = None):
-    """The parsed JSON of ``path``; unreadable or malformed files become an :class:`InputError` naming it."""
-    label = label or str(path)
-    try:
-        with open_text(Path(path), label) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputError(Problem(label, "", f"is not valid JSON: {exc.msg} (line {exc.lineno})")) from None
-    except UnicodeDecodeError:
-        raise InputError(Problem(label, "", "is not UTF-8 text")) from None
-    except (RecursionError, ValueError) as exc:
-        raise InputError(Problem(label, "", f"is not usable JSON: {type(exc).__name__}")) from None
 
 
 def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, label: str | None = None) -> RequestTrace:
@@ -167,7 +144,7 @@ def read_bandwidth_series(path: Path, *, label: str | None = None) -> np.ndarray
         raise InputError(Problem(label, "", f"is not valid CSV: {exc}")) from None
     if not values:
         raise InputError(Problem(label, "", "holds no rows"))
-    series = np.asarray(values) * 1e6 / 8.0
+    series = np.asarray(values) * MBPS
     if not np.any(series > 0):
         raise InputError(Problem(label, "mbps", "is zero everywhere: the link never carries data"))
     return series

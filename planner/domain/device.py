@@ -31,6 +31,7 @@ from typing import Any
 
 from planner.domain import fields as F
 from planner.domain.errors import Collector
+from planner.domain.units import TFLOPS
 
 TIERS = ("end", "edge", "cloud")
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
@@ -68,7 +69,7 @@ class Device:
     idle_power_w: float = 0.0
     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
-    profile: Any = field(default=None, compare=False)  # planner.cost.profiling.HardwareProfile | None
+    profile: Any = field(default=None, compare=False)  # planner.domain.profile.HardwareProfile | None
     display_name: str = ""
     source: dict = field(default_factory=dict, compare=False)
 
@@ -117,7 +118,7 @@ def parse_peak_tflops(table: dict, table_path: str, col: Collector) -> dict[str,
         if dtype in table:
             v = F.number(table, dtype, table_path, col, positive=True, maximum=1e6)
             if v is not None:
-                out[dtype] = v * 1e12
+                out[dtype] = v * TFLOPS
     if not out and len(col.problems) == before:
         col.add(table_path, f"must list at least one dtype ({', '.join(DTYPES)}) in TFLOP/s")
     return out if len(col.problems) == before else None

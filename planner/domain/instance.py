@@ -20,6 +20,8 @@ from planner.domain.device import Device, device_fields
 from planner.domain.errors import Collector, InputError
 from planner.domain.moe_model import MoEModel, model_from_dict
 from planner.domain.data_files import RequestTrace, read_bandwidth_series, read_popularity_counts, read_request_trace
+from planner.domain.units import GBPS, MBPS
+from planner.domain.files import read_toml
 
 OBJECTIVES = ("throughput", "latency", "energy")
 POPULARITY_KINDS = ("uniform", "zipf", "measured")
@@ -146,7 +148,7 @@ _CONSTRAINT_KEYS = {
 def load_instance(path: str | Path) -> Instance:
     """Read and check an instance file; raises :class:`InputError` with every problem found."""
     path = Path(path)
-    data = catalog.read_toml(path)
+    data = read_toml(path)
     return instance_from_dict(data, file=str(path), base_dir=path.parent)
 
 
@@ -304,7 +306,7 @@ def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path,
         else:
             v = F.number(entry, units[0], tp, col, positive=True, maximum=1e9)
             if v is not None:
-                bw = v * (1e6 if units[0] == "bandwidth_mbps" else 1e9) / 8.0
+                bw = v * (MBPS if units[0] == "bandwidth_mbps" else GBPS)
         rtt = F.number(entry, "rtt_ms", tp, col, nonnegative=True, maximum=1e6)
         series = None
         if "bandwidth_trace" in entry:

@@ -10,12 +10,12 @@ stage), a codec rank per cut, and its micro-batching. JSON schema ``moeplan.plan
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from planner.domain.errors import InputError, Problem
-from planner.domain.data_files import read_json
+from planner.domain.files import read_json
 
 SCHEMA = "moeplan.plan/1"
 
@@ -187,6 +187,37 @@ class Plan:
     def load(cls, path) -> "Plan":
         label = str(path)
         return cls.from_dict(read_json(Path(path), label), label)
+
+
+# ----- editing plans: new plans in canonical form ------------------------------------------------
+
+def ranks_of(pipe: Pipeline) -> list:
+    """Codec rank of every cut (None where the plan lists none)."""
+    cuts = max(0, len(pipe.stages) - 1)
+    return [pipe.codec_ranks[i] if i < len(pipe.codec_ranks) else None for i in range(cuts)]
+
+
+def home_device(stages, layer: int) -> str | None:
+    for s in stages:
+        if s.first_layer <= layer < s.end_layer:
+            return s.device
+    return None
+
+
+def make_pipeline(stages, ranks, placement, b: int, m: int, share: float) -> Pipeline:
+    """A pipeline in canonical form: one codec entry per cut, placements sorted, none that names only the home device."""
+    stages = tuple(stages)
+    ranks = list(ranks)[: max(0, len(stages) - 1)]
+    ranks += [None] * (max(0, len(stages) - 1) - len(ranks))
+    keep = tuple(sorted((e for e in placement if tuple(e.devices) != (home_device(stages, e.layer),)),
+                        key=lambda e: (e.layer, e.expert)))
+    return Pipeline(stages, tuple(ranks), int(b), int(m), float(share), keep)
+
+
+def with_pipeline(plan: Plan, index: int, pipe: Pipeline) -> Plan:
+    pipes = list(plan.pipelines)
+    pipes[index] = pipe
+    return replace(plan, pipelines=tuple(pipes))
 
 
 def _is_int(x) -> bool:

@@ -47,11 +47,11 @@ What is simulated
   with reason ``timeout`` at the moment its wait ran out.
 * **Re-planning** (:class:`ReplanHook`): periodically, when the observed bandwidth of a link moved
   by more than a fraction since the last call, and on device down / up, the hook gets the
-  instance as observed now (:func:`planner.solve.replan.changed_instance`: link bandwidths scaled to
+  instance as observed now (:func:`planner.domain.changes.changed_instance`: link bandwidths scaled to
   their present value, lost devices dropped, arrival rate scaled) and the current plan, and
   returns a new plan or None. The new plan is ready ``decision_s`` later (default: the hook's time
   budget, so that runs are reproducible); then its weights are copied
-  (:func:`planner.solve.replan.migration`): each copy goes over the route from the device holding the
+  (:func:`planner.solve.migration.migration`): each copy goes over the route from the device holding the
   weights (holding those links like any transfer, FIFO with request traffic, so a large migration
   stalls requests that cross the same links) or, when no surviving device holds them, from the
   destination's model store at ``store_bytes_per_s`` (one copy at a time per destination). The
@@ -81,7 +81,9 @@ import numpy as np
 from planner.cost.costmodel import CostModel, Step
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
-from planner.solve.replan import changed_instance, migration, replan
+from planner.domain.changes import changed_instance
+from planner.solve.migration import migration
+from planner.solve.replan import replan
 from planner.cost.validator import structure_violations
 from planner.domain.data_files import RequestTrace
 

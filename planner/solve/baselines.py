@@ -24,85 +24,15 @@ import numpy as np
 from planner.cost.costmodel import CostModel, is_better
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.cost.validator import evaluate_checked, limit_violations, structure_violations
+from planner.cost.validator import evaluate_checked
+from planner.solve.outcome import baseline_result
+from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
+from planner.spaces.infeasibility import explain_violations
+from planner.spaces.twotier import partner_candidates
 from solvers.registry import register
 from solvers.result import Result, Status
+from planner.domain.units import GB
 
-GB = 1e9
-
-
-def split_by_weights(num_layers: int, weights: list[float]) -> list[tuple[int, int]]:
-    """Contiguous ranges ``[a, b)`` over ``num_layers`` layers, sizes proportional to ``weights``
-    (largest remainder); devices whose share rounds to zero layers get an empty range."""
-    w = np.asarray(weights, dtype=float)
-    raw = w / w.sum() * num_layers
-    sizes = np.floor(raw).astype(int)
-    for i in np.argsort(-(raw - sizes), kind="stable")[: num_layers - sizes.sum()]:
-        sizes[i] += 1
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(w))]
-
-
-def pipeline_from_ranges(devices: list[str], ranges: list[tuple[int, int]], b: int = 1, m: int = 1) -> Pipeline:
-    stages = tuple(Stage(d, a, e) for d, (a, e) in zip(devices, ranges) if e > a)
-    return Pipeline(stages, micro_batch_size=b, num_micro_batches=m)
-
-
-def batch_grid(max_batch: int, num_stages: int) -> list[tuple[int, int]]:
-    """(micro-batch size, micro-batches) pairs to try: m in {1, stages}, b halved from max_batch // m."""
-    out = []
-    for m in sorted({1, max(1, min(num_stages, max_batch))}):
-        b = max(1, max_batch // m)
-        while True:
-            out.append((b, m))
-            if b == 1:
-                break
-            b = max(1, b // 2)
-    return out
-
-
-def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], name: str,
-                  expert_placement: tuple[ExpertPlacement, ...] = ()) -> tuple[Plan | None, float, list]:
-    """Best valid plan over the batching grid for fixed stages (and expert placement); returns
-    (plan, objective, last violations)."""
-    b, m = batch_grid(instance.workload.max_batch, len(stages))[0]
-    plan = Plan((Pipeline(stages, micro_batch_size=b, num_micro_batches=m, expert_placement=expert_placement),),
-                instance.name, name)
-    return batching_sweep(instance, cm, plan)
-
-
-def batching_sweep(instance: Instance, cm: CostModel, plan: Plan) -> tuple[Plan | None, float, list]:
-    """Best valid version of the one-pipeline ``plan`` over its own batching and the batching grid,
-    structure (stages, codecs, expert placement) fixed: (plan, objective, last violations). The
-    shape is checked once: every batching tried stays within ``max_batch``, so only the figures
-    (memory, SLOs) change from one to the next."""
-    pipe = plan.pipelines[0]
-    shape = structure_violations(instance, plan)
-    if shape:
-        return None, None, shape
-    own = (pipe.micro_batch_size, pipe.num_micro_batches)
-    grid = batch_grid(instance.workload.max_batch, len(pipe.stages))
-    best, best_obj, last = None, None, []
-    for b, m in ([own] if own not in grid else []) + grid:
-        cand = replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=m),))
-        ev = cm.evaluate(cand)
-        violations = limit_violations(instance, ev)
-        if violations:
-            last = violations
-            continue
-        obj = ev.objective(instance.objective)
-        if best is None or is_better(instance.objective, obj, best_obj):
-            best, best_obj = cand, obj
-    return best, best_obj, last
-
-
-def baseline_result(name: str, instance: Instance, plan: Plan | None, obj, t0: float, why: str) -> Result:
-    sense = "max" if instance.objective == "throughput" else "min"
-    if plan is None:
-        return Result(Status.INFEASIBLE, name, sense=sense, solve_time_s=time.perf_counter() - t0,
-                      message=why, stop_reason="no valid plan in this baseline's space")
-    return Result(Status.FEASIBLE, name, objective=obj, sense=sense, solve_time_s=time.perf_counter() - t0,
-                  solution=plan, stop_reason="baseline finished")
 
 
 def _first_fit(instance: Instance, cm: CostModel, name: str, layouts: Iterable[tuple[list[str], list[tuple[int, int]]]]):
@@ -117,11 +47,6 @@ def _first_fit(instance: Instance, cm: CostModel, name: str, layouts: Iterable[t
         if best is None or is_better(instance.objective, obj, best_obj):
             best, best_obj = plan, obj
     return best, best_obj, last
-
-
-def explain_violations(violations: list, prefix: str) -> str:
-    shown = "; ".join(str(v) for v in violations[:3])
-    return f"{prefix}: {shown}" if shown else prefix
 
 
 @register("cloud-only", kind="baseline", problem="instance")
@@ -157,22 +82,6 @@ def end_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostMod
     need = instance.model.total_params * instance.model.dtype_bytes / GB
     why = explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, origin {origin.name!r} has {origin.memory_bytes / GB:.1f} GB")
     return baseline_result("end-only", instance, plan, obj, t0, why)
-
-
-def partner_candidates(instance: Instance, cm: CostModel) -> list[tuple[str, float, float]]:
-    """Devices the origin could share the model with, one per (card, route from the origin)
-    signature, in fleet order: (name, bottleneck bandwidth bytes/s, round-trip time s) of the route."""
-    origin = instance.workload.origin
-    seen, out = set(), []
-    for d in instance.devices:
-        if d.name == origin:
-            continue
-        route = cm.route(origin, d.name)
-        sig = (d.kind, d.memory_bytes, tuple((link.bandwidth_bytes_per_s, link.rtt_s) for _, _, link in route))
-        if sig not in seen:
-            seen.add(sig)
-            out.append((d.name, min(link.bandwidth_bytes_per_s for _, _, link in route), sum(link.rtt_s for _, _, link in route)))
-    return out
 
 
 @register("single-cut", kind="baseline", problem="instance")

@@ -42,8 +42,9 @@ import time
 import numpy as np
 
 from models.assignment import ReplicatedAssignment
-from planner.solve.baselines import (baseline_result, best_batching, explain_violations, pipeline_from_ranges,
-                               split_by_weights)
+from planner.solve.outcome import baseline_result
+from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
+from planner.spaces.infeasibility import explain_violations
 from planner.spaces.chain import default_path
 from planner.cost.costmodel import CostModel
 from planner.domain.instance import Instance
@@ -51,8 +52,8 @@ from planner.domain.plan import ExpertPlacement
 from solvers.placement import solve_eplb
 from solvers.registry import register
 from solvers.result import Result
+from planner.domain.units import GB
 
-GB = 1e9
 
 
 def expert_devices(instance: Instance) -> list[str]:

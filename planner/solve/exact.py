@@ -19,143 +19,14 @@ import time
 import numpy as np
 
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, violations
-from planner.solve.baselines import batch_grid
+from planner.spaces.batching import batch_grid
+from planner.spaces.twotier import instance_value, plan_from_solution, solution_from_plan, two_tier_problem
 from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel, op_time_s
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from solvers import registry
 from solvers.registry import register
 from solvers.result import Result, Status
-
-
-def _route_terms(cm: CostModel, a: str, b: str) -> tuple[float, np.ndarray]:
-    """(sum of one-way latencies, 1 / bandwidth of each hop) of the route from ``a`` to ``b``."""
-    hops = cm.route_hops(a, b)
-    return sum(one_way for _, _, one_way in hops), np.array([1.0 / bw for _, bw, _ in hops])
-
-
-def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro_batches: int) -> TwoTierProblem:
-    """The cost model's terms for a split of the model between ``near`` (the origin) and ``far``."""
-    inst = cm.instance
-    m = cm.model
-    L, E = m.num_layers, max(m.num_experts, 1)
-    b = float(micro_batch)
-    o = cm.output
-    # Phase 0: prefill of one request; phase 1: one decode step of a micro-batch.
-    phases = [(cm.prompt, cm.prompt / 2.0, True, 1.0), (b, cm.decode_context, False, b)]
-    busy_w = np.array([1.0, (o - 1.0) / b])
-    lat_w = np.array([1.0, o - 1.0])
-    P = len(phases)
-    devs = (near, far)
-    one_way, inv_bw = _route_terms(cm, near, far)
-    J = len(inv_bw)
-    hb = m.hidden_bytes_per_token
-
-    exists = np.zeros((L, E), dtype=bool)
-    exists[m.moe_layers] = True
-    Q = cm.Q  # selection probability of each expert [L, E]; zero rows for dense layers
-    ne_lat = np.zeros((2, L, P))
-    item_lat = np.zeros((2, L, E, P))
-    for ph, (tokens, ctx, prefill, _) in enumerate(phases):
-        for side in (NEAR, FAR):
-            # The cost model's own (cached) tables: the non-expert block of each layer, each expert.
-            ne_lat[side, :, ph] = cm._layer_times(devs[side], tokens, ctx, prefill)[0]
-            item_lat[side, :, :, ph] = cm._expert_matrix(devs[side], tokens)
-    sent = Q[:, :, None] * np.array([ph[0] for ph in phases])[None, None, :] * hb  # [L, E, P] bytes each way
-    item_link_lat = 2.0 * sent * inv_bw.sum()
-    item_link_busy = 2.0 * inv_bw[:, None, None] * np.einsum("lep,p->le", sent, busy_w)[None]
-    ne_busy = np.einsum("slp,p->sl", ne_lat, busy_w)
-    item_busy = np.einsum("slep,p->sle", item_lat, busy_w)
-
-    ends_lat = np.zeros((2, 2, P))
-    for ph, (tokens, _, prefill, _) in enumerate(phases):
-        lm_tokens = 1.0 if prefill else tokens
-        for side in (NEAR, FAR):
-            dev = cm.devices[devs[side]]
-            ends_lat[0, side, ph] = float(op_time_s(dev, 0.0, tokens * hb, cm.db))
-            ends_lat[1, side, ph] = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * cm.db, cm.db))
-    ends_busy = np.einsum("esp,p->es", ends_lat, busy_w)
-
-    codec = inst.constraints.codec
-    ranks: list[int | None] = [None, *codec.ranks]
-    K = len(ranks)
-    cut_lat = np.zeros((K, P))
-    cut_busy = np.zeros((2 + J, K))
-    cut_mem = np.zeros((2, K))
-    cut_loss = np.array([codec.loss(r) for r in ranks])
-    for k, r in enumerate(ranks):
-        per_token = hb if r is None else r * cm.db
-        for ph, (tokens, _, _, _) in enumerate(phases):
-            nbytes = tokens * per_token
-            t_enc = t_dec = 0.0
-            if r is not None:
-                flops = tokens * 2.0 * m.hidden_size * r
-                t_enc = float(op_time_s(cm.devices[near], flops, m.hidden_size * r * cm.db, cm.db))
-                t_dec = float(op_time_s(cm.devices[far], flops, m.hidden_size * r * cm.db, cm.db))
-            cut_lat[k, ph] = one_way + nbytes * inv_bw.sum() + t_enc + t_dec
-            cut_busy[NEAR, k] += busy_w[ph] * t_enc
-            cut_busy[FAR, k] += busy_w[ph] * t_dec
-            cut_busy[2:, k] += busy_w[ph] * nbytes * inv_bw
-        if r is not None:
-            cut_mem[:, k] = m.hidden_size * r * cm.db
-
-    entry_lat = np.array([one_way + tok * TOKEN_ID_BYTES * inv_bw.sum() for tok, _, _, _ in phases])
-    exit_tokens = [1.0, b]
-    exit_lat = np.array([one_way + t * TOKEN_ID_BYTES * inv_bw.sum() for t in exit_tokens])
-    entry_busy = sum(busy_w[ph] * phases[ph][0] * TOKEN_ID_BYTES * inv_bw for ph in range(P))
-    exit_busy = sum(busy_w[ph] * exit_tokens[ph] * TOKEN_ID_BYTES * inv_bw for ph in range(P))
-
-    seqs = micro_batch * micro_batches
-    ctx = cm.prompt + cm.output
-    kv = np.array([seqs * ctx * m.kv_bytes_per_token_per_layer] * L)
-    ne_mem = np.stack([cm.nonexpert_bytes + kv] * 2)
-    item_mem = np.where(exists, cm.expert_bytes, 0.0)
-    ends_mem = np.array([[m.embedding_params * cm.db] * 2, [m.lm_head_params * cm.db] * 2])
-    workspace = cm.workspace_bytes
-    c = inst.constraints
-    return TwoTierProblem(
-        ne_lat=ne_lat, ne_busy=ne_busy, item_lat=item_lat, item_busy=item_busy, item_link_lat=item_link_lat,
-        item_link_busy=item_link_busy, fixed_lat=np.full(P, 2.0 * one_way), allowed=exists.copy(), exists=exists,
-        ends_lat=ends_lat, ends_busy=ends_busy, cut_lat=cut_lat, cut_busy=cut_busy, cut_loss=cut_loss, cut_mem=cut_mem,
-        entry_lat=entry_lat, exit_lat=exit_lat, entry_busy=np.asarray(entry_busy), exit_busy=np.asarray(exit_busy),
-        ne_mem=ne_mem, item_mem=item_mem, ends_mem=ends_mem,
-        head_tied_mem=m.lm_head_params * cm.db if m.tie_word_embeddings else 0.0,
-        workspace_mem=np.array([workspace, workspace]),
-        capacity=np.array([cm.devices[near].memory_bytes, cm.devices[far].memory_bytes]),
-        lat_weight=lat_w, concurrency=float(seqs),
-        power_w=np.array([cm.devices[d].power_w for d in devs]), idle_w=np.array([cm.devices[d].idle_power_w for d in devs]),
-        loss_budget=c.accuracy_loss_budget, objective=inst.objective,
-        max_request_latency=c.latency_slo_s, max_phase_latency=(c.ttft_slo_s, c.tpot_slo_s),
-    )
-
-
-def plan_from_solution(instance: Instance, near: str, far: str, micro_batch: int, micro_batches: int,
-                       sol: TwoTierSolution, solver: str) -> Plan:
-    m = instance.model
-    L, k = m.num_layers, sol.near_layers
-    ranks = [None, *instance.constraints.codec.ranks]
-    stages, codec = [], ()
-    if k > 0:
-        stages.append(Stage(near, 0, k))
-    if k < L:
-        stages.append(Stage(far, k, L))
-    if len(stages) == 2:
-        codec = (ranks[sol.option],)
-    placement = tuple(
-        ExpertPlacement(l, e, (far,), (1.0,))
-        for l in range(min(k, L)) if m.is_moe_layer(l) for e in range(m.num_experts) if not sol.near_items[l, e]
-    )
-    return Plan((Pipeline(tuple(stages), codec, micro_batch, micro_batches, 1.0, placement),), instance.name, solver)
-
-
-def instance_value(instance: Instance, value_period_latency_energy: float) -> float:
-    """TwoTier objective (seconds per request, seconds, joules per request) -> instance objective units."""
-    o = float(instance.workload.output_tokens)
-    v = value_period_latency_energy
-    if instance.objective == "throughput":
-        return o / v if v > 0 else math.inf
-    if instance.objective == "latency":
-        return v * 1e3
-    return v / o
 
 
 def _cases(p: TwoTierProblem):
@@ -195,39 +66,6 @@ def _solve_cpsat(p: TwoTierProblem, case, time_limit, rel_gap, threads, seed, wa
     out.objective = out.objective * cp.objective_unit if math.isfinite(out.objective) else out.objective
     out.bound = out.bound * cp.objective_unit - cp.objective_error if math.isfinite(out.bound) else out.bound
     return out, sol
-
-
-def solution_from_plan(instance: Instance, plan: Plan) -> tuple[str, int, int, TwoTierSolution] | None:
-    """(partner, micro-batch, micro-batches, solution) of a plan that lies in the joint space
-    (one pipeline: the origin's prefix and/or one partner's suffix, experts of the origin's layers
-    on the origin or the partner), or None; used as a warm start."""
-    m, origin = instance.model, instance.workload.origin
-    if len(plan.pipelines) != 1:
-        return None
-    pipe = plan.pipelines[0]
-    devs = pipe.devices
-    if not 1 <= len(devs) <= 2 or (len(devs) == 2 and devs[0] != origin):
-        return None
-    far = devs[-1] if devs[-1] != origin else None
-    if far is None:
-        others = [d.name for d in instance.devices if d.name != origin]
-        if not others:
-            return None
-        far = others[0]
-    k = pipe.stages[0].end_layer if devs[0] == origin else 0
-    near = np.zeros((m.num_layers, max(m.num_experts, 1)), dtype=bool)
-    for layer in m.moe_layers:
-        if layer < k:
-            near[layer, : m.num_experts] = True
-    for e in pipe.expert_placement:
-        if e.layer >= k or tuple(e.devices) != (far,):
-            return None
-        near[e.layer, e.expert] = False
-    ranks = [None, *instance.constraints.codec.ranks]
-    rank = pipe.codec_ranks[0] if pipe.codec_ranks else None
-    if rank not in ranks:
-        return None
-    return far, pipe.micro_batch_size, pipe.num_micro_batches, TwoTierSolution(k, near, ranks.index(rank))
 
 
 def export_subproblem(instance: Instance, cm: CostModel, far: str, micro_batch: int, micro_batches: int, path: str) -> str:
@@ -370,8 +208,7 @@ def _with_warm_start(instance: Instance, options: dict) -> dict:
     """Unless told otherwise (``warm_start=None`` or an ``initial_solution``), start from the
     route-aware plan: a few milliseconds, and a time-limited solve is then never worse than it."""
     if options.pop("warm_start", "route-aware") == "route-aware" and options.get("initial_solution") is None:
-        from planner.solve.route_aware import route_aware  # route_aware builds on this module
-
+        route_aware = registry.get("route-aware", problem="instance").func
         warm = route_aware(instance, seed=options.get("seed", 0), cost_model=options.get("cost_model"))
         options["initial_solution"] = warm.solution
     return options

@@ -35,11 +35,12 @@ from typing import Callable
 
 import numpy as np
 
-from planner.solve.baselines import batch_grid
+from planner.spaces.batching import batch_grid
 from planner.cost.costmodel import CostModel
 from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
 from planner.cost.validator import validate
+from solvers import registry
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -136,38 +137,6 @@ class Scorer:
             self.evaluation_s += time.perf_counter() - t0
         self.cache[plan] = out
         return out
-
-
-# ----------------------------------------------------------------------------------------------
-# plan surgery
-
-def ranks_of(pipe: Pipeline) -> list:
-    """Codec rank of every cut (None where the plan lists none)."""
-    cuts = max(0, len(pipe.stages) - 1)
-    return [pipe.codec_ranks[i] if i < len(pipe.codec_ranks) else None for i in range(cuts)]
-
-
-def home_device(stages, layer: int) -> str | None:
-    for s in stages:
-        if s.first_layer <= layer < s.end_layer:
-            return s.device
-    return None
-
-
-def make_pipeline(stages, ranks, placement, b: int, m: int, share: float) -> Pipeline:
-    """A pipeline in canonical form: one codec entry per cut, placements sorted, none that names only the home device."""
-    stages = tuple(stages)
-    ranks = list(ranks)[: max(0, len(stages) - 1)]
-    ranks += [None] * (max(0, len(stages) - 1) - len(ranks))
-    keep = tuple(sorted((e for e in placement if tuple(e.devices) != (home_device(stages, e.layer),)),
-                        key=lambda e: (e.layer, e.expert)))
-    return Pipeline(stages, tuple(ranks), int(b), int(m), float(share), keep)
-
-
-def with_pipeline(plan: Plan, index: int, pipe: Pipeline) -> Plan:
-    pipes = list(plan.pipelines)
-    pipes[index] = pipe
-    return replace(plan, pipelines=tuple(pipes))
 
 
 def unused_devices(instance: Instance, plan: Plan) -> list[str]:
@@ -460,8 +429,7 @@ def local_search(instance: Instance, *, time_limit=None, seed=0, cost_model: Cos
     cm = cost_model or CostModel(instance)
     start = initial_solution
     if start is None:
-        from planner.solve.route_aware import route_aware
-
+        route_aware = registry.get("route-aware", problem="instance").func
         first = route_aware(instance, time_limit=time_limit, seed=seed, cost_model=MemoCostModel(cm))
         if first.solution is None:
             return Result(first.status, "local-search", sense=sense, solve_time_s=time.perf_counter() - t0,

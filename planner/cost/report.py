@@ -1,4 +1,5 @@
-"""Human-readable summaries of plans and solver comparisons (the CLI's non-JSON output)."""
+"""Human-readable summaries of instances, plans and solver comparisons, and the text tables they use
+(the CLI's non-JSON output and the benchmarks' tables)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from solvers.result import Result
+from planner.domain.units import GB
 
-GB = 1e9
 
 
 def _fmt(x, spec=".4g") -> str:

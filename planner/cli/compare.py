@@ -1,0 +1,31 @@
+"""``moeplan compare``: every solver (or a chosen few) on one instance, one table."""
+
+from __future__ import annotations
+
+from planner import api
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log, result_json
+from planner.cost import report
+
+
+def add_parser(subparsers) -> None:
+    """Register ``compare`` on the ``moeplan`` sub-command parsers."""
+    c = subparsers.add_parser("compare", help="every solver (or --solvers) on one instance, one table")
+    c.add_argument("instance")
+    c.add_argument("--solvers", default=None, help="comma-separated names; default: all")
+    c.add_argument("--time-limit", type=float, default=None, metavar="S")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    instance = api.load_instance(args.instance)
+    names = [s.strip() for s in args.solvers.split(",") if s.strip()] if args.solvers else api.available_solvers()
+    results = api.compare(instance, names, time_limit=args.time_limit, seed=args.seed,
+                          progress=lambda name: log(f"solving with {name} ..."))
+    if args.json:
+        emit_json({"instance": instance.name, "objective": instance.objective, "results": [result_json(r) for r in results]})
+    else:
+        print(report.instance_summary(instance))
+        print(report.compare_table(results))
+    return EXIT_OK if any(r.solution is not None for r in results) else EXIT_NO_PLAN

@@ -1,0 +1,54 @@
+"""What every ``moeplan`` command shares: exit codes, JSON on stdout, logs on stderr.
+
+``--json`` prints exactly one JSON object on stdout (:func:`emit_json`); logs and progress go to
+stderr (:func:`log`). Files are written atomically with :func:`planner.domain.files.write_atomic`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+EXIT_OK, EXIT_NO_PLAN, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def json_safe(x):
+    """JSON-safe copy: NaN and infinities become null, numpy scalars plain numbers, keys strings."""
+    if isinstance(x, float):
+        return None if not math.isfinite(x) else x
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        return json_safe(x.item())
+    return x
+
+
+def emit_json(obj) -> None:
+    """Print ``obj`` as the one JSON object of a ``--json`` run."""
+    sys.stdout.write(json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def log(msg: str) -> None:
+    """A line for the user on stderr."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def result_json(result) -> dict:
+    """The JSON object of a :class:`solvers.result.Result` (the ``solve --json`` contract)."""
+    plan = result.solution
+    return {
+        "status": result.status.value,
+        "solver": result.solver,
+        "objective": result.objective,
+        "bound": result.bound,
+        "gap": result.gap,
+        "solve_time_s": result.solve_time_s,
+        "sense": result.sense,
+        "stop_reason": result.stop_reason,
+        "message": result.message,
+        "plan": plan.to_dict() if plan is not None else None,
+        "metrics": plan.metrics if plan is not None else None,
+    }

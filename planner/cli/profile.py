@@ -1,0 +1,62 @@
+"""``moeplan profile``: measure this machine and write its profile."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from planner.cli.output import log
+from planner.cost.profiling import check_profile_against_expert_ffn, measure
+from planner.domain.errors import InputError, Problem
+
+
+def add_parser(subparsers) -> None:
+    """Register ``profile`` on the ``moeplan`` sub-command parsers."""
+    pr = subparsers.add_parser("profile", help="measure this machine (matmul, memory bandwidth, expert FFN)")
+    pr.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    pr.add_argument("--backend", choices=("numpy", "torch"), default=None)
+    pr.add_argument("--quick", action="store_true", help="fewer sizes (a few seconds)")
+    pr.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
+    pr.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args) -> int:
+    return run_profile_command(device=args.device, output=args.output, quick=args.quick, backend=args.backend, log=log)
+
+
+def _check_writable(output: str) -> None:
+    """Raise :class:`InputError` naming ``output`` when a profile cannot be written there."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        reason = "is a folder; give a file name such as NAME.json"
+    elif not os.path.isdir(folder):
+        reason = f"the folder {folder} does not exist"
+    elif not os.access(folder, os.W_OK):
+        reason = f"the folder {folder} is not writable"
+    else:
+        return
+    raise InputError(Problem(output, "", f"cannot write the profile: {reason}"))
+
+
+def run_profile_command(device: str, output: str, quick: bool, backend: str | None,
+                        log: Callable[[str], None]) -> int:
+    """``moeplan profile``: measure, write the profile JSON to ``output``, log a summary; returns 0.
+
+    ``backend`` defaults to numpy on ``cpu`` and torch on CUDA. Raises :class:`InputError` naming
+    ``output`` when it cannot be written (checked before measuring), :class:`ProfileError` when the
+    backend or device is missing.
+    """
+    _check_writable(output)
+    backend = backend or ("numpy" if device == "cpu" else "torch")
+    profile = measure(backend=backend, device=device, quick=quick, progress=log)
+    profile.save(output)
+    log(f"profile of {profile.host} ({profile.backend}, {profile.dtype}) written to {output}")
+    log(f"compute: peak {profile.peak_flops_per_s / 1e9:.1f} GFLOP/s, "
+        f"half of it at {profile.half_flops / 1e6:.3g} MFLOP per op")
+    log(f"memory:  peak {profile.peak_bytes_per_s / 1e9:.1f} GB/s, "
+        f"half of it at {profile.half_bytes / 1e6:.3g} MB per op")
+    log("expert FFN, predicted by the curves (roofline) / measured:")
+    for c in check_profile_against_expert_ffn(profile):
+        log(f"  {c.tokens:4d} tokens: measured {c.measured_s * 1e3:8.3f} ms, "
+            f"predicted {c.predicted_s * 1e3:8.3f} ms, ratio {c.ratio:.2f}")
+    return 0

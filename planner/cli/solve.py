@@ -1,0 +1,55 @@
+"""``moeplan solve``: plan one instance with one solver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from planner import api
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log, result_json
+from planner.cost import report
+from planner.domain.files import write_atomic
+
+
+def add_parser(subparsers) -> None:
+    """Register ``solve`` on the ``moeplan`` sub-command parsers."""
+    s = subparsers.add_parser("solve", help="plan one instance")
+    s.add_argument("instance")
+    s.add_argument("--solver", default=api.DEFAULT_SOLVER, help=f"solver name (see `moeplan compare`); default {api.DEFAULT_SOLVER}")
+    stop = s.add_argument_group("stopping")
+    stop.add_argument("--time-limit", type=float, default=None, metavar="S", help="seconds")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--progress", action="store_true", help="exact solvers: incumbent and bound over time on stderr")
+    s.add_argument("--export", metavar="MODEL.lp", help="milp: write the model of the best subproblem (.lp or .mps)")
+    s.add_argument("-o", "--output", metavar="PLAN.json", help="write the plan here")
+    s.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    s.set_defaults(func=cmd_solve)
+
+
+def cmd_solve(args) -> int:
+    instance = api.load_instance(args.instance)
+    options = {}
+    if args.progress:
+        options["progress"] = log
+    if args.export:
+        if args.solver != "milp":
+            raise ValueError("--export writes the MILP (.lp or .mps): use --solver milp")
+        if Path(args.export).suffix.lower() not in (".lp", ".mps"):
+            raise ValueError(f"--export {args.export}: the file name must end in .lp or .mps")
+        options["export"] = args.export
+    result = api.solve(instance, args.solver, time_limit=args.time_limit, seed=args.seed, **options)
+    if args.output and result.solution is not None:
+        write_atomic(args.output, result.solution.to_json() + "\n")
+    if args.json:
+        emit_json(result_json(result))
+    else:
+        print(report.instance_summary(instance))
+        print(f"solver {result.solver}: {result.status.value} in {result.solve_time_s:.3f} s")
+        if result.solution is not None:
+            print(report.plan_summary(instance, result.solution))
+            if args.output:
+                print(f"plan written to {args.output}")
+            if args.export:
+                print(f"model written to {args.export}")
+        else:
+            print(result.message)
+    return EXIT_OK if result.solution is not None else EXIT_NO_PLAN

@@ -1,0 +1,117 @@
+"""Solver ``dp``: exact pipeline stage partitioning over an ordered device path, by dynamic programming.
+
+The space, the path and the DP are described in :mod:`planner.spaces.chain`; this module runs the
+DP over the batching grid and returns the best valid plan, with the DP's optimum as its bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from planner.cost.costmodel import CostModel, is_better
+from planner.cost.validator import validate
+from planner.domain.instance import Instance
+from planner.domain.units import GB
+from planner.spaces.batching import batch_grid
+from planner.spaces.chain import (AGREE_TOL, ChainTerms, check_path, best_latency, best_period, chain_problem, chain_terms,
+                                  plan_from_stages, to_objective)
+from solvers import dp
+from solvers.registry import register
+from solvers.result import Result, Status
+
+
+def _memory_message(terms: ChainTerms, reason: str) -> str:
+    """The chain solver's explanation in the instance's words: layers, device names, GB."""
+    text = reason.replace("the items", "the layers").replace("item ", "layer ").replace(" items", " layers")
+    usable = ", ".join(f"{n} {c / GB:.4g} GB" for n, c in zip(terms.path, terms.capacity))
+    return (f"infeasible on path {' -> '.join(terms.path)} even at micro-batch {terms.micro_batch_size} x "
+            f"{terms.num_micro_batches}: {text} (bytes); memory left per device after the "
+            f"{terms.workspace_bytes / GB:.3g} GB prefill workspace: {usable}")
+
+
+@register("dp", kind="exact", problem="instance")
+def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int = 0, cost_model: CostModel | None = None,
+             path=None, **_) -> Result:
+    """Exact pipeline stage partitioning over an ordered device path (experts home, no codec), all objectives but energy."""
+    t0 = time.perf_counter()
+    kind = instance.objective
+    sense = "max" if kind == "throughput" else "min"
+    version = f"numpy {np.__version__}"
+    if kind not in ("throughput", "latency"):
+        return Result(Status.ERROR, "dp", sense=sense, message="dp supports throughput and latency objectives",
+                      stop_reason="unsupported objective", solve_time_s=time.perf_counter() - t0)
+    path = check_path(instance, path)
+    cm = cost_model or CostModel(instance)
+    slo_s = instance.constraints.latency_slo_s
+    slo = math.inf if slo_s is None else slo_s * (1 + 1e-9)  # the validator's tolerance
+    deadline = None if time_limit is None else t0 + time_limit
+    found = []    # (DP value in objective units, plan, optimum)
+    failures = []  # (concurrency, message)
+    timed_out = False
+    grid = batch_grid(instance.workload.max_batch, len(path))
+    runs = 0
+    for b, mb in grid:
+        if deadline is not None and time.perf_counter() > deadline:
+            timed_out = True
+            break
+        terms = chain_terms(cm, path, b, mb)
+        problem = chain_problem(terms, kind)
+        opt = best_period(problem, terms, slo) if kind == "throughput" else best_latency(problem, terms, slo)
+        if opt is None:
+            least = best_latency(chain_problem(terms, "latency"), terms)
+            if least is None:
+                reason = dp.infeasibility_reason(problem) or "memory binds"
+                failures.append((b * mb, _memory_message(terms, reason)))
+            else:
+                failures.append((b * mb, f"infeasible: the latency SLO binds: the least request latency over path "
+                                         f"{list(path)} at micro-batch {b} x {mb} is {least.latency_s * 1e3:.6g} ms "
+                                         f"> SLO {slo_s * 1e3:.6g} ms"))
+            continue
+        runs += opt.dp_runs
+        found.append((to_objective(instance, opt.value_s), plan_from_stages(instance, terms, opt.stages), opt))
+    elapsed = lambda: time.perf_counter() - t0  # noqa: E731
+    if not found:
+        if timed_out:
+            return Result(Status.TIME_LIMIT, "dp", sense=sense, solve_time_s=elapsed(), solver_version=version,
+                          message="time limit reached before any batching was solved", stop_reason="time limit")
+        failures.sort(key=lambda f: f[0])
+        return Result(Status.INFEASIBLE, "dp", sense=sense, solve_time_s=elapsed(), solver_version=version,
+                      message=failures[0][1], stop_reason="proven infeasible by the DP on every batching")
+    # The DP values are exact for latency and memory and an optimistic bound where links are shared
+    # (module docstring), so the objective is the cost model's, the bound the DP's best.
+    best, rejected = None, []
+    for value, plan, opt in found:
+        broken = validate(instance, plan, cm)
+        if broken:
+            rejected.append(f"{plan.pipelines[0].micro_batch_size}x{plan.pipelines[0].num_micro_batches}: {broken[0]}")
+            continue
+        true = cm.evaluate(plan).objective(kind)
+        if best is None or is_better(kind, true, best[0]):
+            best = (true, value, plan, opt)
+    bound = max(v for v, _, _ in found) if kind == "throughput" else min(v for v, _, _ in found)
+    if timed_out:
+        bound = math.nan
+    if best is None:
+        return Result(Status.ERROR, "dp", sense=sense, bound=bound, solve_time_s=elapsed(), solver_version=version,
+                      message="every DP optimum breaks a constraint outside the chain problem (TTFT / TPOT SLO): "
+                              + "; ".join(rejected[:3]), stop_reason="no valid plan")
+    true, value, plan, opt = best
+    agree = abs(true - bound) <= AGREE_TOL * max(abs(bound), 1e-300) if math.isfinite(bound) else False
+    status = Status.TIME_LIMIT if timed_out else (Status.OPTIMAL if agree else Status.FEASIBLE)
+    if status is Status.OPTIMAL:
+        stop = "the DP is exact over its space"
+    elif timed_out:
+        stop = "time limit"
+    else:
+        stop = ("the DP's optimum is an upper bound here: a shared link or a TTFT / TPOT SLO makes the cost model's "
+                "value of its plan worse")
+    pipe = plan.pipelines[0]
+    return Result(status, "dp", objective=true, bound=bound, sense=sense, solve_time_s=elapsed(), solution=plan,
+                  solver_version=version, stop_reason=stop,
+                  extra={"path": list(path), "dp_objective": value, "micro_batch_size": pipe.micro_batch_size,
+                         "num_micro_batches": pipe.num_micro_batches, "bottleneck_s": opt.bottleneck_s,
+                         "request_latency_s": opt.latency_s, "grid_points": len(found), "dp_runs": runs,
+                         "rejected": rejected})

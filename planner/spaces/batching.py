@@ -1,0 +1,82 @@
+"""Micro-batching: the (micro-batch size, micro-batches in flight) grid every solver shares, and the
+best batching of a plan whose structure (stages, codecs, expert placement) is fixed.
+
+Also the two plain layouts the baselines start from: contiguous layer ranges split in proportion to
+weights, and a pipeline built from such ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from planner.cost.costmodel import CostModel, is_better
+from planner.cost.validator import limit_violations, structure_violations
+from planner.domain.instance import Instance
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+
+
+def split_by_weights(num_layers: int, weights: list[float]) -> list[tuple[int, int]]:
+    """Contiguous ranges ``[a, b)`` over ``num_layers`` layers, sizes proportional to ``weights``
+    (largest remainder); devices whose share rounds to zero layers get an empty range."""
+    w = np.asarray(weights, dtype=float)
+    raw = w / w.sum() * num_layers
+    sizes = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - sizes), kind="stable")[: num_layers - sizes.sum()]:
+        sizes[i] += 1
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(w))]
+
+
+def pipeline_from_ranges(devices: list[str], ranges: list[tuple[int, int]], b: int = 1, m: int = 1) -> Pipeline:
+    stages = tuple(Stage(d, a, e) for d, (a, e) in zip(devices, ranges) if e > a)
+    return Pipeline(stages, micro_batch_size=b, num_micro_batches=m)
+
+
+def batch_grid(max_batch: int, num_stages: int) -> list[tuple[int, int]]:
+    """(micro-batch size, micro-batches) pairs to try: m in {1, stages}, b halved from max_batch // m."""
+    out = []
+    for m in sorted({1, max(1, min(num_stages, max_batch))}):
+        b = max(1, max_batch // m)
+        while True:
+            out.append((b, m))
+            if b == 1:
+                break
+            b = max(1, b // 2)
+    return out
+
+
+def best_batching(instance: Instance, cm: CostModel, stages: tuple[Stage, ...], name: str,
+                  expert_placement: tuple[ExpertPlacement, ...] = ()) -> tuple[Plan | None, float, list]:
+    """Best valid plan over the batching grid for fixed stages (and expert placement); returns
+    (plan, objective, last violations)."""
+    b, m = batch_grid(instance.workload.max_batch, len(stages))[0]
+    plan = Plan((Pipeline(stages, micro_batch_size=b, num_micro_batches=m, expert_placement=expert_placement),),
+                instance.name, name)
+    return batching_sweep(instance, cm, plan)
+
+
+def batching_sweep(instance: Instance, cm: CostModel, plan: Plan) -> tuple[Plan | None, float, list]:
+    """Best valid version of the one-pipeline ``plan`` over its own batching and the batching grid,
+    structure (stages, codecs, expert placement) fixed: (plan, objective, last violations). The
+    shape is checked once: every batching tried stays within ``max_batch``, so only the figures
+    (memory, SLOs) change from one to the next."""
+    pipe = plan.pipelines[0]
+    shape = structure_violations(instance, plan)
+    if shape:
+        return None, None, shape
+    own = (pipe.micro_batch_size, pipe.num_micro_batches)
+    grid = batch_grid(instance.workload.max_batch, len(pipe.stages))
+    best, best_obj, last = None, None, []
+    for b, m in ([own] if own not in grid else []) + grid:
+        cand = replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=m),))
+        ev = cm.evaluate(cand)
+        violations = limit_violations(instance, ev)
+        if violations:
+            last = violations
+            continue
+        obj = ev.objective(instance.objective)
+        if best is None or is_better(instance.objective, obj, best_obj):
+            best, best_obj = cand, obj
+    return best, best_obj, last
