@@ -22,7 +22,7 @@ from planner.cost.costmodel import CostModel, Evaluation
 from planner.cost.validator import Violation, evaluate_checked, structure_violations, validate
 from planner.domain.instance import Instance, load_instance
 from planner.domain.plan import Plan
-from planner.sim.engine import SimResult, simulate
+from planner.sim import SimResult, simulate
 from planner.solve.replan import ReplanResult, replan
 from planner.spaces.infeasibility import capacity_check
 from solvers import registry

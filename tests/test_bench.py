@@ -239,7 +239,7 @@ def test_served_accuracy_loss_follows_the_plan_that_served_each_request():
     from dataclasses import replace
 
     from planner.bench.suites import served_accuracy_loss
-    from planner.sim.engine import simulate
+    from planner.sim import simulate
 
     inst = api.load_instance(Path(__file__).resolve().parents[1] / "instances" / "bench" / "dynamic"
                              / "mixtral-orin-h100-cellular-slo.toml")

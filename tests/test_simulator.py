@@ -14,7 +14,7 @@ from planner.domain.instance import load_instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.domain.changes import changed_instance
 from planner.solve.migration import migration
-from planner.sim.engine import ReplanHook, SimEvent, SimResult, simulate
+from planner.sim import ReplanHook, SimEvent, SimResult, simulate
 from planner.domain.data_files import RequestTrace
 from tests.conftest import LINE, REPO, build
 

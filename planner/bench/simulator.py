@@ -28,7 +28,7 @@ from planner import api
 from planner.bench.inputs import AZURE_EXCERPT, ROOT
 from planner.cost.costmodel import CostModel
 from planner.domain.changes import changed_instance
-from planner.sim.engine import simulate
+from planner.sim import simulate
 from planner.domain.data_files import read_request_trace
 
 

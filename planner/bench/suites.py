@@ -23,8 +23,8 @@ from planner.solve.baselines import BASELINES
 from planner.bench.inputs import BandwidthSeries, azure_requests, cellular_series
 from planner.domain.instance import Instance, instance_from_dict
 from planner.domain.plan import Plan
-from planner.sim.engine import ReplanHook, SimEvent
-from planner.sim.engine import simulate as run_simulation
+from planner.sim import ReplanHook, SimEvent
+from planner.sim import simulate as run_simulation
 from solvers import registry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ every link. ``--replan-every S``: every S simulated seconds the re-planner
 (:func:`planner.solve.replan.replan`) may replace the plan; its migration is charged.
 
 Output: a table, or with ``--json`` one object ``{"instance", "plan", "arrivals", "seed",
-"predicted", "metrics"}`` (``metrics``: :meth:`planner.sim.engine.SimResult.metrics`;
+"predicted", "metrics"}`` (``metrics``: :meth:`planner.sim.results.SimResult.metrics`;
 ``predicted``: the cost model's figures of the plan). Exit codes: 0 simulated, 1 the plan is not
 valid for the instance (every violation is listed), 2 bad input (the message names the file or
 option and the field; nothing is written).
@@ -29,7 +29,8 @@ from planner.cost.costmodel import CostModel
 from planner.cost.validator import evaluate_checked
 from planner.domain.data_files import read_bandwidth_series, read_request_trace
 from planner.domain.plan import Plan
-from planner.sim.engine import MAX_REQUESTS, ReplanHook, simulate
+from planner.sim import ReplanHook, simulate
+from planner.sim.arrivals import MAX_REQUESTS
 from planner.domain.errors import InputError, Problem
 from planner.domain.units import GB
 
