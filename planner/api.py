@@ -18,7 +18,9 @@ import time
 from dataclasses import replace
 from typing import Callable, Iterable
 
-from planner.cost.costmodel import CostModel, Evaluation
+from planner.cost.costmodel import CostModel
+
+from planner.cost.evaluation import Evaluation
 from planner.cost.validator import Violation, evaluate_checked, structure_violations, validate
 from planner.domain.instance import Instance, load_instance
 from planner.domain.plan import Plan

@@ -11,7 +11,8 @@ import pytest
 
 from planner import api
 from planner.spaces.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
-from planner.cost.costmodel import CostModel, is_within
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_within
 from planner.domain.errors import InputError
 from planner.domain.instance import Codec
 from planner.domain.changes import changed_instance

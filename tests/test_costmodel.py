@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel
+from planner.cost.passes import TOKEN_ID_BYTES
+
+from planner.cost.costmodel import CostModel
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from tests.conftest import LINE, TINY, build
 from planner.domain.units import GB
@@ -65,8 +67,8 @@ def test_multi_hop_route_sums_hops(line):
     """phone -> gpu crosses phone-edge (100 Mbit/s = 12.5e6 B/s, 5 ms RTT) and edge-gpu (10 Gbit/s =
     1.25e9 B/s, 20 ms RTT): 1 MB takes 2.5 ms + 1e6/12.5e6 + 10 ms + 1e6/1.25e9 = 92.5008 ms."""
     cm = CostModel(line)
-    assert [(u, v) for u, v, _ in cm.route("phone", "gpu")] == [("phone", "edge"), ("edge", "gpu")]
-    assert cm.transfer(None, "phone", "gpu", 1e6) == pytest.approx(2.5e-3 + 0.08 + 10e-3 + 0.8e-3)
+    assert [(u, v) for u, v, _ in cm.network.route("phone", "gpu")] == [("phone", "edge"), ("edge", "gpu")]
+    assert cm.network.transfer(None, "phone", "gpu", 1e6) == pytest.approx(2.5e-3 + 0.08 + 10e-3 + 0.8e-3)
 
 
 def test_memory_of_a_single_stage(tiny):

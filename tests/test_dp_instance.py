@@ -14,7 +14,8 @@ import planner.spaces.chain as cp
 from models.chain import evaluate as chain_evaluate, stage_memory
 from planner import api
 from planner.spaces.batching import batch_grid
-from planner.cost.costmodel import CostModel, is_better
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_better
 from planner.domain.plan import Pipeline, Plan, Stage
 from planner.cost.validator import validate
 from solvers.chain import partitions
@@ -166,7 +167,7 @@ def test_chain_terms_are_the_cost_models_on_every_layout(name, b, m):
 
 
 def _links(cm, a, b):
-    return {(min(u, v), max(u, v)) for u, v, _ in cm.route(a, b)}
+    return {(min(u, v), max(u, v)) for u, v, _ in cm.network.route(a, b)}
 
 
 def _synthetic_terms(rng, D, L, forced_negative=False):

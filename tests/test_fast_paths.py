@@ -10,7 +10,7 @@ import pytest
 
 from planner import api
 
-from planner.cost import costmodel
+from planner.cost import compute, network
 from planner.cost.costmodel import CostModel
 from planner.domain.changes import changed_instance
 from planner.solve.route_aware import route_aware
@@ -57,12 +57,12 @@ def test_routes_are_shortest_paths(name):
     inst = load(name)
     cm = CostModel(inst)
     g = inst.graph()
-    w = lambda u, v, d: d["link"].one_way_s + costmodel._ROUTE_REFERENCE_BYTES / d["link"].bandwidth_bytes_per_s  # noqa: E731
+    w = lambda u, v, d: d["link"].one_way_s + network._ROUTE_REFERENCE_BYTES / d["link"].bandwidth_bytes_per_s  # noqa: E731
     names = [d.name for d in inst.devices][:12]
     for a in names:
         lengths = nx.single_source_dijkstra_path_length(g, a, weight=w)
         for b in names:
-            ours = sum(w(u, v, {"link": link}) for u, v, link in cm.route(a, b))
+            ours = sum(w(u, v, {"link": link}) for u, v, link in cm.network.route(a, b))
             assert ours == pytest.approx(lengths[b], rel=1e-12, abs=1e-15)
 
 
@@ -72,7 +72,7 @@ def test_shared_time_tables_give_the_figures_of_a_fresh_cost_model():
     slow = changed_instance(inst, bandwidth_factor=0.25)
     CostModel(inst).evaluate(plan)           # fills the shared tables
     shared = CostModel(slow).evaluate(plan)  # reuses them
-    costmodel._TABLES.clear()
+    compute._TABLES.clear()
     fresh = CostModel(slow).evaluate(plan)
     assert shared.metrics() == fresh.metrics()
 
@@ -87,7 +87,7 @@ def test_pass_cache_matches_uncached_passes_for_batching_variants():
     for b in (1, 4, pipe.micro_batch_size):
         variant = replace(pipe, micro_batch_size=b, num_micro_batches=1)
         cached = cm._pass_cached(variant, float(b), cm.decode_context, False)
-        direct = CostModel(inst)._pass(variant, float(b), cm.decode_context, False)
+        direct = CostModel(inst).pass_cost(variant, float(b), cm.decode_context, False)
         assert cached.latency_s == pytest.approx(direct.latency_s, rel=1e-12)
         assert cached.busy_s == pytest.approx(direct.busy_s, rel=1e-12)
 

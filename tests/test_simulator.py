@@ -9,7 +9,8 @@ import pytest
 import tomli_w
 
 from planner.cli.main import main
-from planner.cost.costmodel import CostModel, Fork, Step
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import Fork, Step
 from planner.domain.instance import load_instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.domain.changes import changed_instance
@@ -67,7 +68,7 @@ def test_pass_steps_add_up_to_the_cost_models_pass(line, prefill):
     pipe = remote_line_plan().pipelines[0]
     tokens, context = (64.0, 32.0) if prefill else (3.0, cm.decode_context)
     steps = cm.pass_steps(pipe, tokens, context, prefill)
-    whole = cm._pass(pipe, tokens, context, prefill)
+    whole = cm.pass_cost(pipe, tokens, context, prefill)
     assert sum(s.latency_s for s in steps) == pytest.approx(whole.latency_s, rel=1e-12)
     busy: dict = {}
     for s in flat(steps):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.cost.costmodel import CostModel, Evaluation
+from planner.cost.costmodel import CostModel
+
+from planner.cost.evaluation import Evaluation
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.domain.units import GB
@@ -30,7 +32,7 @@ class Violation:
 def validate(instance: Instance, plan: Plan, cost_model: CostModel | None = None, evaluation=None) -> list[Violation]:
     """Every violation of ``plan`` on ``instance`` (empty list: the plan is valid).
 
-    ``evaluation``: the cost model's :class:`~planner.cost.costmodel.Evaluation` of this plan, when the
+    ``evaluation``: the cost model's :class:`~planner.cost.evaluation.Evaluation` of this plan, when the
     caller has it already (it is recomputed otherwise)."""
     out = structure_violations(instance, plan)
     if out:

@@ -14,7 +14,9 @@ import math
 from collections import deque
 from typing import Callable
 
-from planner.cost.costmodel import CostModel, Step
+from planner.cost.costmodel import CostModel
+
+from planner.cost.evaluation import Step
 from planner.sim.resources import Resources
 
 EXACT_PROMPT_MAX = 256  # prompts up to this many tokens are priced exactly

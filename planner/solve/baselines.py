@@ -21,7 +21,9 @@ from typing import Iterable
 
 import numpy as np
 
-from planner.cost.costmodel import CostModel, is_better
+from planner.cost.costmodel import CostModel
+
+from planner.cost.evaluation import is_better
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.cost.validator import evaluate_checked

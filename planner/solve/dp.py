@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 
-from planner.cost.costmodel import CostModel, is_better
+from planner.cost.costmodel import CostModel
+
+from planner.cost.evaluation import is_better
 from planner.cost.validator import validate
 from planner.domain.instance import Instance
 from planner.domain.units import GB

@@ -74,7 +74,8 @@ from planner.solve.outcome import baseline_result
 from planner.spaces.batching import batch_grid, best_batching
 from planner.spaces.infeasibility import explain_violations
 from planner.spaces.chain import ChainTerms, chain_terms
-from planner.cost.costmodel import CostModel, is_better
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_better
 from planner.domain.instance import Instance
 from planner.domain.plan import Stage
 from solvers.registry import register

@@ -21,7 +21,9 @@ import numpy as np
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, violations
 from planner.spaces.batching import batch_grid
 from planner.spaces.twotier import instance_value, plan_from_solution, solution_from_plan, two_tier_problem
-from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel, op_time_s
+from planner.cost.passes import TOKEN_ID_BYTES
+from planner.cost.costmodel import CostModel
+from planner.cost.compute import op_time_s
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from solvers import registry

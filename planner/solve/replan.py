@@ -65,7 +65,9 @@ from typing import Iterable
 
 import numpy as np
 
-from planner.cost.costmodel import CostModel, is_within
+from planner.cost.costmodel import CostModel
+
+from planner.cost.evaluation import is_within
 from planner.cost.validator import validate
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan

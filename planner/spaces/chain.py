@@ -89,7 +89,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.chain import ChainPartition, Stage as ChainStage, evaluate as chain_evaluate
-from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel, is_better, op_time_s
+from planner.cost.passes import TOKEN_ID_BYTES
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_better
+from planner.cost.compute import op_time_s
 from planner.domain.instance import Instance
 from planner.domain.plan import Pipeline, Plan, Stage
 from planner.cost.validator import validate
@@ -161,7 +164,7 @@ def _route_matrices(cm: CostModel, path: list[str], both_directions: bool = Fals
     the upper triangle, or every ordered pair with ``both_directions``; zeros elsewhere) and [D]
     from the origin to each device and from each device back."""
     key = ("chain routes", tuple(path), both_directions)
-    hit = cm._cache_local.get(key)
+    hit = cm.instance_cache.get(key)
     if hit is None:
         D = len(path)
         origin = cm.instance.workload.origin
@@ -169,10 +172,10 @@ def _route_matrices(cm: CostModel, path: list[str], both_directions: bool = Fals
         for i in range(D):
             for j in range(D) if both_directions else range(i + 1, D):
                 if j != i:
-                    cut[:, i, j] = cm.route_terms(path[i], path[j])
-        entry = np.array([cm.route_terms(origin, n) for n in path]).T.reshape(3, D)
-        exit_ = np.array([cm.route_terms(n, origin) for n in path]).T.reshape(3, D)
-        hit = cm._cache_local[key] = (cut, entry, exit_)
+                    cut[:, i, j] = cm.network.route_terms(path[i], path[j])
+        entry = np.array([cm.network.route_terms(origin, n) for n in path]).T.reshape(3, D)
+        exit_ = np.array([cm.network.route_terms(n, origin) for n in path]).T.reshape(3, D)
+        hit = cm.instance_cache[key] = (cut, entry, exit_)
     return hit
 
 
@@ -200,14 +203,14 @@ def chain_terms(cm: CostModel, path: list[str], micro_batch: int, micro_batches:
     dec = np.zeros((D, L))
     done: dict[str, int] = {}  # devices of the same hardware have the same rows
     for i, name in enumerate(path):
-        twin = done.setdefault(cm.hardware_of(name), i)
+        twin = done.setdefault(cm.times.hardware_of(name), i)
         if twin != i:
             pre[i], dec[i] = pre[twin], dec[twin]
             continue
         dev = cm.devices[name]
-        ne, ex = cm._layer_times(name, cm.prompt, cm.prompt / 2.0, True)
+        ne, ex = cm.times.layer_times(name, cm.prompt, cm.prompt / 2.0, True)
         pre[i] = ne + ex
-        ne, ex = cm._layer_times(name, b, cm.decode_context, False)
+        ne, ex = cm.times.layer_times(name, b, cm.decode_context, False)
         dec[i] = ne + ex
         pre[i, 0] += float(op_time_s(dev, 0.0, cm.prompt * hb, db))           # embedding
         dec[i, 0] += float(op_time_s(dev, 0.0, b * hb, db))

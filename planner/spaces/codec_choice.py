@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from planner.cost.costmodel import is_within
+from planner.cost.evaluation import is_within
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 
@@ -33,7 +33,7 @@ MAX_COMBINATIONS = 64
 
 def plan_accuracy_loss(plan: Plan, instance: Instance) -> float:
     """The plan's codec accuracy loss: the largest over its pipelines of the sum of its cuts' losses
-    (as :class:`planner.cost.costmodel.Evaluation` reports it)."""
+    (as :class:`planner.cost.evaluation.Evaluation` reports it)."""
     codec = instance.constraints.codec
     return max((sum(codec.loss(r) for r in p.codec_ranks if r is not None) for p in plan.pipelines), default=0.0)
 

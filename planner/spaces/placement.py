@@ -13,7 +13,7 @@ The problem (one decode step of a batch of ``tokens`` = ``workload.max_batch`` s
 * ``load[g, i]`` = expected tokens routed to expert ``i`` of MoE layer ``g`` per decode step:
   selection probability (``CostModel.Q``, each row sums to top-k) x ``tokens``.
 * ``speed[b]`` = relative expert throughput of device ``b``: ``1 / t_b`` with ``t_b`` the cost
-  model's roofline time (:func:`planner.cost.costmodel.op_time_s`) of a representative expert operation
+  model's roofline time (:func:`planner.cost.compute.op_time_s`) of a representative expert operation
   on the device -- one expert serving the mean load ``tokens * top_k / experts`` tokens (FLOPs
   ``2 * expert_params`` per token) and reading its weights when touched (probability
   ``1 - (1 - top_k / experts) ** tokens``, as the cost model counts) -- normalised so that the
@@ -57,7 +57,8 @@ from dataclasses import replace
 import numpy as np
 
 from models.assignment import AssignmentSolution, ReplicatedAssignment, objective_value, violations
-from planner.cost.costmodel import CostModel, op_time_s
+from planner.cost.costmodel import CostModel
+from planner.cost.compute import op_time_s
 from planner.domain.instance import Instance
 from solvers.placement import group_lower_bounds
 
@@ -169,7 +170,7 @@ def placement_problem(instance: Instance, *, devices=None, layers=None, tokens: 
         origin = traffic_origin or instance.workload.origin
         per_token_s = t.min() / (tokens * m.top_k / m.num_experts)
         hb = m.hidden_bytes_per_token
-        trip = np.array([2.0 * sum(hb / link.bandwidth_bytes_per_s for _, _, link in cm.route(origin, n))
+        trip = np.array([2.0 * sum(hb / link.bandwidth_bytes_per_s for _, _, link in cm.network.route(origin, n))
                          for n in names])
         traffic = np.broadcast_to(trip / per_token_s, (G, I, B))
 

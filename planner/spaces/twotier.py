@@ -17,7 +17,9 @@ import math
 import numpy as np
 
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution
-from planner.cost.costmodel import TOKEN_ID_BYTES, CostModel, op_time_s
+from planner.cost.passes import TOKEN_ID_BYTES
+from planner.cost.costmodel import CostModel
+from planner.cost.compute import op_time_s
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 
@@ -30,7 +32,7 @@ def partner_candidates(instance: Instance, cm: CostModel) -> list[tuple[str, flo
     for d in instance.devices:
         if d.name == origin:
             continue
-        route = cm.route(origin, d.name)
+        route = cm.network.route(origin, d.name)
         sig = (d.kind, d.memory_bytes, tuple((link.bandwidth_bytes_per_s, link.rtt_s) for _, _, link in route))
         if sig not in seen:
             seen.add(sig)
@@ -40,7 +42,7 @@ def partner_candidates(instance: Instance, cm: CostModel) -> list[tuple[str, flo
 
 def _route_terms(cm: CostModel, a: str, b: str) -> tuple[float, np.ndarray]:
     """(sum of one-way latencies, 1 / bandwidth of each hop) of the route from ``a`` to ``b``."""
-    hops = cm.route_hops(a, b)
+    hops = cm.network.route_hops(a, b)
     return sum(one_way for _, _, one_way in hops), np.array([1.0 / bw for _, bw, _ in hops])
 
 
@@ -69,8 +71,8 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
     for ph, (tokens, ctx, prefill, _) in enumerate(phases):
         for side in (NEAR, FAR):
             # The cost model's own (cached) tables: the non-expert block of each layer, each expert.
-            ne_lat[side, :, ph] = cm._layer_times(devs[side], tokens, ctx, prefill)[0]
-            item_lat[side, :, :, ph] = cm._expert_matrix(devs[side], tokens)
+            ne_lat[side, :, ph] = cm.times.layer_times(devs[side], tokens, ctx, prefill)[0]
+            item_lat[side, :, :, ph] = cm.times.expert_matrix(devs[side], tokens)
     sent = Q[:, :, None] * np.array([ph[0] for ph in phases])[None, None, :] * hb  # [L, E, P] bytes each way
     item_link_lat = 2.0 * sent * inv_bw.sum()
     item_link_busy = 2.0 * inv_bw[:, None, None] * np.einsum("lep,p->le", sent, busy_w)[None]

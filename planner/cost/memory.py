@@ -1,0 +1,56 @@
+"""Memory of a plan: the bytes each device holds.
+
+Weights (its layers' non-expert weights, the routed experts it holds, embedding / LM head, codec
+matrices) + KV cache for ``b*m`` sequences of ``prompt + output`` tokens + a prefill activation
+workspace (:attr:`planner.cost.costmodel.CostModel.workspace_bytes`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from planner.domain.plan import Plan
+
+if TYPE_CHECKING:
+    from planner.cost.costmodel import CostModel
+
+
+def memory_bytes(cm: "CostModel", plan: Plan) -> dict[str, float]:
+    """Bytes each device of the plan holds (weights + KV cache + activation workspace)."""
+    m, db = cm.model, cm.db
+    mem: dict[str, float] = {}
+
+    def add(d, v):
+        mem[d] = mem.get(d, 0.0) + float(v)
+
+    ctx = cm.prompt + cm.output
+    workspace = cm.workspace_bytes
+    experts_per_layer = cm.experts_per_layer
+    for pipe in plan.pipelines:
+        seqs = pipe.micro_batch_size * pipe.num_micro_batches
+        for si, stage in enumerate(pipe.stages):
+            a, b = stage.first_layer, stage.end_layer
+            add(stage.device, workspace + cm.nonexpert_bytes[a:b].sum()
+                + (b - a) * seqs * ctx * m.kv_bytes_per_token_per_layer + experts_per_layer[a:b].sum() * cm.expert_bytes)
+            if stage.first_layer == 0:
+                add(stage.device, m.embedding_params * db)
+            if stage.end_layer == m.num_layers and not (m.tie_word_embeddings and stage.first_layer == 0):
+                add(stage.device, m.lm_head_params * db)
+            rank = pipe.codec_ranks[si] if si < len(pipe.codec_ranks) else None
+            if rank is not None and si + 1 < len(pipe.stages):
+                add(stage.device, m.hidden_size * rank * db)
+                add(pipe.stages[si + 1].device, m.hidden_size * rank * db)
+        # Placed experts leave their layer's stage device for the listed devices.
+        if pipe.expert_placement:
+            home = [None] * m.num_layers
+            for stage in pipe.stages:
+                home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
+            moved: dict[str, int] = {}  # device -> replicas gained (negative: lost)
+            for e in pipe.expert_placement:
+                if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]:
+                    moved[home[e.layer]] = moved.get(home[e.layer], 0) - 1
+                    for d in e.devices:
+                        moved[d] = moved.get(d, 0) + 1
+            for d, n in moved.items():
+                add(d, n * cm.expert_bytes)
+    return mem

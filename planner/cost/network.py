@@ -1,0 +1,113 @@
+"""Routes between the devices of an instance and what sending bytes over them costs.
+
+A route is the fastest path for a 1 MB message (weight per link: one-way latency + 1 MB /
+bandwidth), found by Dijkstra over the instance's links and cached. Sending ``n`` bytes over a
+route takes ``sum over hops of (rtt/2 + n / bandwidth)`` and holds each link ``n / bandwidth``.
+
+Units: seconds, bytes, bytes/s.
+"""
+
+from __future__ import annotations
+
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
+
+from planner.cost.evaluation import PhaseCost, Step
+from planner.domain.instance import Instance, Link
+
+# Route choice weight: one-way latency + the time of a 1 MB message (a typical cut payload).
+_ROUTE_REFERENCE_BYTES = 1e6
+_ALL_PAIRS_MAX = 512  # fleets up to this size get every route in one shortest-path call
+
+
+class Network:
+    """The links of ``instance`` as a graph of routes (cached per pair of devices)."""
+
+    def __init__(self, instance: Instance):
+        self._links: dict[tuple[str, str], Link] = {}  # (a, b) and (b, a) -> the pair's link (the last listed)
+        for link in instance.links:
+            self._links[(link.a, link.b)] = self._links[(link.b, link.a)] = link
+        self._names = [d.name for d in instance.devices]
+        self._node = {n: i for i, n in enumerate(self._names)}
+        rows, cols, weights = [], [], []
+        for link in instance.links:
+            if link.a in self._node and link.b in self._node:
+                rows.append(self._node[link.a])
+                cols.append(self._node[link.b])
+                weights.append(link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s)
+        n = len(self._names)
+        self._weights = csr_matrix((weights, (rows, cols)), shape=(n, n))
+        self._predecessors: dict[int, list[int]] = {}  # per source: predecessor of each node (-9999: none)
+        self._routes: dict = {}
+        self._route_terms: dict = {}
+        self._hop_links: dict = {}  # (a, b) -> ((link key, bytes/s, one-way s) per hop)
+
+    def link(self, a: str, b: str) -> Link:
+        """The link between ``a`` and ``b`` (either order); ``KeyError`` if there is none."""
+        return self._links[(a, b)]
+
+    def route(self, a: str, b: str) -> list:
+        """Links (``(u, v, Link)`` per hop, in order) from ``a`` to ``b``: fastest path for a 1 MB message."""
+        if a == b:
+            return []
+        key = (a, b)
+        route = self._routes.get(key)
+        if route is None:
+            i, j = self._node.get(a), self._node.get(b)
+            if i is None or j is None:
+                raise ValueError(f"no route from {a!r} to {b!r}")
+            pred = self._predecessors.get(i)
+            if pred is None:
+                # Small fleets: every source in one call (scipy's per-call overhead dominates).
+                sources = list(range(len(self._names))) if len(self._names) <= _ALL_PAIRS_MAX else [i]
+                _, preds = dijkstra(self._weights, directed=False, indices=sources, return_predecessors=True)
+                for src, row in zip(sources, preds.tolist()):
+                    self._predecessors[src] = row
+                pred = self._predecessors[i]
+            if pred[j] < 0:
+                raise ValueError(f"no route from {a!r} to {b!r}")
+            nodes = [j]
+            while nodes[-1] != i:
+                nodes.append(pred[nodes[-1]])
+            names = [self._names[k] for k in reversed(nodes)]
+            route = self._routes[key] = [(u, v, self._links[(u, v)]) for u, v in zip(names, names[1:])]
+        return route
+
+    def route_terms(self, a: str, b: str) -> tuple[float, float, float]:
+        """(sum of one-way latencies s, sum of 1 / bandwidth s/byte, largest 1 / bandwidth s/byte) over
+        the route from ``a`` to ``b``: sending ``n`` bytes takes ``one_way + n * sum`` and keeps the
+        busiest link ``n * max`` busy (zeros for ``a == b``). Cached."""
+        key = (a, b)
+        hit = self._route_terms.get(key)
+        if hit is None:
+            hops = self.route(a, b)  # not route_hops: pipelines over 40 devices ask for ~1,000 pairs once each
+            inv = [1.0 / link.bandwidth_bytes_per_s for _, _, link in hops]
+            hit = self._route_terms[key] = (sum(link.one_way_s for _, _, link in hops), sum(inv), max(inv, default=0.0))
+        return hit
+
+    def route_hops(self, a: str, b: str) -> tuple[tuple[tuple[str, str], float, float], ...]:
+        """Per link hop of the route from ``a`` to ``b``: (link key, names sorted; bandwidth bytes/s;
+        one-way latency s). Cached; empty for ``a == b``."""
+        hops = self._hop_links.get((a, b))
+        if hops is None:
+            hops = self._hop_links[(a, b)] = tuple(((min(u, v), max(u, v)), link.bandwidth_bytes_per_s, link.one_way_s)
+                                                  for u, v, link in self.route(a, b))
+        return hops
+
+    def hops(self, a: str, b: str, nbytes: float) -> tuple[float, list[Step]]:
+        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``, and one :class:`Step` per link hop."""
+        latency = 0.0
+        steps = []
+        for key, bw, one_way in self.route_hops(a, b):
+            t = nbytes / bw
+            latency += one_way + t
+            steps.append(Step(key, t, one_way, nbytes))
+        return latency, steps
+
+    def transfer(self, cost: PhaseCost | None, a: str, b: str, nbytes: float) -> float:
+        """Latency (s) of sending ``nbytes`` from ``a`` to ``b``; adds link busy time to ``cost``."""
+        latency, steps = self.hops(a, b, nbytes)
+        if cost is not None:
+            for s in steps:
+                cost.add_busy(s.key, s.hold_s)
+        return latency

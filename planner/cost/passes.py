@@ -1,0 +1,152 @@
+"""One pass through a pipeline (a decode step of a micro-batch, or one request's prefill), priced
+term by term and laid out as the steps a discrete-event simulator replays.
+
+Within a stage the work of layers whose experts all stay home comes first as one step, then each
+layer with placed experts (its non-expert block, then a :class:`~planner.cost.evaluation.Fork` of
+the home device's share and, per remote device, the hidden states' round trip around its share),
+then the embedding and LM head; a codec's encoder precedes the cut's hops and its decoder follows
+them. Token ids go from the origin to the first stage, the sampled token back from the last.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from planner.cost.compute import op_time_s
+from planner.cost.evaluation import Fork, Step
+from planner.domain.plan import Pipeline
+
+if TYPE_CHECKING:
+    from planner.cost.costmodel import CostModel
+
+TOKEN_ID_BYTES = 4.0
+_SHARES_CACHE_SIZE = 4096  # placements whose per-device shares are remembered before the cache starts over
+
+
+def walk(cm: "CostModel", pipe: Pipeline, tokens: float, context: float, prefill: bool) -> tuple[list[float], list]:
+    """(latency terms in the order the pass adds them, the pass's steps) of one pass of ``tokens``
+    tokens at ``context`` through ``pipe``: one walk for both, so that the pass's figures
+    (:meth:`CostModel.pass_cost`) and its steps (:meth:`CostModel.pass_steps`) cannot drift apart."""
+    m, db = cm.model, cm.db
+    hb = m.hidden_bytes_per_token
+    terms: list[float] = []
+    items: list[Step | Fork] = []
+    origin = cm.instance.workload.origin
+    placement: dict[int, list] = {}
+    for e in pipe.expert_placement:
+        placement.setdefault(e.layer, []).append(e)
+    stages = pipe.stages
+
+    def hops(a: str, b: str, nbytes: float) -> None:
+        latency, steps = cm.network.hops(a, b, nbytes)
+        terms.append(latency)
+        items.extend(steps)
+
+    # Token ids reach the first stage.
+    hops(origin, stages[0].device, tokens * TOKEN_ID_BYTES)
+    for si, stage in enumerate(stages):
+        dev = cm.devices[stage.device]
+        ne, ex = cm.times.layer_times(stage.device, tokens, context, prefill)
+        a, b = stage.first_layer, stage.end_layer
+        moved = [layer for layer in placement if a <= layer < b]
+        # Layers whose experts all stay home: sums over the slice.
+        t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved))
+        t_rest = t_home - sum(ne[layer] for layer in moved)
+        items.append(Step(stage.device, t_rest))
+        terms.append(t_rest)
+        for layer in moved:
+            critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
+            items.extend((Step(stage.device, ne[layer]), fork))
+            terms.append(ne[layer] + critical)
+        if stage.first_layer == 0:
+            t = float(op_time_s(dev, 0.0, tokens * hb, db))
+            items.append(Step(stage.device, t))
+            terms.append(t)
+        if stage.end_layer == m.num_layers:
+            lm_tokens = 1.0 if prefill else tokens
+            t = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * db, db))
+            items.append(Step(stage.device, t))
+            terms.append(t)
+        if si + 1 < len(stages):
+            nxt = stages[si + 1].device
+            rank = pipe.codec_ranks[si] if si < len(pipe.codec_ranks) else None
+            per_token = hb if rank is None else rank * db
+            decoder = None
+            if rank is not None:
+                codec_flops = tokens * 2.0 * m.hidden_size * rank
+                t_enc = float(op_time_s(dev, codec_flops, m.hidden_size * rank * db, db))
+                t_dec = float(op_time_s(cm.devices[nxt], codec_flops, m.hidden_size * rank * db, db))
+                items.append(Step(stage.device, t_enc))
+                decoder = Step(nxt, t_dec)
+                terms.append(t_enc + t_dec)
+            hops(stage.device, nxt, tokens * per_token)
+            if decoder is not None:
+                items.append(decoder)
+    # The sampled token goes back to the origin.
+    out_tokens = 1.0 if prefill else tokens
+    hops(stages[-1].device, origin, out_tokens * TOKEN_ID_BYTES)
+    return terms, items
+
+
+def experts_fork(cm: "CostModel", entries: list, layer: int, home: str, tokens: float) -> tuple[float, Fork]:
+    """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
+    experts off ``home``, and their steps: the home device's share, and per remote device the
+    hidden states' round trip around its share."""
+    m = cm.model
+    q = cm.q[cm.moe_index[layer]]
+    local, remote = 0.0, 0.0
+    hb = m.hidden_bytes_per_token
+    branches = []
+    for d, share, chosen, mass in layer_shares(cm, entries, layer, home):
+        if chosen is not None:
+            # Whole experts: their times are the cached full-share times.
+            t = float(np.add.reduce(cm.times.expert_matrix(d, tokens)[layer, chosen]))
+        else:
+            prob = q * share
+            touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
+            t = float(np.sum(op_time_s(cm.devices[d], prob * tokens * cm.expert_flops_per_token,
+                                       touched * cm.expert_bytes, cm.db)))
+        if d == home:
+            local = t
+            branches.append((Step(d, t),))
+        else:
+            sent = mass * tokens * hb
+            there, to = cm.network.hops(home, d, sent)
+            back, fro = cm.network.hops(d, home, sent)
+            remote = max(remote, there + t + back)
+            branches.append((*to, Step(d, t), *fro))
+    return max(local, remote), Fork(tuple(branches))
+
+def layer_shares(cm: "CostModel", entries: list, layer: int, home: str) -> list[tuple]:
+    """Per device serving some of the layer's experts (home first): (device, share of each
+    expert's selection probability [E], the indices of the experts it serves whole or None when some
+    share is fractional, expected routing mass sent there). Independent of the tokens, so kept
+    per placement for the passes that follow: keyed by the entries' identities, and the entry
+    keeps them alive, so an identity cannot be reused by another object meanwhile."""
+    key = ("shares", layer, home, tuple(map(id, entries)))
+    hit = cm.instance_cache.get(key)
+    if hit is not None:
+        return hit[1]
+    q = cm.q[cm.moe_index[layer]]
+    n = cm.model.num_experts
+    # Plain lists while accumulating: numpy scalar assignments cost ~100x a list's.
+    rows: dict[str, list[float]] = {home: [1.0] * n}
+    for entry in entries:
+        rows[home][entry.expert] = 0.0
+        for d, s in zip(entry.devices, entry.shares):
+            row = rows.get(d)
+            if row is None:
+                row = rows[d] = [0.0] * n
+            row[entry.expert] += s
+    out = []
+    for d, row in rows.items():
+        share = np.array(row)
+        whole = all(x == 0.0 or x == 1.0 for x in row)
+        chosen = np.array([i for i, x in enumerate(row) if x == 1.0], dtype=np.intp) if whole else None
+        out.append((d, share, chosen, float(np.add.reduce(q * share))))
+    if len(cm.instance_cache) >= _SHARES_CACHE_SIZE:
+        cm.instance_cache.clear()
+    cm.instance_cache[key] = (tuple(entries), out)
+    return out
