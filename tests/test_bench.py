@@ -14,7 +14,9 @@ from planner import api
 from planner.bench import inputs as bench_inputs
 
 from planner.cli import main as cli
-from planner.bench.suites import DYNAMIC, PAPER_DIR, PAPER_SERIES, instance_solvers
+from planner.bench.common import instance_solvers
+from planner.bench.dynamic import DYNAMIC
+from planner.bench.paper import PAPER_DIR, PAPER_SERIES
 from solvers import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +240,7 @@ def test_dynamic_scenarios_point_at_existing_files():
 def test_served_accuracy_loss_follows_the_plan_that_served_each_request():
     from dataclasses import replace
 
-    from planner.bench.suites import served_accuracy_loss
+    from planner.bench.common import served_accuracy_loss
     from planner.sim import simulate
 
     inst = api.load_instance(Path(__file__).resolve().parents[1] / "instances" / "bench" / "dynamic"
@@ -253,7 +255,7 @@ def test_served_accuracy_loss_follows_the_plan_that_served_each_request():
 def test_bandwidth_figure_shows_the_rank_in_use_and_the_first_periods_of_a_series():
     from dataclasses import replace
 
-    from planner.bench.suites import CELLULAR_PLOT_CYCLES, bandwidth_figure
+    from planner.bench.dynamic import CELLULAR_PLOT_CYCLES, bandwidth_figure
 
     sc = next(d for d in DYNAMIC if d.change == "cellular")
     inst = api.load_instance(Path(__file__).resolve().parents[1] / "instances" / "bench" / sc.file)
@@ -274,17 +276,18 @@ def test_bandwidth_figure_shows_the_rank_in_use_and_the_first_periods_of_a_serie
 
 
 def test_paper_suite_simulates_each_distinct_plan_once_per_run(monkeypatch):
-    from planner.bench import suites as bench_suites
+    from planner.bench import paper
+    from planner.bench.common import Settings
 
     calls = []
-    real = bench_suites.simulate
+    real = paper.simulate
 
     def counting(instance, plan, trace, **kw):
         calls.append((instance.name, plan.pipelines, trace.rate_per_s, kw.get("timeline", False)))
         return real(instance, plan, trace, **kw)
 
-    monkeypatch.setattr(bench_suites, "simulate", counting)
-    out = bench_suites.run_paper(bench_suites.Settings(quick=True), lambda _: None)
+    monkeypatch.setattr(paper, "simulate", counting)
+    out = paper.run_paper(Settings(quick=True), lambda _: None)
     runs = [c for c in calls if not c[3]]
     assert len(runs) == len(set(runs))  # no (scenario, plan, run) simulated twice
     simulated = [r for r in out.rows if r["run"] in ("load", "saturation")]

@@ -1,6 +1,6 @@
 """Run benchmark suites: write a CSV of every measurement and PNG plots (``moeplan bench``).
 
-Suites (:mod:`planner.bench.suites`; what each runs and how to read it: ``docs/bench.md``):
+Suites (:mod:`planner.bench.paper`, :mod:`~planner.bench.scale`, :mod:`~planner.bench.dynamic`; what each runs and how to read it: ``docs/bench.md``):
 
 * ``paper``: EC2MoE-style end-cloud scenarios (``instances/bench/paper/*.toml``); moeplan's plan
   and every baseline's, predicted by the cost model and simulated on the same requests;
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from planner.bench import plots as bench_plots
-from planner.bench import suites as bench_suites
+from planner.bench import dynamic, paper, scale
+from planner.bench.common import Settings, instance_solvers
 from planner.domain.errors import InputError, Problem
 
 SUITES = ("paper", "scale", "dynamic")
@@ -65,12 +66,12 @@ def _cell(v):
 
 
 def write_plots(out: Path, result) -> list[Path]:
-    """The PNG files of a suite's output (:class:`planner.bench.suites.SuiteOutput`) in ``out``."""
+    """The PNG files of a suite's output (:class:`planner.bench.common.SuiteOutput`) in ``out``."""
     figs = result.figures
     paths = []
     if result.name == "paper":
         if any(sc["sat"] for sc in figs["scenarios"]):
-            paths.append(bench_plots.throughput_bars(figs["scenarios"], bench_suites.instance_solvers(), out / "paper_throughput.png"))
+            paths.append(bench_plots.throughput_bars(figs["scenarios"], instance_solvers(), out / "paper_throughput.png"))
         for scenario, lat in figs["cdf"].items():
             paths.append(bench_plots.latency_cdf(scenario, lat, out / f"paper_latency_cdf_{scenario}.png"))
         if figs["gantt"] and figs["gantt"]["timeline"]:
@@ -89,9 +90,9 @@ def write_plots(out: Path, result) -> list[Path]:
 
 def run(suites: list[str], out: Path, *, quick: bool, seed: int, progress=log) -> list:
     """Run ``suites`` and write their CSVs and plots into ``out``; returns their
-    :class:`planner.bench.suites.SuiteOutput` s."""
-    runners = {"paper": bench_suites.run_paper, "scale": bench_suites.run_scale, "dynamic": bench_suites.run_dynamic}
-    settings = bench_suites.Settings(quick=quick, seed=seed)
+    :class:`planner.bench.common.SuiteOutput` s."""
+    runners = {"paper": paper.run_paper, "scale": scale.run_scale, "dynamic": dynamic.run_dynamic}
+    settings = Settings(quick=quick, seed=seed)
     plots = bench_plots.available()
     if not plots:
         progress(f"note: {bench_plots.INSTALL_HINT}; writing the CSVs and tables only")

@@ -1,0 +1,148 @@
+"""Suite ``paper``: EC2MoE-style end-cloud scenarios (``instances/bench/paper/*.toml``), moeplan's plan
+against every baseline, predicted by the cost model and simulated on the same requests."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from planner import api
+from planner.bench.inputs import BandwidthSeries, cellular_series
+from planner.cost import report
+from planner.domain.instance import Instance
+from planner.domain.plan import Plan
+from solvers import registry
+from planner.bench.common import (MOEPLAN, ROOT, Clock, Progress, Settings, SuiteOutput, fmt, geomean, instance_solvers, measured, origin_links, predicted, request_latency_ms, requests_for, simulate)
+
+PAPER_DIR = ROOT / "instances" / "bench" / "paper"
+# Paper scenarios whose end-cloud link follows a measured cellular series (trace names of bench_inputs.CELLULAR).
+PAPER_SERIES = {
+    "mixtral-orin-h100-cellular": "TMobile-LTE-short.up",
+    "olmoe-laptop-h100-cellular": "TMobile-LTE-short.up",
+    "dsv2lite-m2-a100-cellular": "Verizon-LTE-short.up",
+}
+QUICK_PAPER = ("dsv2lite-phone-l4-lte", "olmoe-laptop-h100-cellular")
+CDF_SCENARIOS = ("mixtral-orin-h100-cellular", "qwen3-laptop-a100-wifi")
+GANTT_SCENARIO = "dsv2lite-phone-l4-lte"  # moeplan's plan there: two stages, a codec at the cut, two micro-batches
+GANTT_REQUESTS = 8
+ARRIVALS = "Azure LLM conv 2023 excerpt, rescaled to the rate and mean token counts"
+# Saturation runs offer this many times the highest predicted capacity (requests/s) of the scenario's plans.
+SATURATION_FACTOR = 4.0
+
+
+def paper_files(quick: bool) -> list[Path]:
+    files = sorted(PAPER_DIR.glob("*.toml"))
+    if not files:
+        raise FileNotFoundError(f"no scenario files in {PAPER_DIR}")
+    return [f for f in files if f.stem in QUICK_PAPER] if quick else files
+
+
+def network_of(instance: Instance, series: BandwidthSeries | None) -> str:
+    if series is not None:
+        return f"cellular series {series.trace} ({series.source})"
+    link = origin_links(instance)[0]
+    return f"{link.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s, {link.rtt_s * 1e3:g} ms"
+
+
+def run_paper(settings: Settings, progress: Progress) -> SuiteOutput:
+    """End-cloud scenarios: moeplan against every baseline, predicted and simulated."""
+    clock = Clock("paper", progress)
+    solvers = instance_solvers()
+    files = paper_files(settings.quick)
+    rows: list[dict] = []
+    scenarios: list[dict] = []
+    cdf: dict[str, dict[str, np.ndarray]] = {}
+    gantt = None
+    for i, path in enumerate(files, start=1):
+        inst = api.load_instance(path)
+        name = inst.name
+        series = cellular_series(PAPER_SERIES[name], seed=settings.seed) if name in PAPER_SERIES else None
+        origin = inst.device(inst.workload.origin)
+        partner = next(d for d in inst.devices if d.name != origin.name)
+        base = {"suite": "paper", "scenario": name, "model": inst.model.name, "end_device": origin.kind,
+                "cloud_device": partner.kind, "network": network_of(inst, series), "objective": inst.objective}
+        plans: dict[str, tuple[Plan, dict]] = {}
+        for solver in solvers:
+            res = api.solve(inst, solver, seed=settings.seed)
+            head = {**base, "solver": solver, "kind": registry.get(solver, problem="instance").kind, **predicted(res)}
+            if res.solution is None:
+                rows.append({**head, "run": "none"})
+                clock.say(f"{i}/{len(files)} {name}: {solver} {res.status.value} in {res.solve_time_s:.2f} s (no plan: not simulated)")
+                continue
+            plans[solver] = (res.solution, head)
+            clock.say(f"{i}/{len(files)} {name}: {solver} solved in {res.solve_time_s:.2f} s")
+        figures = {"sat": {}, "slo": {}, "latency_p50": {}}
+        if not plans:
+            scenarios.append({"scenario": name, **figures})
+            continue
+        capacity = max(h["pred_requests_per_s"] for _, h in plans.values())
+        runs = {"load": requests_for(inst, settings.load_requests, inst.workload.arrival_rate_per_s, settings.seed),
+                "saturation": requests_for(inst, settings.saturation_requests, SATURATION_FACTOR * capacity, settings.seed)}
+        done: dict[tuple, object] = {}  # (pipelines, run) -> simulation: solvers often return the same plan
+        for solver, (plan, head) in plans.items():
+            t0 = time.perf_counter()
+            for run, trace in runs.items():
+                res = done.get((plan.pipelines, run))
+                if res is None:
+                    res = done[(plan.pipelines, run)] = simulate(inst, plan, trace, seed=settings.seed, series=series)
+                row = {**head, "run": run, "arrivals": ARRIVALS, "requests": len(trace.arrival_s),
+                       "rate_per_s": trace.rate_per_s, **measured(res)}
+                rows.append(row)
+                if run == "saturation":
+                    figures["sat"][solver] = row["sim_throughput_tokens_per_s"]
+                else:
+                    figures["latency_p50"][solver] = row["sim_latency_p50_ms"]
+                    figures["slo"][solver] = row["sim_slo_attainment"]
+                    if name in CDF_SCENARIOS or (settings.quick and i == 1):
+                        cdf.setdefault(name, {})[solver] = request_latency_ms(res)
+            clock.say(f"{i}/{len(files)} {name}: {solver} simulated (2 runs) in {time.perf_counter() - t0:.2f} s")
+        if name == GANTT_SCENARIO and MOEPLAN in plans:
+            few = requests_for(inst, GANTT_REQUESTS, SATURATION_FACTOR * capacity, settings.seed)
+            gantt = {"scenario": name, "timeline": simulate(inst, plans[MOEPLAN][0], few, seed=settings.seed, timeline=True).timeline}
+        scenarios.append({"scenario": name, **figures})
+    table, notes = paper_table(scenarios)
+    return SuiteOutput("paper", rows, table, notes, {"scenarios": scenarios, "cdf": cdf, "gantt": gantt})
+
+
+def best_baseline(values: dict[str, float], better: Callable[[float, float], bool]) -> tuple[str | None, float | None]:
+    best, best_v = None, None
+    for solver, v in values.items():
+        if solver == MOEPLAN or v is None or not math.isfinite(v):
+            continue
+        if best_v is None or better(v, best_v):
+            best, best_v = solver, v
+    return best, best_v
+
+
+def paper_table(scenarios: list[dict]) -> tuple[str, list[str]]:
+    """Per scenario: moeplan's simulated throughput over the best baseline's (saturation runs) and
+    its p50 latency reduction against the lowest-latency baseline (runs at the scenario's rate)."""
+    rows, ratios, reductions = [], [], []
+    for s in scenarios:
+        sat, lat, slo = s.get("sat", {}), s.get("latency_p50", {}), s.get("slo", {})
+        mine_t, mine_l = sat.get(MOEPLAN), lat.get(MOEPLAN)
+        bt, bt_v = best_baseline(sat, lambda a, b: a > b)
+        bl, bl_v = best_baseline(lat, lambda a, b: a < b)
+        ratio = mine_t / bt_v if mine_t is not None and bt_v else None
+        reduction = 1.0 - mine_l / bl_v if mine_l is not None and bl_v else None
+        if ratio is not None:
+            ratios.append(ratio)
+        if reduction is not None:
+            reductions.append(reduction)
+        rows.append([s["scenario"], fmt(mine_t, ".1f"), bt or "-", fmt(bt_v, ".1f"), fmt(ratio, ".2f", "x"),
+                     fmt(mine_l, ".0f"), bl or "-", fmt(bl_v, ".0f"), fmt(None if reduction is None else 100 * reduction, "+.1f", " %"),
+                     fmt(slo.get(MOEPLAN), ".2f"), fmt(slo.get(bl) if bl else None, ".2f")])
+    headers = ["scenario", "moeplan tok/s", "best baseline (tok/s)", "its tok/s", "ratio", "moeplan p50 ms",
+               "best baseline (latency)", "its p50 ms", "latency reduction", "moeplan SLO", "its SLO"]
+    notes = []
+    if ratios:
+        notes.append(f"throughput ratio over the best baseline: geometric mean {geomean(ratios):.2f}x, "
+                     f"min {min(ratios):.2f}x, max {max(ratios):.2f}x over {len(ratios)} scenarios")
+    if reductions:
+        notes.append(f"p50 latency reduction against the best baseline: median {100 * float(np.median(reductions)):+.1f} %, "
+                     f"min {100 * min(reductions):+.1f} %, max {100 * max(reductions):+.1f} %")
+    return report.table(headers, rows), notes
