@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/moeplan compare instances/default.toml
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:

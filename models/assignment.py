@@ -66,7 +66,7 @@ class ReplicatedAssignment:
 
     @classmethod
     def build(cls, load, speed, *, slots=None, weight=None, capacity=None, mask=None, max_replicas=1,
-              traffic=None, cost=None, traffic_weight=0.0, objective="bottleneck", names=None) -> "ReplicatedAssignment":
+              traffic=None, cost=None, traffic_weight=0.0, objective="bottleneck", names=None) -> ReplicatedAssignment:
         """Fill defaults (no memory limit, every bin a candidate, I slots per bin, no traffic) and check shapes."""
         load = np.atleast_2d(np.asarray(load, dtype=float))
         speed = np.asarray(speed, dtype=float)

@@ -32,9 +32,10 @@ solver, so that a solver's filter ``stage time <= cap`` and :func:`evaluate` agr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class ChainPartition:
     @classmethod
     def build(cls, compute, *, memory=None, capacity=None, transfer_busy=None, transfer_latency=None,
               entry_busy=None, entry_latency=None, exit_busy=None, exit_latency=None,
-              objective="bottleneck", max_bottleneck=None, ordered=True, names=None) -> "ChainPartition":
+              objective="bottleneck", max_bottleneck=None, ordered=True, names=None) -> ChainPartition:
         """Fill defaults (no memory limit, free transfers) and broadcast, then :meth:`check`."""
         compute = np.atleast_2d(np.asarray(compute, dtype=float))
         D, L = compute.shape

@@ -17,7 +17,8 @@ is covered as often as item 0, once; the stages partition the items, one cut joi
 consecutive stages, and a cut only goes from p to d > p. One implied row is added: exactly one
 stage ends at item L. (The implied "at most one cut per boundary" and "at most one stage per device"
 are left out on purpose: with them CP-SAT's presolve probing grew millions of binary clauses, and a
-94-item, 8-device latency case went from 4 s to over 40 s.) Memory and the cap only ever concern one stage, cut, entry or exit, so they are enforced
+94-item, 8-device latency case went from 4 s to over 40 s.) Memory and the cap only ever concern one stage, cut, entry or
+exit, so they are enforced
 by leaving variables out: feasibility is decided with the float data, as :mod:`models.chain` does.
 
 Only the objective is integer. Times are divided by a quantum ``q`` (a power of two, so the division
@@ -138,9 +139,9 @@ def objective(cm: ChainCpModel, p: ChainPartition, stage: dict, cut: dict) -> No
     # One row per device (it holds one stage at most) and per boundary (one cut at most) gives the LP
     # bound; the same bounds enforced per variable propagate better (about 1.5x faster on 61 items).
     for d in range(D):
-        m.add(cm.t >= scaled_sum(stage, cm.stage, lambda key: key[0] == d))
+        m.add(cm.t >= scaled_sum(stage, cm.stage, lambda key, d=d: key[0] == d))
     for j in range(1, L):
-        m.add(cm.t >= scaled_sum(cut, cm.cut, lambda key: key[2] == j))
+        m.add(cm.t >= scaled_sum(cut, cm.cut, lambda key, j=j: key[2] == j))
     for terms, chosen in ((stage, cm.stage), (cut, cm.cut)):
         for key, v in chosen.items():
             m.add(cm.t >= cm.scaled(terms[key])).only_enforce_if(v)

@@ -3,7 +3,8 @@
 Integer scaling: every time coefficient is rounded to the nearest multiple of ``time_unit_s``,
 chosen so that the sum of all time coefficients is about 2^40 units (so no sum overflows int64);
 a busy time is then off by at most half a unit per term it sums, a request latency by the phase
-weights times that, the period by the larger of the two (latency over concurrency). Memory is in bytes rounded up per term and capacities rounded down
+weights times that, the period by the larger of the two (latency over concurrency). Memory is in bytes rounded up per term
+and capacities rounded down
 (conservative by at most one byte per term); losses are in 1e-12 units rounded up, the budget
 rounded down. The solution is re-evaluated exactly with :func:`models.twotier.evaluate`; only the
 proof of optimality carries the scaling tolerance ``objective_error``.
@@ -63,7 +64,7 @@ def build(p: TwoTierProblem, case: tuple[int, int] | None = None) -> CpTwoTier:
     xv = lambda l, e: x.get((l, e), 0)  # noqa: E731
     for l in range(L - 1):
         md.add(a[l] >= a[l + 1])
-    for (l, e), var in x.items():
+    for (l, _), var in x.items():
         md.add(var <= a[l])
     for l in range(L):
         for e in range(E):

@@ -14,9 +14,26 @@ re-planner) <- ``sim`` (simulator) <- ``api`` <- ``bench`` <- ``cli``; ``executo
 extra) imports ``domain`` and ``cost`` only.
 """
 
-from planner.api import (DEFAULT_SOLVER, Evaluation, Instance, Plan, ReplanResult, Result, SimResult, Status,
-                         Violation, available_solvers, capacity_check, compare, evaluate, load_instance, replan,
-                         simulate, solve, validate)
+from planner.api import (
+                         DEFAULT_SOLVER,
+                         Evaluation,
+                         Instance,
+                         Plan,
+                         ReplanResult,
+                         Result,
+                         SimResult,
+                         Status,
+                         Violation,
+                         available_solvers,
+                         capacity_check,
+                         compare,
+                         evaluate,
+                         load_instance,
+                         replan,
+                         simulate,
+                         solve,
+                         validate,
+)
 
 __version__ = "0.1.0"
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Callable, Iterable
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import Evaluation
 from planner.cost.validator import Violation, evaluate_checked, structure_violations, validate
 from planner.domain.instance import Instance, load_instance

@@ -23,12 +23,11 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from models.assignment import (AssignmentSolution, ReplicatedAssignment, normalise_shares, objective_value,
-                               violations)
+from models.assignment import AssignmentSolution, ReplicatedAssignment, normalise_shares, objective_value, violations
 from solvers.registry import register
 from solvers.result import Result, Status
 

@@ -22,7 +22,6 @@ import argparse
 import numpy as np
 
 from models.assignment import ReplicatedAssignment
-from solvers import placement
 from solvers.registry import get
 
 SOLVERS = ("eplb", "greedy-placement", "local-search-placement")

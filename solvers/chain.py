@@ -27,8 +27,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections.abc import Callable
 from math import comb
-from typing import Callable
 
 import numpy as np
 

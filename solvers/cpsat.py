@@ -16,7 +16,7 @@ with several workers is deterministic only with ``interleave_search``); pass ``t
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from ortools.sat.python import cp_model
 

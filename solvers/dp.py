@@ -36,7 +36,6 @@ import numpy as np
 
 from models.chain import ChainPartition, Stage
 
-
 _STAGE_TABLE_MAX = 2_000_000  # entries of the [D, L + 1, L + 1] stage table built at once
 
 

@@ -23,8 +23,8 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyomo.environ as pyo
 

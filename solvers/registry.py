@@ -9,8 +9,8 @@ when their solver is chosen.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 KINDS = ("baseline", "exact", "heuristic")
 

@@ -13,12 +13,12 @@ import pytest
 
 from models.assignment import ReplicatedAssignment
 from planner import api
-from planner.spaces.batching import batch_grid
 from planner.cli.main import main
 from planner.cost.costmodel import CostModel
-from planner.spaces.chain import chain_terms
-from planner.solve.edgeshard import capability_order, shard_dp, uniform_instance
 from planner.cost.validator import evaluate_checked, validate
+from planner.solve.edgeshard import capability_order, shard_dp, uniform_instance
+from planner.spaces.batching import batch_grid
+from planner.spaces.chain import chain_terms
 from solvers.eplb import eplb_rebalance
 from solvers.placement import balancedness, solve_eplb
 from solvers.registry import get

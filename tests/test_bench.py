@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 
 from planner import api
-
 from planner.bench import inputs as bench_inputs
-
-from planner.cli import main as cli
 from planner.bench.common import instance_solvers
 from planner.bench.dynamic import DYNAMIC
 from planner.bench.paper import PAPER_DIR, PAPER_SERIES
+from planner.cli import main as cli
 from solvers import registry
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,14 +10,14 @@ from dataclasses import replace
 import pytest
 
 from planner import api
-from planner.spaces.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_within
+from planner.cost.validator import validate
+from planner.domain.changes import changed_instance
 from planner.domain.errors import InputError
 from planner.domain.instance import Codec
-from planner.domain.changes import changed_instance
 from planner.solve.replan import replan
-from planner.cost.validator import validate
+from planner.spaces.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
 from tests.conftest import REPO
 
 CELLULAR = REPO / "instances" / "bench" / "dynamic" / "mixtral-orin-h100-cellular-slo.toml"

@@ -6,13 +6,10 @@ import math
 
 import pytest
 
-from planner.cost.passes import TOKEN_ID_BYTES
-
 from planner.cost.costmodel import CostModel
+from planner.cost.passes import TOKEN_ID_BYTES
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from tests.conftest import LINE, TINY, build
-from planner.domain.units import GB
-
+from tests.conftest import TINY, build
 
 
 def one_stage(device, layers=1, b=1, m=1, **kw):
@@ -35,7 +32,6 @@ def test_decode_step_on_the_origin_is_bytes_over_bandwidth(tiny):
 
 def test_efficiency_scales_memory_bound_time():
     """Halving bandwidth efficiency doubles a memory-bound decode step."""
-    data = dict(TINY)
     devices = [dict(d) for d in TINY["devices"]]
     devices[0]["bandwidth_efficiency"] = 0.5
     inst = build(TINY, devices=devices)

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 import planner.spaces.chain as cp
-from models.chain import evaluate as chain_evaluate, stage_memory
+from models.chain import evaluate as chain_evaluate
+from models.chain import stage_memory
 from planner import api
-from planner.spaces.batching import batch_grid
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better
-from planner.domain.plan import Pipeline, Plan, Stage
 from planner.cost.validator import validate
+from planner.domain.plan import Pipeline, Plan, Stage
+from planner.spaces.batching import batch_grid
 from solvers.chain import partitions
 from solvers.result import Status
 from tests.conftest import LINE, TINY, build

@@ -15,7 +15,6 @@ from solvers.cpsat import map_status, solve_cpsat
 from solvers.milp import export_model, installed_solvers, solve_pyomo, status_from_termination
 from solvers.result import Status
 
-
 # -- models ---------------------------------------------------------------------------------------
 
 

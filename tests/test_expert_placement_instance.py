@@ -10,14 +10,19 @@ import pytest
 
 from models.assignment import objective_value, violations
 from planner.cost.costmodel import CostModel
-from planner.solve.placement import solve_placement
-from planner.spaces.placement import (candidate_mask, layer_problems, lower_bound, placement_problem,
-                                      representative_expert_time_s, reserved_bytes)
 from planner.domain.instance import load_instance
+from planner.solve.placement import solve_placement
+from planner.spaces.placement import (
+    candidate_mask,
+    layer_problems,
+    lower_bound,
+    placement_problem,
+    representative_expert_time_s,
+    reserved_bytes,
+)
 from solvers.assignment import explain_infeasible
 from solvers.registry import get
 from solvers.result import Status
-
 from tests.conftest import REPO
 
 CLUSTER = REPO / "instances" / "a100-l4-t4-cluster.toml"     # Mixtral-8x7B: 32 MoE layers x 8 experts

@@ -9,12 +9,11 @@ import networkx as nx
 import pytest
 
 from planner import api
-
 from planner.cost import compute, network
 from planner.cost.costmodel import CostModel
+from planner.cost.validator import validate
 from planner.domain.changes import changed_instance
 from planner.solve.route_aware import route_aware
-from planner.cost.validator import validate
 from solvers import dp
 
 ROOT = Path(__file__).resolve().parents[1]

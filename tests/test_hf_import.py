@@ -13,7 +13,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from planner.domain.device import CARD_FIELDS, device_fields
 from planner.domain.errors import Collector, InputError

@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from models.twotier import TwoTierSolution, evaluate, violations
 from planner import api

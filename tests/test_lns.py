@@ -11,10 +11,9 @@ import sys
 import pytest
 
 from planner import api  # noqa: F401  (registers local-search)
-
-from planner.solve import local_search as lns
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.cost.validator import validate
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.solve import local_search as lns
 from tests.conftest import LINE, REPO, build
 
 # Four devices, meshed: the model (27.8 MB) fits no single small device, so plans span several.
@@ -87,7 +86,8 @@ def test_same_seed_and_max_moves_give_the_same_plan(fleet):
 def test_reproducible_across_processes():
     """Nothing iterates over a set of names: another hash seed gives the same plan."""
     code = ("import json, sys; sys.path.insert(0, '.')\n"
-            "from tests.test_lns import FLEET\nfrom tests.conftest import build\nfrom planner import api\nfrom planner.solve import local_search\n"
+            "from tests.test_lns import FLEET\nfrom tests.conftest import build\n"
+            "from planner import api\nfrom planner.solve import local_search\n"
             "inst = build(FLEET)\nstart = api.solve(inst, 'single-cut').solution\n"
             "print(json.dumps(local_search.improve(inst, start, max_moves=60, seed=11).plan.to_dict()['pipelines']))\n")
     outs = []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from planner.domain.errors import InputError
 from planner.domain.plan import SCHEMA, ExpertPlacement, Pipeline, Plan, Stage

@@ -9,10 +9,9 @@ import pytest
 import tomli_w
 
 from planner import api
-
+from planner.cost.costmodel import CostModel
 from planner.domain import catalog
 from planner.domain.errors import InputError
-from planner.cost.costmodel import CostModel
 from planner.domain.plan import Pipeline, Plan, Stage
 from tests.conftest import TINY
 

@@ -8,23 +8,22 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from planner import api  # noqa: F401  (registers local-search)
-
-from planner.solve import local_search as lns
+from planner.cost.validator import validate
+from planner.domain.changes import changed_instance
 from planner.domain.device import Device
 from planner.domain.errors import InputError
 from planner.domain.instance import Link
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.domain.changes import changed_instance
+from planner.domain.units import GB
+from planner.solve import local_search as lns
 from planner.solve.migration import migration, weight_map
 from planner.solve.replan import replan
-from planner.cost.validator import validate
 from tests.conftest import LINE, REPO, TINY, build
 from tests.test_lns import FLEET
-from planner.domain.units import GB
-
 
 
 @pytest.fixture(scope="module")

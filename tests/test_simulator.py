@@ -11,12 +11,12 @@ import tomli_w
 from planner.cli.main import main
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import Fork, Step
+from planner.domain.changes import changed_instance
+from planner.domain.data_files import RequestTrace
 from planner.domain.instance import load_instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.domain.changes import changed_instance
-from planner.solve.migration import migration
 from planner.sim import ReplanHook, SimEvent, SimResult, simulate
-from planner.domain.data_files import RequestTrace
+from planner.solve.migration import migration
 from tests.conftest import LINE, REPO, build
 
 # Compute-bound devices (slow FLOP/s, fast memory) joined by a fast link: the work of a decode step
@@ -309,7 +309,7 @@ def test_the_hook_can_see_the_harmonic_mean_bandwidth_of_a_window(line):
     for window in (0.0, 10.0):
         calls = []
 
-        def policy(observed, current):
+        def policy(observed, current, calls=calls):
             calls.append({frozenset((l.a, l.b)): l.bandwidth_bytes_per_s for l in observed.links}[frozenset(key)])
 
         simulate(line, plan, trace=trace, bandwidth_series={key: series},

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.cost.validator import validate
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from tests.conftest import LINE, build
 
 

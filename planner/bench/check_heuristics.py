@@ -18,10 +18,8 @@ import time
 import numpy as np
 
 from planner import api  # noqa: F401  (lns registers local-search)
-
-from planner.solve import local_search as lns
-from planner.domain.instance import instance_from_dict
 from planner.domain.changes import changed_instance
+from planner.domain.instance import instance_from_dict
 from planner.solve.replan import replan
 
 TIERS = ("end", "edge", "cloud")
@@ -39,7 +37,8 @@ def random_instance(seed: int):
         "num_kv_heads": int(rng.choice([1, heads])), "head_dim": hidden // heads, "vocab_size": int(rng.integers(100, 2000)),
         "num_experts": experts, "top_k": int(rng.integers(1, 3)) if experts else 0,
         "expert_intermediate_size": int(rng.choice([128, 512])) if experts else 0,
-        "dense_intermediate_size": int(rng.choice([128, 512])), "first_dense_layers": int(rng.integers(0, 2)) if experts and layers > 1 else 0,
+        "dense_intermediate_size": int(rng.choice([128, 512])),
+        "first_dense_layers": int(rng.integers(0, 2)) if experts and layers > 1 else 0,
         "dtype_bytes": float(rng.choice([0.5, 1, 2])),
     }
     if experts:
@@ -86,7 +85,9 @@ def check_one(seed: int) -> tuple[int, list[str]]:
     a = api.solve(inst, "route-aware", seed=seed)
     b = api.solve(inst, "route-aware", seed=seed)
     check("route-aware", a.solution)
-    if (a.solution is None) != (b.solution is None) or (a.solution is not None and a.solution.to_dict()["pipelines"] != b.solution.to_dict()["pipelines"]):
+    same = (a.solution is None) == (b.solution is None) and (
+        a.solution is None or a.solution.to_dict()["pipelines"] == b.solution.to_dict()["pipelines"])
+    if not same:
         failures.append(f"seed {seed}: route-aware is not deterministic")
     if a.solution is not None:
         ls1 = api.solve(inst, "local-search", seed=seed, initial_solution=a.solution, max_moves=30, time_budget_s=10.0)

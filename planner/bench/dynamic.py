@@ -11,12 +11,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner import api
+from planner.bench.common import (
+    MOEPLAN,
+    ROOT,
+    Clock,
+    Progress,
+    Settings,
+    SuiteOutput,
+    fmt,
+    measured,
+    origin_links,
+    requests_for,
+    served_accuracy_loss,
+    simulate,
+)
 from planner.bench.inputs import BandwidthSeries, cellular_series
 from planner.cost import report
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.sim import ReplanHook, SimEvent
-from planner.bench.common import (MOEPLAN, ROOT, Clock, Progress, Settings, SuiteOutput, fmt, measured, origin_links, requests_for, served_accuracy_loss, simulate)
 
 DYNAMIC_DIR = ROOT / "instances" / "bench" / "dynamic"
 

@@ -135,10 +135,10 @@ def part_b(time_limit: float) -> None:
 
 
 def part_c(time_limit: float, full_milp: bool) -> None:
+    from models.assignment import bin_loads
     from planner import api
     from planner.solve.placement import solve_placement
     from solvers.placement import mean_balancedness
-    from models.assignment import bin_loads
 
     log("(c) DeepSeek-V3 on 16 H100 + 16 L40S ...")
     inst = api.load_instance(INSTANCES / "deepseek-v3-mixed-cloud.toml")

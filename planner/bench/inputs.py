@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.domain.errors import InputError, Problem
 from planner.domain.data_files import AZURE_COLUMNS, RequestTrace, read_request_trace
+from planner.domain.errors import InputError, Problem
 from planner.domain.files import open_text
 from planner.domain.units import MBPS
 

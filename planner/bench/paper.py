@@ -5,18 +5,34 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from planner import api
+from planner.bench.common import (
+    MOEPLAN,
+    ROOT,
+    Clock,
+    Progress,
+    Settings,
+    SuiteOutput,
+    fmt,
+    geomean,
+    instance_solvers,
+    measured,
+    origin_links,
+    predicted,
+    request_latency_ms,
+    requests_for,
+    simulate,
+)
 from planner.bench.inputs import BandwidthSeries, cellular_series
 from planner.cost import report
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from solvers import registry
-from planner.bench.common import (MOEPLAN, ROOT, Clock, Progress, Settings, SuiteOutput, fmt, geomean, instance_solvers, measured, origin_links, predicted, request_latency_ms, requests_for, simulate)
 
 PAPER_DIR = ROOT / "instances" / "bench" / "paper"
 # Paper scenarios whose end-cloud link follows a measured cellular series (trace names of bench_inputs.CELLULAR).

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.api import DEFAULT_SOLVER as MOEPLAN
+
 INSTALL_HINT = "the plots need matplotlib: pip install 'moeplan[bench]'"
 
 

@@ -1,6 +1,7 @@
 """Run benchmark suites: write a CSV of every measurement and PNG plots (``moeplan bench``).
 
-Suites (:mod:`planner.bench.paper`, :mod:`~planner.bench.scale`, :mod:`~planner.bench.dynamic`; what each runs and how to read it: ``docs/bench.md``):
+Suites (:mod:`planner.bench.paper`, :mod:`~planner.bench.scale`, :mod:`~planner.bench.dynamic`; what each runs and how to
+read it: ``docs/bench.md``):
 
 * ``paper``: EC2MoE-style end-cloud scenarios (``instances/bench/paper/*.toml``); moeplan's plan
   and every baseline's, predicted by the cost model and simulated on the same requests;
@@ -20,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from planner.bench import plots as bench_plots
 from planner.bench import dynamic, paper, scale
+from planner.bench import plots as bench_plots
 from planner.bench.common import Settings, instance_solvers
 from planner.domain.errors import InputError, Problem
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 import math
 import time
 
-
 from planner import api
+from planner.bench.common import MOEPLAN, ROOT, Clock, Progress, Settings, SuiteOutput, instance_solvers, predicted
 from planner.cost import report
 from planner.domain.instance import Instance, instance_from_dict
 from solvers import registry
-from planner.bench.common import (MOEPLAN, ROOT, Clock, Progress, Settings, SuiteOutput, instance_solvers, predicted)
-
-
 
 SCALE_MODELS = ("switch-base-8", "olmoe-1b-7b", "mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v2-lite", "deepseek-v3")
 SCALE_FLEETS = (2, 4, 8, 16, 40)

@@ -28,8 +28,8 @@ from planner import api
 from planner.bench.inputs import AZURE_EXCERPT, ROOT
 from planner.cost.costmodel import CostModel
 from planner.domain.changes import changed_instance
-from planner.sim import simulate
 from planner.domain.data_files import read_request_trace
+from planner.sim import simulate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,5 +30,6 @@ def cmd_import_hf(args) -> int:
         emit_json(card)
     else:
         m = card["model"]
-        log(f"wrote {args.output}: {m['name']} ({m.get('family', '?')}), {m['num_layers']} layers, {m['num_experts']} experts, top-{m['top_k']}")
+        log(f"wrote {args.output}: {m['name']} ({m.get('family', '?')}), {m['num_layers']} layers, "
+            f"{m['num_experts']} experts, top-{m['top_k']}")
     return EXIT_OK

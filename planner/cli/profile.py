@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from planner.cli.output import log
 from planner.cost.profiling import check_profile_against_expert_ffn, measure

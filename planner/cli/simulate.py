@@ -28,11 +28,11 @@ from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log
 from planner.cost.costmodel import CostModel
 from planner.cost.validator import evaluate_checked
 from planner.domain.data_files import read_bandwidth_series, read_request_trace
+from planner.domain.errors import InputError, Problem
 from planner.domain.plan import Plan
+from planner.domain.units import GB
 from planner.sim import ReplanHook, simulate
 from planner.sim.arrivals import MAX_REQUESTS
-from planner.domain.errors import InputError, Problem
-from planner.domain.units import GB
 
 _COLUMN_KEYS = ("timestamp", "prompt", "output")
 

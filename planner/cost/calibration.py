@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.domain import catalog
 from planner.cost.costmodel import CostModel
+from planner.domain import catalog
 from planner.domain.instance import Constraints, Instance, Workload
 from planner.domain.plan import Pipeline, Plan, Stage
 
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         pred = f"{r.predicted_tokens_per_s:7.1f}" if r.predicted_tokens_per_s else "      -"
         ratio = f"{r.ratio:5.2f}" if r.ratio else "    -"
-        print(f"{r.device[:38]:38s} {r.model[:24]:24s} {r.quantization[:12]:12s} measured {r.measured_tokens_per_s:6.1f} predicted {pred} ratio {ratio} {r.note}")
+        print(f"{r.device[:38]:38s} {r.model[:24]:24s} {r.quantization[:12]:12s} "
+              f"measured {r.measured_tokens_per_s:6.1f} predicted {pred} ratio {ratio} {r.note}")
     if ratios:
         print(f"{len(ratios)} rows compared: predicted/measured median {statistics.median(ratios):.2f}, "
               f"min {min(ratios):.2f}, max {max(ratios):.2f}")

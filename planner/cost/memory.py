@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from planner.cost.costmodel import CostModel
 
 
-def memory_bytes(cm: "CostModel", plan: Plan) -> dict[str, float]:
+def memory_bytes(cm: CostModel, plan: Plan) -> dict[str, float]:
     """Bytes each device of the plan holds (weights + KV cache + activation workspace)."""
     m, db = cm.model, cm.db
     mem: dict[str, float] = {}

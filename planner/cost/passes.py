@@ -25,7 +25,7 @@ TOKEN_ID_BYTES = 4.0
 _SHARES_CACHE_SIZE = 4096  # placements whose per-device shares are remembered before the cache starts over
 
 
-def walk(cm: "CostModel", pipe: Pipeline, tokens: float, context: float, prefill: bool) -> tuple[list[float], list]:
+def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> tuple[list[float], list]:
     """(latency terms in the order the pass adds them, the pass's steps) of one pass of ``tokens``
     tokens at ``context`` through ``pipe``: one walk for both, so that the pass's figures
     (:meth:`CostModel.pass_cost`) and its steps (:meth:`CostModel.pass_steps`) cannot drift apart."""
@@ -90,7 +90,7 @@ def walk(cm: "CostModel", pipe: Pipeline, tokens: float, context: float, prefill
     return terms, items
 
 
-def experts_fork(cm: "CostModel", entries: list, layer: int, home: str, tokens: float) -> tuple[float, Fork]:
+def experts_fork(cm: CostModel, entries: list, layer: int, home: str, tokens: float) -> tuple[float, Fork]:
     """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
     experts off ``home``, and their steps: the home device's share, and per remote device the
     hidden states' round trip around its share."""
@@ -119,7 +119,7 @@ def experts_fork(cm: "CostModel", entries: list, layer: int, home: str, tokens: 
             branches.append((*to, Step(d, t), *fro))
     return max(local, remote), Fork(tuple(branches))
 
-def layer_shares(cm: "CostModel", entries: list, layer: int, home: str) -> list[tuple]:
+def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> list[tuple]:
     """Per device serving some of the layer's experts (home first): (device, share of each
     expert's selection probability [E], the indices of the experts it serves whole or None when some
     share is fractional, expected routing mass sent there). Independent of the tokens, so kept

@@ -13,10 +13,12 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Any, Callable, NamedTuple
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import nnls
@@ -292,7 +294,7 @@ def measure(backend: str = "numpy", device: str = "cpu", quick: bool = False,
         ops.close()
     return HardwareProfile(
         host=ops.host, backend=ops.backend, dtype="fp32",
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         matmul=matmul, memory=memory, expert_ffn=expert_ffn,
         **fit(matmul, memory, expert_ffn),
     )
@@ -306,7 +308,7 @@ def _sample(ops, plan: _Plan, say: Callable[[str], None]) -> tuple[list, list, l
     memory = []
     for mib in plan.memory_mib:
         src, dst = ops.filled(mib * 2**20 // 4), ops.filled(mib * 2**20 // 4)
-        seconds = _best_seconds(lambda: ops.copy(dst, src), ops, plan.repeats, plan.min_s)
+        seconds = _best_seconds(partial(ops.copy, dst, src), ops, plan.repeats, plan.min_s)
         nbytes = 2.0 * mib * 2**20
         memory.append({"bytes": nbytes, "seconds": seconds})
         say(f"copy {mib} MiB: {seconds * 1e3:.3f} ms, {nbytes / seconds / 1e9:.1f} GB/s (read + write)")
@@ -314,7 +316,7 @@ def _sample(ops, plan: _Plan, say: Callable[[str], None]) -> tuple[list, list, l
     matmul = []
     for n in plan.matmul_sizes:
         a, b = ops.array((n, n)), ops.array((n, n))
-        seconds = _best_seconds(lambda: ops.matmul(a, b), ops, plan.repeats, plan.min_s)
+        seconds = _best_seconds(partial(ops.matmul, a, b), ops, plan.repeats, plan.min_s)
         flops = 2.0 * n * n * n
         matmul.append({"m": n, "n": n, "k": n, "flops": flops, "seconds": seconds})
         say(f"matmul {n}x{n}x{n}: {seconds * 1e3:.3f} ms, {flops / seconds / 1e9:.1f} GFLOP/s")
@@ -325,7 +327,7 @@ def _sample(ops, plan: _Plan, say: Callable[[str], None]) -> tuple[list, list, l
     expert_ffn = []
     for tokens in plan.tokens:
         x = ops.array((tokens, h))
-        seconds = _best_seconds(lambda: ops.swiglu(x, w1, w3, w2), ops, plan.repeats, plan.min_s)
+        seconds = _best_seconds(partial(ops.swiglu, x, w1, w3, w2), ops, plan.repeats, plan.min_s)
         flops = 6.0 * tokens * h * f
         nbytes = 4.0 * (3 * h * f + 2 * tokens * h)
         expert_ffn.append({"tokens": tokens, "hidden": h, "intermediate": f,

@@ -7,9 +7,8 @@ import math
 
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
-from solvers.result import Result
 from planner.domain.units import GB
-
+from solvers.result import Result
 
 
 def _fmt(x, spec=".4g") -> str:
@@ -58,7 +57,8 @@ def plan_summary(instance: Instance, plan: Plan) -> str:
             lines.append(f"expert placement: {remote} experts placed off their layer's stage")
     mem = mt.get("memory_bytes", {})
     cap = mt.get("memory_capacity_bytes", {})
-    rows = [[d, f"{mem[d] / GB:.2f}", f"{cap.get(d, 0) / GB:.2f}", f"{100 * mem[d] / cap[d]:.0f}%" if cap.get(d) else "-"] for d in sorted(mem)]
+    rows = [[d, f"{mem[d] / GB:.2f}", f"{cap.get(d, 0) / GB:.2f}", f"{100 * mem[d] / cap[d]:.0f}%" if cap.get(d) else "-"]
+            for d in sorted(mem)]
     lines.append("memory per device:")
     lines.append(table(["device", "used GB", "capacity GB", "use"], rows))
     lines.append(

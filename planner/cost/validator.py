@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import Evaluation
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
@@ -106,7 +105,8 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
             if s.device not in known:
                 out.append(Violation("structure", f"{where} stage {si}: unknown device {s.device!r}"))
             if s.end_layer <= s.first_layer:
-                out.append(Violation("contiguity", f"{where} stage {si} on {s.device!r} is empty or reversed: layers [{s.first_layer}, {s.end_layer})"))
+                out.append(Violation("contiguity", f"{where} stage {si} on {s.device!r} is empty or reversed: "
+                                                   f"layers [{s.first_layer}, {s.end_layer})"))
             if s.first_layer != expected:
                 kind = "coverage" if s.first_layer > expected else "contiguity"
                 out.append(Violation(kind, f"{where} stage {si} starts at layer {s.first_layer}, expected {expected}"))
@@ -119,7 +119,8 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
                 out.append(Violation("structure", f"{where}: device {d!r} holds {devs.count(d)} stages; merge them"))
         for d in set(devs) | pipe.expert_devices():
             if d in used_by and used_by[d] != pi:
-                out.append(Violation("structure", f"device {d!r} is used by pipelines {used_by[d]} and {pi}; pipelines need disjoint devices"))
+                out.append(Violation("structure", f"device {d!r} is used by pipelines {used_by[d]} and {pi}; "
+                                                  "pipelines need disjoint devices"))
             used_by.setdefault(d, pi)
         # Codec ranks.
         if len(pipe.codec_ranks) > max(0, len(pipe.stages) - 1):
@@ -134,7 +135,8 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
         if pipe.micro_batch_size < 1 or pipe.num_micro_batches < 1:
             out.append(Violation("batch", f"{where}: micro-batch size and count must be >= 1"))
         elif seqs > instance.workload.max_batch:
-            out.append(Violation("batch", f"{where}: {pipe.micro_batch_size} x {pipe.num_micro_batches} = {seqs} sequences in flight exceed max_batch {instance.workload.max_batch}"))
+            out.append(Violation("batch", f"{where}: {pipe.micro_batch_size} x {pipe.num_micro_batches} = {seqs} sequences in "
+                                          f"flight exceed max_batch {instance.workload.max_batch}"))
         # Expert placement.
         seen = set()
         for e in pipe.expert_placement:

@@ -7,7 +7,7 @@ sources (``<repo>/instances/catalog``). Cards are parsed as data only.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from planner.domain.device import Device, device_fields
@@ -48,7 +48,7 @@ def load_model_card(path: Path) -> MoEModel:
     return model
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_model(path: str, mtime: float) -> MoEModel:
     return load_model_card(Path(path))
 
@@ -65,8 +65,8 @@ def load_device_card(path: Path) -> Device:
     table = data.get("device")
     if not isinstance(table, dict):
         raise InputError(Problem(str(path), "device", "is required (a table)"))
-    from planner.domain.device import CARD_FIELDS
     from planner.domain import fields as F
+    from planner.domain.device import CARD_FIELDS
 
     F.unknown_keys(table, CARD_FIELDS, "device", col)
     kwargs = device_fields(table, "device", col, base=None)
@@ -93,7 +93,7 @@ def load_profile_field(table: dict, table_path: str, base_dir: Path, col: Collec
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_device(path: str, mtime: float) -> Device:
     return load_device_card(Path(path))
 

@@ -4,11 +4,11 @@ device, a load spike, drifting expert popularity), for re-planning and the simul
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
+from dataclasses import replace
 
 import networkx as nx
 import numpy as np
-from dataclasses import replace
 
 from planner.domain.device import Device
 from planner.domain.instance import Instance, Link, routing_probabilities

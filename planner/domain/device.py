@@ -99,7 +99,7 @@ class Device:
         t_memory = nbytes / self.effective_bytes_per_s(nbytes) if nbytes > 0 else 0.0
         return max(t_compute, t_memory)
 
-    def renamed(self, name: str, **changes) -> "Device":
+    def renamed(self, name: str, **changes) -> Device:
         return replace(self, name=name, **changes)
 
 

@@ -8,7 +8,8 @@ Files are treated as data only: nothing read here is ever evaluated.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from planner.domain.errors import Collector
 

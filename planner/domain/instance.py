@@ -16,12 +16,12 @@ import numpy as np
 
 from planner.domain import catalog
 from planner.domain import fields as F
+from planner.domain.data_files import RequestTrace, read_bandwidth_series, read_popularity_counts, read_request_trace
 from planner.domain.device import Device, device_fields
 from planner.domain.errors import Collector, InputError
-from planner.domain.moe_model import MoEModel, model_from_dict
-from planner.domain.data_files import RequestTrace, read_bandwidth_series, read_popularity_counts, read_request_trace
-from planner.domain.units import GBPS, MBPS
 from planner.domain.files import read_toml
+from planner.domain.moe_model import MoEModel, model_from_dict
+from planner.domain.units import GBPS, MBPS
 
 OBJECTIVES = ("throughput", "latency", "energy")
 POPULARITY_KINDS = ("uniform", "zipf", "measured")
@@ -342,7 +342,8 @@ def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], de
     if "trace" in table:
         ref = F.string(table, "trace", tp, col)
         cols = table.get("trace_columns", {})
-        if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()) or set(cols) - {"timestamp", "prompt", "output"}:
+        known = {"timestamp", "prompt", "output"}
+        if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()) or set(cols) - known:
             col.add(f"{tp}.trace_columns", "must map timestamp/prompt/output to column names (strings)")
             cols = {}
         if ref:

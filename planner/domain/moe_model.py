@@ -248,13 +248,15 @@ def model_from_dict(table: dict, table_path: str, col: Collector, source: dict |
         i >= values["first_dense_layers"] and (i + 1) % max(values["moe_layer_step"], 1) == 0 and i not in values["dense_layers"]
         for i in range(values["num_layers"])
     ):
-        col.add(f"{table_path}.moe_layer_step", "num_experts > 0 but no layer is an MoE layer: check first_dense_layers, moe_layer_step and dense_layers")
+        col.add(f"{table_path}.moe_layer_step",
+                "num_experts > 0 but no layer is an MoE layer: check first_dense_layers, moe_layer_step and dense_layers")
     if values["attention"] == "mla" and (values["kv_lora_rank"] <= 0 or values["v_head_dim"] <= 0):
         col.add(f"{table_path}.kv_lora_rank", "attention = 'mla' needs kv_lora_rank > 0 and v_head_dim > 0")
     if len(col.problems) > before:
         return None
     model = MoEModel(**values, source=dict(source or {}))
-    if any(not model.is_moe_layer(i) for i in range(model.num_layers)) and model.dense_intermediate_size <= 0 and model.num_layers > model.num_moe_layers:
+    has_dense = any(not model.is_moe_layer(i) for i in range(model.num_layers))
+    if has_dense and model.dense_intermediate_size <= 0 and model.num_layers > model.num_moe_layers:
         col.add(f"{table_path}.dense_intermediate_size", "must be > 0: the model has dense layers")
         return None
     return model

@@ -121,7 +121,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: Any, file: str = "<plan>") -> "Plan":
+    def from_dict(cls, data: Any, file: str = "<plan>") -> Plan:
         """Build a plan from its JSON form; raises :class:`InputError` naming the field on any shape error."""
         problems: list[Problem] = []
 
@@ -144,7 +144,8 @@ class Plan:
             stages = []
             for j, s in enumerate(p.get("stages") or []):
                 sp = f"{tp}.stages[{j}]"
-                if not isinstance(s, dict) or not isinstance(s.get("device"), str) or not _is_int(s.get("first_layer")) or not _is_int(s.get("end_layer")):
+                if not (isinstance(s, dict) and isinstance(s.get("device"), str)
+                        and _is_int(s.get("first_layer")) and _is_int(s.get("end_layer"))):
                     bad(sp, "must be {device: string, first_layer: int, end_layer: int}")
                     continue
                 stages.append(Stage(s["device"], s["first_layer"], s["end_layer"]))
@@ -184,7 +185,7 @@ class Plan:
         return cls(tuple(pipelines), str(data.get("instance", "")), str(data.get("solver", "")), metrics, cert)
 
     @classmethod
-    def load(cls, path) -> "Plan":
+    def load(cls, path) -> Plan:
         label = str(path)
         return cls.from_dict(read_json(Path(path), label), label)
 

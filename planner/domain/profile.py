@@ -106,7 +106,7 @@ class HardwareProfile:
         write_atomic(path, text, what="the profile")
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HardwareProfile":
+    def load(cls, path: str | os.PathLike) -> HardwareProfile:
         """Read and check a profile JSON file; raises :class:`InputError` listing every problem."""
         path = os.fspath(path)
         try:
@@ -125,7 +125,7 @@ class HardwareProfile:
         return cls.from_dict(data, path)
 
     @classmethod
-    def from_dict(cls, d: Any, file: str) -> "HardwareProfile":
+    def from_dict(cls, d: Any, file: str) -> HardwareProfile:
         """Build a profile from parsed JSON, checking every field; ``file`` names the source in messages."""
         col = Collector(file)
         if not isinstance(d, dict):

@@ -70,7 +70,7 @@ import heapq
 import itertools
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

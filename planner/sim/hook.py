@@ -12,8 +12,8 @@ is done.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import count
-from typing import Callable
 
 from planner.cost.costmodel import CostModel
 from planner.cost.validator import structure_violations

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import Step
 from planner.sim.resources import Resources
 

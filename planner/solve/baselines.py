@@ -16,25 +16,20 @@ tuned on a small grid (``m`` in {1, stages}, ``b`` halved from ``max_batch // m`
 from __future__ import annotations
 
 import time
-from dataclasses import replace
-from typing import Iterable
-
-import numpy as np
+from collections.abc import Iterable
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import is_better
-from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.cost.validator import evaluate_checked
+from planner.domain.instance import Instance
+from planner.domain.plan import Plan
+from planner.domain.units import GB
 from planner.solve.outcome import baseline_result
 from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
 from planner.spaces.infeasibility import explain_violations
 from planner.spaces.twotier import partner_candidates
 from solvers.registry import register
-from solvers.result import Result, Status
-from planner.domain.units import GB
-
+from solvers.result import Result
 
 
 def _first_fit(instance: Instance, cm: CostModel, name: str, layouts: Iterable[tuple[list[str], list[tuple[int, int]]]]):
@@ -71,7 +66,8 @@ def cloud_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostM
     need = instance.model.total_params * instance.model.dtype_bytes / GB
     have = sum(d.memory_bytes for d in cloud) / GB
     return baseline_result("cloud-only", instance, None, None, t0,
-                           explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, the cloud devices have {have:.1f} GB"))
+                           explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, "
+                                                    f"the cloud devices have {have:.1f} GB"))
 
 
 @register("end-only", kind="baseline", problem="instance")
@@ -82,7 +78,8 @@ def end_only(instance: Instance, *, time_limit=None, seed=0, cost_model: CostMod
     origin = instance.device(instance.workload.origin)
     plan, obj, last = _first_fit(instance, cm, "end-only", [([origin.name], [(0, instance.model.num_layers)])])
     need = instance.model.total_params * instance.model.dtype_bytes / GB
-    why = explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, origin {origin.name!r} has {origin.memory_bytes / GB:.1f} GB")
+    why = explain_violations(last, f"infeasible: the model's weights need {need:.1f} GB, "
+                                   f"origin {origin.name!r} has {origin.memory_bytes / GB:.1f} GB")
     return baseline_result("end-only", instance, plan, obj, t0, why)
 
 

@@ -12,14 +12,22 @@ import time
 import numpy as np
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import is_better
 from planner.cost.validator import validate
 from planner.domain.instance import Instance
 from planner.domain.units import GB
 from planner.spaces.batching import batch_grid
-from planner.spaces.chain import (AGREE_TOL, ChainTerms, check_path, best_latency, best_period, chain_problem, chain_terms,
-                                  plan_from_stages, to_objective)
+from planner.spaces.chain import (
+    AGREE_TOL,
+    ChainTerms,
+    best_latency,
+    best_period,
+    chain_problem,
+    chain_terms,
+    check_path,
+    plan_from_stages,
+    to_objective,
+)
 from solvers import dp
 from solvers.registry import register
 from solvers.result import Result, Status

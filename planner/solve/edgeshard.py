@@ -70,17 +70,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from planner.solve.outcome import baseline_result
-from planner.spaces.batching import batch_grid, best_batching
-from planner.spaces.infeasibility import explain_violations
-from planner.spaces.chain import ChainTerms, chain_terms
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better
 from planner.domain.instance import Instance
 from planner.domain.plan import Stage
+from planner.domain.units import GB
+from planner.solve.outcome import baseline_result
+from planner.spaces.batching import batch_grid, best_batching
+from planner.spaces.chain import ChainTerms, chain_terms
+from planner.spaces.infeasibility import explain_violations
 from solvers.registry import register
 from solvers.result import Result
-from planner.domain.units import GB
 
 SEARCHES = ("auto", "subsets", "ordered")
 SUBSET_WORK_LIMIT = 2_000_000  # (L + 1)^2 2^(D - 1) D / 2 above which "auto" takes the ordered search

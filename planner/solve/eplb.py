@@ -42,18 +42,17 @@ import time
 import numpy as np
 
 from models.assignment import ReplicatedAssignment
-from planner.solve.outcome import baseline_result
-from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
-from planner.spaces.infeasibility import explain_violations
-from planner.spaces.chain import default_path
 from planner.cost.costmodel import CostModel
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement
+from planner.domain.units import GB
+from planner.solve.outcome import baseline_result
+from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
+from planner.spaces.chain import default_path
+from planner.spaces.infeasibility import explain_violations
 from solvers.placement import solve_eplb
 from solvers.registry import register
 from solvers.result import Result
-from planner.domain.units import GB
-
 
 
 def expert_devices(instance: Instance) -> list[str]:

@@ -16,16 +16,13 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
-
-from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, violations
+from models.twotier import TwoTierProblem, TwoTierSolution, evaluate, violations
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_better
+from planner.domain.instance import Instance
+from planner.domain.plan import Plan
 from planner.spaces.batching import batch_grid
 from planner.spaces.twotier import instance_value, plan_from_solution, solution_from_plan, two_tier_problem
-from planner.cost.passes import TOKEN_ID_BYTES
-from planner.cost.costmodel import CostModel
-from planner.cost.compute import op_time_s
-from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from solvers import registry
 from solvers.registry import register
 from solvers.result import Result, Status
@@ -169,7 +166,7 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
     version = ", ".join(sorted(v for v in versions if v))
     if initial_solution is not None:
         warm_value = cm.evaluate(initial_solution).objective(instance.objective)
-        if best is None or (warm_value > instance_value(instance, best[0]) if sense == "max" else warm_value < instance_value(instance, best[0])):
+        if best is None or is_better(instance.objective, warm_value, instance_value(instance, best[0])):
             if warm is None:
                 # A plan outside the two-tier space (e.g. route-aware's pipeline over several devices)
                 # beats the space's optimum: return it, without claiming a bound for the instance.

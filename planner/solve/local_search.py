@@ -30,16 +30,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
-from planner.spaces.batching import batch_grid
 from planner.cost.costmodel import CostModel
-from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
 from planner.cost.validator import validate
+from planner.domain.instance import Instance
+from planner.domain.plan import ExpertPlacement, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
+from planner.spaces.batching import batch_grid
 from solvers import registry
 from solvers.registry import register
 from solvers.result import Result, Status

@@ -40,8 +40,17 @@ import numpy as np
 
 from models.assignment import AssignmentSolution, ReplicatedAssignment, objective_value, violations
 from planner.domain.instance import Instance
-from planner.spaces.placement import (DEFAULT_CANDIDATES, FULL_MASK_LIMIT, MIN_LAYER_S, PROBLEM, PROBLEM_OPTIONS,
-                                      candidate_mask, layer_problems, lower_bound, placement_problem)
+from planner.spaces.placement import (
+    DEFAULT_CANDIDATES,
+    FULL_MASK_LIMIT,
+    MIN_LAYER_S,
+    PROBLEM,
+    PROBLEM_OPTIONS,
+    candidate_mask,
+    layer_problems,
+    lower_bound,
+    placement_problem,
+)
 from solvers import assignment as _assignment  # noqa: F401 - registers milp, cpsat, brute on "assignment"
 from solvers import placement as _placement  # noqa: F401 - registers the placement heuristics
 from solvers.assignment import explain_infeasible

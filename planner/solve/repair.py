@@ -13,8 +13,8 @@ memory; the batching is kept if valid, else lowered along the shared grid until 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 from planner.cost.costmodel import CostModel
 from planner.domain.errors import InputError, Problem

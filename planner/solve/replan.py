@@ -61,23 +61,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable
-
-import numpy as np
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import is_within
 from planner.cost.validator import validate
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
+from planner.domain.units import GB
 from planner.solve import local_search
 from planner.solve.migration import MigrationStep, migration, weight_map
 from planner.solve.repair import check_plan_matches_model, repair
 from planner.spaces.codec_choice import codec_variants, plan_accuracy_loss
 from solvers import registry
 from solvers.result import Status
-from planner.domain.units import GB
 
 DEFAULT_THRESHOLD = 0.01
 

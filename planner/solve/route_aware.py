@@ -56,15 +56,15 @@ import numpy as np
 
 from models.chain import evaluate as chain_evaluate
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_better, is_within
+from planner.cost.validator import evaluate_checked
+from planner.domain.instance import Instance
+from planner.domain.plan import Plan
 from planner.spaces.batching import batch_grid, batching_sweep
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
 from planner.spaces.codec_choice import prefer_accuracy
-from planner.cost.costmodel import CostModel
-from planner.cost.evaluation import is_better, is_within
-from planner.domain.instance import Instance
 from planner.spaces.twotier import instance_value, partner_candidates, plan_from_solution, two_tier_problem
-from planner.domain.plan import Plan
-from planner.cost.validator import evaluate_checked
 from solvers import dp
 from solvers.registry import register
 from solvers.result import Result, Status

@@ -12,7 +12,6 @@ from dataclasses import replace
 import numpy as np
 
 from planner.cost.costmodel import CostModel
-
 from planner.cost.evaluation import is_better
 from planner.cost.validator import limit_violations, structure_violations
 from planner.domain.instance import Instance

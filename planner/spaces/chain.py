@@ -83,22 +83,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from models.chain import ChainPartition, Stage as ChainStage, evaluate as chain_evaluate
-from planner.cost.passes import TOKEN_ID_BYTES
-from planner.cost.costmodel import CostModel
-from planner.cost.evaluation import is_better
+from models.chain import ChainPartition
+from models.chain import Stage as ChainStage
+from models.chain import evaluate as chain_evaluate
 from planner.cost.compute import op_time_s
+from planner.cost.costmodel import CostModel
+from planner.cost.passes import TOKEN_ID_BYTES
 from planner.domain.instance import Instance
 from planner.domain.plan import Pipeline, Plan, Stage
-from planner.cost.validator import validate
 from solvers import dp
-from solvers.result import Result, Status
-from planner.domain.units import GB
 
 TIER_RANK = {"end": 0, "edge": 1, "cloud": 2}
 MEMORY_TOL = 1e-9  # the validator's relative memory tolerance

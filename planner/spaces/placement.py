@@ -51,14 +51,11 @@ Solving it, restricted on large problems: :mod:`planner.solve.placement`.
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 import numpy as np
 
-from models.assignment import AssignmentSolution, ReplicatedAssignment, objective_value, violations
-from planner.cost.costmodel import CostModel
+from models.assignment import AssignmentSolution, ReplicatedAssignment
 from planner.cost.compute import op_time_s
+from planner.cost.costmodel import CostModel
 from planner.domain.instance import Instance
 from solvers.placement import group_lower_bounds
 

@@ -17,9 +17,9 @@ import math
 import numpy as np
 
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution
-from planner.cost.passes import TOKEN_ID_BYTES
-from planner.cost.costmodel import CostModel
 from planner.cost.compute import op_time_s
+from planner.cost.costmodel import CostModel
+from planner.cost.passes import TOKEN_ID_BYTES
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 
