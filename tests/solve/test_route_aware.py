@@ -1,0 +1,35 @@
+"""route-aware: pipelines over several devices, a third device when it pays, a plan even out of time."""
+
+from __future__ import annotations
+
+from planner import api
+from planner.cost.validator import validate
+from planner.solve.route_aware import route_aware
+from tests.helpers import load
+
+
+def test_route_aware_plans_a_model_no_pair_of_devices_holds():
+    """DeepSeek-V3 on 40 devices: no origin + partner pair holds it; Step 5's pipeline does."""
+    inst = load("deepseek-v3-edge-cloud-40.toml")
+    res = api.solve(inst, "route-aware")
+    assert res.status.value == "feasible"
+    assert len(res.solution.pipelines[0].stages) > 2
+    assert validate(inst, res.solution) == []
+    assert res.objective > api.solve(inst, "proportional").objective
+
+
+def test_route_aware_uses_a_third_device_when_it_pays():
+    """Mixtral on Orin + RTX 4090 + A100: the pipeline beats every one-partner split (dp's optimum)."""
+    inst = load("mixtral-orin-edge-cloud.toml")
+    ra = api.solve(inst, "route-aware")
+    assert ra.objective >= api.solve(inst, "dp").objective * (1 - 1e-9)
+    assert ra.objective > api.solve(inst, "single-cut").objective * 1.5
+
+
+def test_route_aware_out_of_time_still_returns_its_first_plan():
+    inst = load("a100-l4-t4-cluster.toml")
+    quick = route_aware(inst, time_budget_s=1e-6)
+    assert quick.solution is not None and validate(inst, quick.solution) == []
+    assert quick.stop_reason.startswith("time budget")
+    full = route_aware(inst)
+    assert full.objective >= quick.objective * (1 - 1e-9)
