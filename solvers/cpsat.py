@@ -113,7 +113,7 @@ def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel
     hit_time_limit = time_limit is not None and solver.wall_time >= _TIME_LIMIT_SLACK * time_limit
     detail = model.validate() if native == "MODEL_INVALID" else ""
     if native == "UNKNOWN":
-        detail = solver.solution_info or solver.response_stats().splitlines()[0]
+        detail = solver.solution_info() or solver.response_stats().splitlines()[0]
     status, reason = map_status(native, has_solution=has_solution, hit_time_limit=hit_time_limit, detail=detail)
     has_objective = proto.has_objective() or proto.has_floating_point_objective()
     objective = float(solver.objective_value) if has_solution and has_objective else math.nan

@@ -72,6 +72,15 @@ def test_cpsat_model_invalid_is_an_error_with_the_validation_message():
     assert out.status == Status.ERROR and "Division by 0" in out.stop_reason
 
 
+def test_cpsat_unknown_before_the_time_limit_says_what_the_solver_reported():
+    """A limit other than time (here a tiny deterministic time) gives UNKNOWN: the message carries
+    CP-SAT's own words (solution_info, else its first statistics line), not a method's repr."""
+    _, out = solve_cpsat(market_split_cpsat(False), time_limit=100.0, parameters={"max_deterministic_time": 1e-6})
+    assert out.status == Status.ERROR and out.native_status == "UNKNOWN"
+    assert out.stop_reason.startswith("CP-SAT stopped with status UNKNOWN before the time limit: CpSolverResponse")
+    assert "bound method" not in out.stop_reason
+
+
 def test_cpsat_time_limit_with_incumbent_and_bound():
     _, out = solve_cpsat(market_split_cpsat(slack=True), time_limit=0.5)
     assert out.status == Status.TIME_LIMIT and out.native_status == "FEASIBLE"
