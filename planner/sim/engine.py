@@ -17,7 +17,7 @@ What is simulated
   Prompt lengths up to 256 and the instance's own prompt are priced exactly; longer ones are
   interpolated linearly between points of a geometric grid (ratio 1 + 1/64): link times are linear
   in the tokens, so exact; device times (roofline) were off by at most 0.003 % on the default
-  instance (``tests/test_simulator.py`` checks 0.1 %).
+  instance (``tests/sim/test_engine.py`` checks 0.1 %).
 * **Batching**: each pipeline has ``num_micro_batches`` slots of ``micro_batch_size`` seats. A
   request leaves its pipeline's admission queue (FIFO) when a seat is free (the slot with the most
   free seats, then the lowest index), runs its prefill (the first token reaches the origin at its
