@@ -1,5 +1,6 @@
 """Solve an OR-Tools CP-SAT model: one entry point, :func:`solve_cpsat`, returning the solver (to read
-values from) and a :class:`CpOutcome` with the same fields as :class:`solvers.milp.MilpOutcome`.
+values from) and a :class:`solvers.result.SolveOutcome` (in the model's integer objective units), the
+type :func:`solvers.milp.solve_pyomo` returns too.
 
 Status mapping (every CP-SAT status named):
     OPTIMAL        -> OPTIMAL (proven within ``rel_gap``)
@@ -26,9 +27,6 @@ SENSES = ("min", "max")
 # A solve that stops within this fraction of the time limit counts as stopped by it.
 _TIME_LIMIT_SLACK = 0.98
 
-
-# What a CP-SAT solve returns, in the model's (integer) objective units.
-CpOutcome = SolveOutcome
 
 
 class _ProgressCallback(cp_model.CpSolverSolutionCallback):
@@ -72,7 +70,7 @@ def map_status(native: str, *, has_solution: bool, hit_time_limit: bool, detail:
 def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel_gap: float | None = None,
                 threads: int | None = None, seed: int = 0, hint: list[tuple[cp_model.IntVar, int]] | None = None,
                 progress: Callable[[str], None] | None = None, sense: str = "min",
-                display_scale: float = 1.0, parameters: dict | None = None) -> tuple[cp_model.CpSolver, CpOutcome]:
+                display_scale: float = 1.0, parameters: dict | None = None) -> tuple[cp_model.CpSolver, SolveOutcome]:
     """Solve ``model`` and return ``(solver, outcome)``; read the incumbent with ``solver.value(var)``
     when ``outcome.has_solution``.
 
@@ -123,6 +121,6 @@ def solve_cpsat(model: cp_model.CpModel, *, time_limit: float | None = None, rel
     bound = float(solver.best_objective_bound) if proven else math.nan
     if not math.isfinite(bound):
         bound = math.nan
-    return solver, CpOutcome(status=status, objective=objective, bound=bound, solve_time_s=float(solver.wall_time),
+    return solver, SolveOutcome(status=status, objective=objective, bound=bound, solve_time_s=float(solver.wall_time),
                              solver_name="cpsat", solver_version=_version(), stop_reason=reason,
                              native_status=native)

@@ -1,7 +1,7 @@
 """Solve a Pyomo model with a MILP solver: HiGHS through Pyomo's appsi interface, or any other solver
 Pyomo's ``SolverFactory`` knows and finds installed (cbc, glpk, scip, gurobi, cplex).
 
-One entry point, :func:`solve_pyomo`, returns a :class:`MilpOutcome` that keeps why the solver stopped
+One entry point, :func:`solve_pyomo`, returns a :class:`SolveOutcome` that keeps why the solver stopped
 (``status``, ``stop_reason``, ``native_status``) apart from what it found (the incumbent is loaded into
 the model's variables; ``objective``, ``bound``). Every native termination condition is mapped
 explicitly; a condition not named here becomes ``ERROR`` naming it, never a time limit.
@@ -43,9 +43,6 @@ _LEGACY_OPTIONS = {
     "cplex": {"time_limit": "timelimit", "rel_gap": "mipgap", "threads": "threads", "seed": "randomseed"},
 }
 
-
-# What a Pyomo solve returns; the incumbent, when there is one, is loaded into the model.
-MilpOutcome = SolveOutcome
 
 
 def status_from_termination(condition: str, has_solution: bool) -> tuple[Status, str]:
@@ -97,7 +94,7 @@ def installed_solvers() -> list[str]:
 def solve_pyomo(model, *, solver: str = "highs", time_limit: float | None = None, rel_gap: float | None = None,
                 threads: int | None = None, seed: int = 0, warm_start: bool = False,
                 progress: Callable[[str], None] | None = None, sense: str = "min",
-                options: dict | None = None) -> MilpOutcome:
+                options: dict | None = None) -> SolveOutcome:
     """Solve ``model`` (a Pyomo ``ConcreteModel`` with one objective whose sense is ``sense``).
 
     ``warm_start``: variables already holding values are passed as a MIP start (HiGHS reads a full
@@ -134,7 +131,7 @@ class _ProgressLog:
         self.logger.removeHandler(self.handler)
 
 
-def _solve_highs(model, time_limit, rel_gap, threads, seed, warm_start, progress, sense, options) -> MilpOutcome:
+def _solve_highs(model, time_limit, rel_gap, threads, seed, warm_start, progress, sense, options) -> SolveOutcome:
     from pyomo.contrib.appsi.solvers.highs import Highs
 
     opt = Highs()
@@ -168,7 +165,7 @@ def _solve_highs(model, time_limit, rel_gap, threads, seed, warm_start, progress
     if has_solution:
         results.solution_loader.load_vars()
     bound = results.best_objective_bound
-    return MilpOutcome(
+    return SolveOutcome(
         status=status,
         objective=float(results.best_feasible_objective) if has_solution else math.nan,
         bound=_finite_or_nan(bound),
@@ -201,7 +198,7 @@ def _finite_or_nan(value) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def _solve_legacy(model, solver, time_limit, rel_gap, threads, seed, warm_start, progress, sense, options) -> MilpOutcome:
+def _solve_legacy(model, solver, time_limit, rel_gap, threads, seed, warm_start, progress, sense, options) -> SolveOutcome:
     try:
         opt = pyo.SolverFactory(solver)
         available = opt is not None and opt.available(exception_flag=False)
@@ -241,7 +238,7 @@ def _solve_legacy(model, solver, time_limit, rel_gap, threads, seed, warm_start,
     if problem is not None:
         bound = _finite_or_nan(problem.lower_bound if sense == "min" else problem.upper_bound)
     version = opt.version() if hasattr(opt, "version") else None
-    return MilpOutcome(
+    return SolveOutcome(
         status=status, objective=objective, bound=bound,
         solve_time_s=float(getattr(results.solver, "wallclock_time", None) or elapsed),
         solver_name=solver, solver_version=".".join(str(v) for v in version) if version else "",

@@ -26,6 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+from models.assignment import bin_loads, violations
+from planner import api
+from planner.solve.placement import solve_placement
+from solvers.bench_assignment import bench_instance
+from solvers.placement import mean_balancedness
+from solvers.registry import get
+
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCES = ROOT / "instances"
 JOINT = ("default.toml", "mixtral-orin-a100-lte.toml")
@@ -50,8 +57,6 @@ def fmt(x, width: int = 14, spec: str = ".6g") -> str:
 
 
 def joint_runs(files: list[str], solvers: list[str], time_limit: float, cache: dict) -> None:
-    from planner import api
-
     for file in files:
         inst = api.load_instance(INSTANCES / file)
         for name in solvers:
@@ -105,12 +110,6 @@ def part_d(time_limit: float, cache: dict) -> None:
 
 
 def part_b(time_limit: float) -> None:
-    from models.assignment import violations
-    from planner import api
-    from planner.solve.placement import solve_placement
-    from solvers.bench_assignment import bench_instance
-    from solvers.registry import get
-
     print("\n(b) Expert placement, 32 layers x 8 experts on 4 devices, milp to proven optimality")
     print(f"{'problem':64} {'status':9} {'objective':>12} {'bound':>12} {'gap':>9} {'time_s':>7}")
     log("(b) synthetic 32 x 8 x 4 (solvers.bench_assignment) ...")
@@ -135,11 +134,6 @@ def part_b(time_limit: float) -> None:
 
 
 def part_c(time_limit: float, full_milp: bool) -> None:
-    from models.assignment import bin_loads
-    from planner import api
-    from planner.solve.placement import solve_placement
-    from solvers.placement import mean_balancedness
-
     log("(c) DeepSeek-V3 on 16 H100 + 16 L40S ...")
     inst = api.load_instance(INSTANCES / "deepseek-v3-mixed-cloud.toml")
     greedy = solve_placement(inst, "greedy-placement")

@@ -10,10 +10,12 @@ import os
 from functools import cache
 from pathlib import Path
 
-from planner.domain.device import Device, device_fields
+from planner.domain import fields as F
+from planner.domain.device import CARD_FIELDS, Device, device_fields
 from planner.domain.errors import Collector, InputError, Problem
 from planner.domain.files import read_toml
 from planner.domain.moe_model import MoEModel, model_from_dict
+from planner.domain.profile import HardwareProfile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,9 +67,6 @@ def load_device_card(path: Path) -> Device:
     table = data.get("device")
     if not isinstance(table, dict):
         raise InputError(Problem(str(path), "device", "is required (a table)"))
-    from planner.domain import fields as F
-    from planner.domain.device import CARD_FIELDS
-
     F.unknown_keys(table, CARD_FIELDS, "device", col)
     kwargs = device_fields(table, "device", col, base=None)
     profile = load_profile_field(table, "device", path.parent, col)
@@ -80,9 +79,6 @@ def load_profile_field(table: dict, table_path: str, base_dir: Path, col: Collec
     """The measured profile named by ``table.profile`` (a path relative to ``base_dir``), or None."""
     if "profile" not in table:
         return None
-    from planner.domain import fields as F
-    from planner.domain.profile import HardwareProfile
-
     ref = F.string(table, "profile", table_path, col)
     if ref is None:
         return None
