@@ -51,14 +51,15 @@ def load_model_card(path: Path) -> MoEModel:
 
 
 @cache
-def _cached_model(path: str, mtime: float) -> MoEModel:
-    return load_model_card(Path(path))
+def _cached_card(load, path: str, mtime: float):
+    """``load(path)``, read again only when the file's modification time changes."""
+    return load(Path(path))
 
 
 def model(name: str, *, file: str = "<catalog>", field: str = "model.catalog") -> MoEModel:
     """A model card from the catalog by name."""
     path = _card_path("models", name, file, field)
-    return _cached_model(str(path), path.stat().st_mtime)
+    return _cached_card(load_model_card, str(path), path.stat().st_mtime)
 
 
 def load_device_card(path: Path) -> Device:
@@ -89,12 +90,7 @@ def load_profile_field(table: dict, table_path: str, base_dir: Path, col: Collec
         return None
 
 
-@cache
-def _cached_device(path: str, mtime: float) -> Device:
-    return load_device_card(Path(path))
-
-
 def device(name: str, *, file: str = "<catalog>", field: str = "devices.catalog") -> Device:
     """A device card from the catalog by name."""
     path = _card_path("devices", name, file, field)
-    return _cached_device(str(path), path.stat().st_mtime)
+    return _cached_card(load_device_card, str(path), path.stat().st_mtime)

@@ -25,6 +25,14 @@ def _path(table_path: str, key) -> str:
     return f"{table_path}.{key}" if table_path else key
 
 
+def _lookup(table: dict, key, field: str, col: Collector, required: bool, what: str = "") -> Any:
+    """``table[key]``, or ``_MISSING`` (recording a problem when the field is ``required``)."""
+    value = table.get(key, _MISSING)
+    if value is _MISSING and required:
+        col.add(field, "is required" + what)
+    return value
+
+
 def number(
     table: dict,
     key: str,
@@ -40,10 +48,8 @@ def number(
 ) -> Any:
     """A finite number (``int`` when ``integer``) with optional sign and upper limits."""
     field = _path(table_path, key)
-    value = table.get(key, _MISSING)
+    value = _lookup(table, key, field, col, required)
     if value is _MISSING:
-        if required:
-            col.add(field, "is required")
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         kind = "an integer" if integer else "a number"
@@ -89,10 +95,8 @@ def string(
 ) -> Any:
     """A non-empty string, optionally one of ``choices``."""
     field = _path(table_path, key)
-    value = table.get(key, _MISSING)
+    value = _lookup(table, key, field, col, required)
     if value is _MISSING:
-        if required:
-            col.add(field, "is required")
         return default
     if not isinstance(value, str) or not value.strip():
         col.add(field, f"must be a non-empty string, got {value!r}")
@@ -117,10 +121,8 @@ def boolean(table: dict, key: str, table_path: str, col: Collector, *, default: 
 def table(parent: dict, key: str, table_path: str, col: Collector, *, required: bool = True) -> dict | None:
     """A sub-table (dict); records a problem when it is missing (if required) or not a table."""
     field = _path(table_path, key)
-    value = parent.get(key, _MISSING)
+    value = _lookup(parent, key, field, col, required, " (a table)")
     if value is _MISSING:
-        if required:
-            col.add(field, "is required (a table)")
         return None
     if not isinstance(value, dict):
         col.add(field, f"must be a table, got {type(value).__name__}")
@@ -141,10 +143,8 @@ def number_list(
 ) -> list | None:
     """A non-empty list of finite numbers."""
     field = _path(table_path, key)
-    value = parent.get(key, _MISSING)
+    value = _lookup(parent, key, field, col, required, " (a list of numbers)")
     if value is _MISSING:
-        if required:
-            col.add(field, "is required (a list of numbers)")
         return None
     if not isinstance(value, list) or not value:
         col.add(field, f"must be a non-empty list of numbers, got {value!r}")

@@ -16,16 +16,21 @@ from pathlib import Path
 from planner.domain.errors import InputError, Problem
 
 
-def open_text(path: Path, label: str):
-    """``path`` opened for reading as UTF-8 text; :class:`InputError` naming ``label`` if it cannot be."""
+def _open(path: Path, label: str, kind: str = "a file", **mode):
+    """``open(path, **mode)``; :class:`InputError` naming ``label`` when it cannot be opened."""
     try:
-        return open(path, newline="", encoding="utf-8")
+        return open(path, **mode)
     except FileNotFoundError:
         raise InputError(Problem(label, "", "file not found")) from None
     except IsADirectoryError:
-        raise InputError(Problem(label, "", "is a directory, expected a file")) from None
+        raise InputError(Problem(label, "", f"is a directory, expected {kind}")) from None
     except PermissionError:
         raise InputError(Problem(label, "", "cannot be read (permission denied)")) from None
+
+
+def open_text(path: Path, label: str):
+    """``path`` opened for reading as UTF-8 text; :class:`InputError` naming ``label`` if it cannot be."""
+    return _open(path, label, mode="r", newline="", encoding="utf-8")
 
 
 def read_json(path: Path, label: str | None = None):
@@ -46,14 +51,8 @@ def read_toml(path: Path, *, label: str | None = None) -> dict:
     """Parse a TOML file; unreadable or malformed files become an :class:`InputError` naming the file."""
     name = label or str(path)
     try:
-        with open(path, "rb") as fh:
+        with _open(path, name, "a TOML file", mode="rb") as fh:
             return tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(Problem(name, "", "file not found")) from None
-    except IsADirectoryError:
-        raise InputError(Problem(name, "", "is a directory, expected a TOML file")) from None
-    except PermissionError:
-        raise InputError(Problem(name, "", "cannot be read (permission denied)")) from None
     except UnicodeDecodeError:
         raise InputError(Problem(name, "", "is not UTF-8 text")) from None
     except tomllib.TOMLDecodeError as exc:

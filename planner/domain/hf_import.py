@@ -69,7 +69,7 @@ from typing import Any
 import tomli_w
 
 from planner.domain.errors import Collector, InputError, Problem
-from planner.domain.moe_model import model_from_dict
+from planner.domain.moe_model import OPTIONAL_INT_DEFAULTS, model_from_dict
 
 _REQUIRED = object()
 
@@ -441,7 +441,7 @@ def card_from_hf_config(config: dict, *, name: str | None = None, file: str = "<
         raise InputError(col.problems)
 
     first, step, dense = _encode_layers(mask)
-    model = {
+    model = OPTIONAL_INT_DEFAULTS | {
         "name": name or _default_name(flat, family),
         "family": family,
         "hf_id": _hf_id(flat),
@@ -449,15 +449,6 @@ def card_from_hf_config(config: dict, *, name: str | None = None, file: str = "<
         "first_dense_layers": first,
         "moe_layer_step": step,
         "dense_layers": dense,
-        "num_shared_experts": 0,
-        "shared_expert_intermediate_size": 0,
-        "dense_intermediate_size": 0,
-        "ffn_matrices": 3,
-        "q_lora_rank": 0,
-        "kv_lora_rank": 0,
-        "qk_nope_head_dim": 0,
-        "qk_rope_head_dim": 0,
-        "v_head_dim": 0,
     } | fields
     model = {k: model[k] for k in _CARD_ORDER}
 

@@ -189,7 +189,7 @@ _INT_FIELDS = {
     "top_k": dict(nonnegative=True, maximum=1_000_000),
     "expert_intermediate_size": dict(nonnegative=True, maximum=10_000_000),
 }
-_OPTIONAL_INT_FIELDS = {
+OPTIONAL_INT_DEFAULTS = {
     "dense_intermediate_size": 0,
     "first_dense_layers": 0,
     "moe_layer_step": 1,
@@ -203,7 +203,7 @@ _OPTIONAL_INT_FIELDS = {
     "v_head_dim": 0,
 }
 KNOWN_FIELDS = (
-    set(_INT_FIELDS) | set(_OPTIONAL_INT_FIELDS)
+    set(_INT_FIELDS) | set(OPTIONAL_INT_DEFAULTS)
     | {"name", "dtype_bytes", "dense_layers", "attention", "tie_word_embeddings", "family", "hf_id"}
 )
 
@@ -215,7 +215,7 @@ def model_from_dict(table: dict, table_path: str, col: Collector, source: dict |
     values: dict[str, Any] = {"name": F.string(table, "name", table_path, col)}
     for key, opts in _INT_FIELDS.items():
         values[key] = F.number(table, key, table_path, col, integer=True, **opts)
-    for key, default in _OPTIONAL_INT_FIELDS.items():
+    for key, default in OPTIONAL_INT_DEFAULTS.items():
         values[key] = F.number(table, key, table_path, col, integer=True, required=False,
                                default=default, nonnegative=True, maximum=10_000_000)
     values["dtype_bytes"] = F.number(table, "dtype_bytes", table_path, col, required=False,
