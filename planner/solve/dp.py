@@ -42,6 +42,81 @@ def _memory_message(terms: ChainTerms, reason: str) -> str:
             f"{terms.workspace_bytes / GB:.3g} GB prefill workspace: {usable}")
 
 
+def _slo_message(path, b: int, mb: int, least_latency_s: float, slo_s: float) -> str:
+    """Why a batching with room in memory has no plan: its least request latency is over the SLO (s)."""
+    return (f"infeasible: the latency SLO binds: the least request latency over path "
+            f"{list(path)} at micro-batch {b} x {mb} is {least_latency_s * 1e3:.6g} ms "
+            f"> SLO {slo_s * 1e3:.6g} ms")
+
+
+def _solve_grid(instance: Instance, cm: CostModel, path, kind: str, deadline: float | None):
+    """The chain DP at every batching ``(b, mb)`` of the grid, in grid order, until ``deadline``
+    (``time.perf_counter()`` seconds, None for none).
+
+    Returns ``(found, failures, timed_out, dp_runs)``: ``found`` lists ``(DP value in objective
+    units, plan, optimum)`` per solved batching, ``failures`` lists ``(concurrency b * mb, message)``
+    per batching without a plan, ``timed_out`` whether the deadline cut the grid short, and
+    ``dp_runs`` the DP runs of the solved batchings."""
+    slo_s = instance.constraints.latency_slo_s
+    slo = math.inf if slo_s is None else slo_s * (1 + 1e-9)  # the validator's tolerance
+    found = []
+    failures = []
+    timed_out = False
+    runs = 0
+    for b, mb in batch_grid(instance.workload.max_batch, len(path)):
+        if deadline is not None and time.perf_counter() > deadline:
+            timed_out = True
+            break
+        terms = chain_terms(cm, path, b, mb)
+        problem = chain_problem(terms, kind)
+        opt = best_period(problem, terms, slo) if kind == "throughput" else best_latency(problem, terms, slo)
+        if opt is None:
+            # Memory is the first suspect; only when some partition fits does the SLO get the blame.
+            least = best_latency(chain_problem(terms, "latency"), terms)
+            if least is None:
+                reason = dp.infeasibility_reason(problem) or "memory binds"
+                failures.append((b * mb, _memory_message(terms, reason)))
+            else:
+                failures.append((b * mb, _slo_message(path, b, mb, least.latency_s, slo_s)))
+            continue
+        runs += opt.dp_runs
+        found.append((to_objective(instance, opt.value_s), plan_from_stages(instance, terms, opt.stages), opt))
+    return found, failures, timed_out, runs
+
+
+def _best_valid(instance: Instance, cm: CostModel, kind: str, found: list):
+    """The best of ``found`` by the cost model's objective among the plans the validator accepts.
+
+    The DP values are exact for latency and memory and an optimistic bound where links are shared
+    (module docstring), so plans are ranked by the cost model's value, the first of equals winning.
+    Returns ``(best, rejected)``: ``best`` is ``(objective, DP value, plan, optimum)`` or None,
+    ``rejected`` one line per plan the validator refused."""
+    best, rejected = None, []
+    for value, plan, opt in found:
+        broken = validate(instance, plan, cm)
+        if broken:
+            rejected.append(f"{plan.pipelines[0].micro_batch_size}x{plan.pipelines[0].num_micro_batches}: {broken[0]}")
+            continue
+        true = cm.evaluate(plan).objective(kind)
+        if best is None or is_better(kind, true, best[0]):
+            best = (true, value, plan, opt)
+    return best, rejected
+
+
+def _status_and_stop(true: float, bound: float, timed_out: bool) -> tuple[Status, str]:
+    """Status and stop reason of the chosen plan of objective ``true`` against the DP's ``bound``."""
+    agree = abs(true - bound) <= AGREE_TOL * max(abs(bound), 1e-300) if math.isfinite(bound) else False
+    status = Status.TIME_LIMIT if timed_out else (Status.OPTIMAL if agree else Status.FEASIBLE)
+    if status is Status.OPTIMAL:
+        stop = "the DP is exact over its space"
+    elif timed_out:
+        stop = "time limit"
+    else:
+        stop = ("the DP's optimum is an upper bound here: a shared link or a TTFT / TPOT SLO makes the cost model's "
+                "value of its plan worse")
+    return status, stop
+
+
 @register("dp", kind="exact", problem="instance")
 def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int = 0, cost_model: CostModel | None = None,
              path=None, **_) -> Result:
@@ -55,52 +130,19 @@ def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int =
                       stop_reason="unsupported objective", solve_time_s=time.perf_counter() - t0)
     path = check_path(instance, path)
     cm = cost_model or CostModel(instance)
-    slo_s = instance.constraints.latency_slo_s
-    slo = math.inf if slo_s is None else slo_s * (1 + 1e-9)  # the validator's tolerance
     deadline = None if time_limit is None else t0 + time_limit
-    found = []    # (DP value in objective units, plan, optimum)
-    failures = []  # (concurrency, message)
-    timed_out = False
-    grid = batch_grid(instance.workload.max_batch, len(path))
-    runs = 0
-    for b, mb in grid:
-        if deadline is not None and time.perf_counter() > deadline:
-            timed_out = True
-            break
-        terms = chain_terms(cm, path, b, mb)
-        problem = chain_problem(terms, kind)
-        opt = best_period(problem, terms, slo) if kind == "throughput" else best_latency(problem, terms, slo)
-        if opt is None:
-            least = best_latency(chain_problem(terms, "latency"), terms)
-            if least is None:
-                reason = dp.infeasibility_reason(problem) or "memory binds"
-                failures.append((b * mb, _memory_message(terms, reason)))
-            else:
-                failures.append((b * mb, f"infeasible: the latency SLO binds: the least request latency over path "
-                                         f"{list(path)} at micro-batch {b} x {mb} is {least.latency_s * 1e3:.6g} ms "
-                                         f"> SLO {slo_s * 1e3:.6g} ms"))
-            continue
-        runs += opt.dp_runs
-        found.append((to_objective(instance, opt.value_s), plan_from_stages(instance, terms, opt.stages), opt))
+    found, failures, timed_out, runs = _solve_grid(instance, cm, path, kind, deadline)
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
     if not found:
         if timed_out:
             return Result(Status.TIME_LIMIT, "dp", sense=sense, solve_time_s=elapsed(), solver_version=version,
                           message="time limit reached before any batching was solved", stop_reason="time limit")
+        # Report the least demanding batching (least concurrency): its failure is the telling one.
         failures.sort(key=lambda f: f[0])
         return Result(Status.INFEASIBLE, "dp", sense=sense, solve_time_s=elapsed(), solver_version=version,
                       message=failures[0][1], stop_reason="proven infeasible by the DP on every batching")
-    # The DP values are exact for latency and memory and an optimistic bound where links are shared
-    # (module docstring), so the objective is the cost model's, the bound the DP's best.
-    best, rejected = None, []
-    for value, plan, opt in found:
-        broken = validate(instance, plan, cm)
-        if broken:
-            rejected.append(f"{plan.pipelines[0].micro_batch_size}x{plan.pipelines[0].num_micro_batches}: {broken[0]}")
-            continue
-        true = cm.evaluate(plan).objective(kind)
-        if best is None or is_better(kind, true, best[0]):
-            best = (true, value, plan, opt)
+    best, rejected = _best_valid(instance, cm, kind, found)
+    # The objective is the cost model's, the bound the DP's best; a grid cut short bounds nothing.
     bound = max(v for v, _, _ in found) if kind == "throughput" else min(v for v, _, _ in found)
     if timed_out:
         bound = math.nan
@@ -109,15 +151,7 @@ def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int =
                       message="every DP optimum breaks a constraint outside the chain problem (TTFT / TPOT SLO): "
                               + "; ".join(rejected[:3]), stop_reason="no valid plan")
     true, value, plan, opt = best
-    agree = abs(true - bound) <= AGREE_TOL * max(abs(bound), 1e-300) if math.isfinite(bound) else False
-    status = Status.TIME_LIMIT if timed_out else (Status.OPTIMAL if agree else Status.FEASIBLE)
-    if status is Status.OPTIMAL:
-        stop = "the DP is exact over its space"
-    elif timed_out:
-        stop = "time limit"
-    else:
-        stop = ("the DP's optimum is an upper bound here: a shared link or a TTFT / TPOT SLO makes the cost model's "
-                "value of its plan worse")
+    status, stop = _status_and_stop(true, bound, timed_out)
     pipe = plan.pipelines[0]
     return Result(status, "dp", objective=true, bound=bound, sense=sense, solve_time_s=elapsed(), solution=plan,
                   solver_version=version, stop_reason=stop,
