@@ -11,7 +11,130 @@ import networkx as nx
 import numpy as np
 
 from planner.domain.device import Device
-from planner.domain.instance import Instance, Link, routing_probabilities
+from planner.domain.instance import Instance, Link, Workload, routing_probabilities
+
+
+def _pair(x) -> frozenset:
+    """The two device names a :class:`Link` or a pair ``("a", "b")`` joins, in either order."""
+    if isinstance(x, Link):
+        return frozenset((x.a, x.b))
+    if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, str) for v in x):
+        return frozenset(x)
+    raise ValueError(f"a link is a Link or a pair of device names, got {x!r}")
+
+
+def _link_items(link) -> list:
+    """``link`` as a list of items: a Link or a tuple of two names is one item, anything else a sequence of them."""
+    if link is None:
+        return []
+    if isinstance(link, Link) or (isinstance(link, tuple) and len(link) == 2 and all(isinstance(v, str) for v in link)):
+        return [link]
+    return list(link)
+
+
+def _add_device(instance: Instance, add_device, devices: list, link_items: list) -> tuple[Device, list, list]:
+    """``add_device`` (a Device, or ``(device, links)``) checked and appended: ``(device, devices, link items)``,
+    its links joining the link items."""
+    dev, extra = (add_device, []) if isinstance(add_device, Device) else (add_device[0], list(add_device[1]))
+    if not isinstance(dev, Device):
+        raise ValueError(f"add_device must be a Device or (Device, links), got {add_device!r}")
+    if dev.name in instance.device_index:
+        raise ValueError(f"device {dev.name!r} already exists")
+    return dev, devices + [dev], link_items + extra
+
+
+def _scale_bandwidth(links: list[Link], factor: float, link_items: list) -> list[Link]:
+    """``links`` with bandwidths (and bandwidth series, bytes/s) times ``factor``: every link, or only
+    those ``link_items`` name (each of which must exist)."""
+    if not (factor > 0 and math.isfinite(factor)):
+        raise ValueError(f"bandwidth_factor must be a positive number, got {factor!r}")
+    which = {_pair(x) for x in link_items} if link_items else None
+    if which is not None:
+        missing = which - {frozenset((l.a, l.b)) for l in links}
+        if missing:
+            raise ValueError(f"no link between {sorted(sorted(p) for p in missing)}")
+
+    def scaled(l: Link) -> Link:
+        if which is not None and frozenset((l.a, l.b)) not in which:
+            return l
+        series = None if l.bandwidth_series is None else np.asarray(l.bandwidth_series) * factor
+        return replace(l, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * factor, bandwidth_series=series)
+
+    return [scaled(l) for l in links]
+
+
+def _replace_links(links: list[Link], link_items: list) -> list[Link]:
+    """``links`` with every Link of ``link_items`` added, in order, each replacing any link between the same two devices."""
+    for l in link_items:
+        if not isinstance(l, Link):
+            raise ValueError(f"link must be a Link to add (or give bandwidth_factor), got {l!r}")
+        links = [x for x in links if frozenset((x.a, x.b)) != _pair(l)] + [l]
+    return links
+
+
+def _check_link_ends(devices: list[Device], links: list[Link]) -> None:
+    """Every link joins two of ``devices`` (a link to a device given nowhere is a mistake, not a change)."""
+    names = {d.name for d in devices}
+    for l in links:
+        if l.a not in names or l.b not in names:
+            raise ValueError(f"link {l.a}<->{l.b} names a device the instance lacks")
+
+
+def _drop_devices(devices: list[Device], links: list[Link], drop_device, origin: str) -> tuple[list, list, set]:
+    """``(devices, links, dropped names)`` without the device(s) ``drop_device`` names and their links."""
+    names = {d.name for d in devices}
+    drop = {drop_device} if isinstance(drop_device, str) else set(drop_device)
+    unknown = drop - names
+    if unknown:
+        raise ValueError(f"cannot drop unknown device(s) {sorted(unknown)}; devices: {sorted(names)}")
+    if origin in drop:
+        raise ValueError(f"cannot drop the origin {origin!r}: requests enter there")
+    devices = [d for d in devices if d.name not in drop]
+    links = [l for l in links if l.a not in drop and l.b not in drop]
+    return devices, links, drop
+
+
+def _cut_off(devices: list[Device], links: list[Link], origin: str, added: str | None) -> tuple[list, list, list[str]]:
+    """``(devices, links, cut names)`` without the devices no chain of links joins to ``origin``
+    (requests could never reach them). The device just ``added`` may not be among them."""
+    g = nx.Graph()
+    g.add_nodes_from(d.name for d in devices)
+    g.add_edges_from((l.a, l.b) for l in links)
+    reach = nx.node_connected_component(g, origin)
+    if len(reach) == len(devices):
+        return devices, links, []
+    cut = sorted(d.name for d in devices if d.name not in reach)
+    if added is not None and added in cut:
+        raise ValueError("the added device has no link to the fleet: give links with add_device or link")
+    devices = [d for d in devices if d.name in reach]
+    links = [l for l in links if l.a in reach and l.b in reach]
+    return devices, links, cut
+
+
+def _changed_workload(instance: Instance, arrival_rate_per_s, max_batch, popularity) -> tuple[Workload, list[str]]:
+    """The workload after a load spike or lull and popularity drift, and a note per change."""
+    workload = instance.workload
+    notes = []
+    if arrival_rate_per_s is not None:
+        if not (arrival_rate_per_s > 0 and math.isfinite(arrival_rate_per_s)):
+            raise ValueError(f"arrival_rate_per_s must be a positive number, got {arrival_rate_per_s!r}")
+        workload = replace(workload, arrival_rate_per_s=float(arrival_rate_per_s))
+        notes.append(f"arrival rate {arrival_rate_per_s:g}/s")
+    if max_batch is not None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        workload = replace(workload, max_batch=int(max_batch))
+        notes.append(f"max_batch {max_batch}")
+    if popularity is not None:
+        m = instance.model
+        w = np.asarray(popularity, dtype=float)
+        if w.shape != (m.num_moe_layers, m.num_experts):
+            raise ValueError(f"popularity must have shape (moe layers, experts) = {(m.num_moe_layers, m.num_experts)}, got {w.shape}")
+        if not np.all(np.isfinite(w)) or (w < 0).any() or (w.sum(axis=1) <= 0).any():
+            raise ValueError("popularity weights must be finite, >= 0, with a positive sum in every layer")
+        workload = replace(workload, popularity=routing_probabilities(w, m.top_k), popularity_kind="measured")
+        notes.append("popularity drift")
+    return workload, notes
 
 
 def changed_instance(instance: Instance, *, bandwidth_factor: float | None = None, link=None,
@@ -34,93 +157,28 @@ def changed_instance(instance: Instance, *, bandwidth_factor: float | None = Non
     """
     devices = list(instance.devices)
     links = list(instance.links)
-    workload = instance.workload
+    origin = instance.workload.origin
     notes = []
-
-    def pair(x):
-        if isinstance(x, Link):
-            return frozenset((x.a, x.b))
-        if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, str) for v in x):
-            return frozenset(x)
-        raise ValueError(f"a link is a Link or a pair of device names, got {x!r}")
-
-    link_items = [] if link is None else ([link] if isinstance(link, Link) or (
-        isinstance(link, tuple) and len(link) == 2 and all(isinstance(v, str) for v in link)) else list(link))
+    link_items = _link_items(link)
+    added = None
     if add_device is not None:
-        dev, extra = (add_device, []) if isinstance(add_device, Device) else (add_device[0], list(add_device[1]))
-        if not isinstance(dev, Device):
-            raise ValueError(f"add_device must be a Device or (Device, links), got {add_device!r}")
-        if dev.name in instance.device_index:
-            raise ValueError(f"device {dev.name!r} already exists")
-        devices.append(dev)
-        link_items = link_items + extra
+        dev, devices, link_items = _add_device(instance, add_device, devices, link_items)
+        added = dev.name
         notes.append(f"added {dev.name}")
     if bandwidth_factor is not None:
-        if not (bandwidth_factor > 0 and math.isfinite(bandwidth_factor)):
-            raise ValueError(f"bandwidth_factor must be a positive number, got {bandwidth_factor!r}")
-        which = {pair(x) for x in link_items} if link_items else None
-        if which is not None:
-            missing = which - {frozenset((l.a, l.b)) for l in links}
-            if missing:
-                raise ValueError(f"no link between {sorted(sorted(p) for p in missing)}")
-
-        def scaled(l: Link) -> Link:
-            if which is not None and frozenset((l.a, l.b)) not in which:
-                return l
-            series = None if l.bandwidth_series is None else np.asarray(l.bandwidth_series) * bandwidth_factor
-            return replace(l, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * bandwidth_factor, bandwidth_series=series)
-
-        links = [scaled(l) for l in links]
+        links = _scale_bandwidth(links, bandwidth_factor, link_items)
         notes.append(f"bandwidth x{bandwidth_factor:g}")
     else:
-        for l in link_items:
-            if not isinstance(l, Link):
-                raise ValueError(f"link must be a Link to add (or give bandwidth_factor), got {l!r}")
-            links = [x for x in links if frozenset((x.a, x.b)) != pair(l)] + [l]
-    names = {d.name for d in devices}
-    for l in links:
-        if l.a not in names or l.b not in names:
-            raise ValueError(f"link {l.a}<->{l.b} names a device the instance lacks")
+        links = _replace_links(links, link_items)
+    _check_link_ends(devices, links)
     if drop_device is not None:
-        drop = {drop_device} if isinstance(drop_device, str) else set(drop_device)
-        unknown = drop - names
-        if unknown:
-            raise ValueError(f"cannot drop unknown device(s) {sorted(unknown)}; devices: {sorted(names)}")
-        if workload.origin in drop:
-            raise ValueError(f"cannot drop the origin {workload.origin!r}: requests enter there")
-        devices = [d for d in devices if d.name not in drop]
-        links = [l for l in links if l.a not in drop and l.b not in drop]
+        devices, links, drop = _drop_devices(devices, links, drop_device, origin)
         notes.append("lost " + ", ".join(sorted(drop)))
     # Devices cut off from the origin are lost too.
-    g = nx.Graph()
-    g.add_nodes_from(d.name for d in devices)
-    g.add_edges_from((l.a, l.b) for l in links)
-    reach = nx.node_connected_component(g, workload.origin)
-    if len(reach) < len(devices):
-        cut = sorted(d.name for d in devices if d.name not in reach)
-        if add_device is not None and (add_device if isinstance(add_device, Device) else add_device[0]).name in cut:
-            raise ValueError("the added device has no link to the fleet: give links with add_device or link")
-        devices = [d for d in devices if d.name in reach]
-        links = [l for l in links if l.a in reach and l.b in reach]
+    devices, links, cut = _cut_off(devices, links, origin, added)
+    if cut:
         notes.append("cut off " + ", ".join(cut))
-    if arrival_rate_per_s is not None:
-        if not (arrival_rate_per_s > 0 and math.isfinite(arrival_rate_per_s)):
-            raise ValueError(f"arrival_rate_per_s must be a positive number, got {arrival_rate_per_s!r}")
-        workload = replace(workload, arrival_rate_per_s=float(arrival_rate_per_s))
-        notes.append(f"arrival rate {arrival_rate_per_s:g}/s")
-    if max_batch is not None:
-        if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-            raise ValueError(f"max_batch must be an integer >= 1, got {max_batch!r}")
-        workload = replace(workload, max_batch=int(max_batch))
-        notes.append(f"max_batch {max_batch}")
-    if popularity is not None:
-        m = instance.model
-        w = np.asarray(popularity, dtype=float)
-        if w.shape != (m.num_moe_layers, m.num_experts):
-            raise ValueError(f"popularity must have shape (moe layers, experts) = {(m.num_moe_layers, m.num_experts)}, got {w.shape}")
-        if not np.all(np.isfinite(w)) or (w < 0).any() or (w.sum(axis=1) <= 0).any():
-            raise ValueError("popularity weights must be finite, >= 0, with a positive sum in every layer")
-        workload = replace(workload, popularity=routing_probabilities(w, m.top_k), popularity_kind="measured")
-        notes.append("popularity drift")
+    workload, workload_notes = _changed_workload(instance, arrival_rate_per_s, max_batch, popularity)
+    notes += workload_notes
     description = instance.description + (" [changed: " + "; ".join(notes) + "]" if notes else "")
     return replace(instance, devices=tuple(devices), links=tuple(links), workload=workload, description=description)
