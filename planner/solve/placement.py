@@ -165,6 +165,130 @@ def _solve_by_layers(info, problem: ReplicatedAssignment, reference: AssignmentS
                          "build_s": max(elapsed - solver_s, 0.0)})
 
 
+def _pop_options(options: dict) -> tuple[dict, object, object, dict, dict]:
+    """Take :func:`solve_placement`'s own options out of ``options`` (what is left goes to the solver):
+    ``(problem options, candidates, decompose, candidate-mask options, warm-start options)``."""
+    problem_opts = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
+    candidates = options.pop("candidates", None)
+    decompose = options.pop("decompose", None)
+    mask_opts = {key: int(options.pop(key)) for key in ("free_items", "hot_bins", "random_candidates")
+                 if key in options}
+    warm_opts = dict(options.pop("warm_start_options", None) or {})
+    if decompose not in (None, False, "layers"):
+        raise ValueError(f"decompose must be 'layers' or False, got {decompose!r}")
+    return problem_opts, candidates, decompose, mask_opts, warm_opts
+
+
+def _finish(result: Result, problem: ReplicatedAssignment, extra: dict, t0: float) -> Result:
+    """``result`` checked against the full ``problem``, with its gap to ``extra["full_bound"]``, the
+    restriction in its message, ``extra`` merged in and the time since ``t0`` (perf_counter s)."""
+    if result.solution is not None:
+        broken = violations(problem, result.solution)
+        assert not broken, f"the placement breaks the full problem's constraints: {broken[:3]}"
+        extra["full_gap"] = abs(result.objective - extra["full_bound"]) / max(abs(result.objective), 1e-12)
+    message = result.message
+    if extra["restricted"]:
+        message = (message + "; " if message else "") + extra["restriction"]
+    return replace(result, message=message, solve_time_s=time.perf_counter() - t0, extra={**result.extra, **extra})
+
+
+def _warm_start(problem: ReplicatedAssignment, warm_start_solver: str | None, time_limit, seed: int, warm_opts: dict,
+                progress, extra: dict) -> Result | None:
+    """The warm-start heuristic's result on ``problem`` (None without one), noted in ``extra``."""
+    if warm_start_solver is None:
+        return None
+    warm = get(warm_start_solver, problem=PROBLEM).func(problem, time_limit=time_limit, seed=seed, **warm_opts)
+    extra.update(warm_start_solver=warm_start_solver, warm_start_s=warm.solve_time_s,
+                 warm_start_status=warm.status.value)
+    if warm.solution is not None:
+        extra["warm_start_objective"] = warm.objective
+    if progress is not None:
+        progress(f"warm start {warm_start_solver}: {warm.status.value} objective {warm.objective:.6g} "
+                 f"in {warm.solve_time_s:.2f}s")
+    return warm
+
+
+def _choose_restriction(problem: ReplicatedAssignment, exact: bool, candidates, decompose,
+                        initial: AssignmentSolution | None, warm_start_solver: str | None, seed: int,
+                        extra: dict) -> tuple[int | None, bool, AssignmentSolution | None]:
+    """Whether an exact solver gets a restricted problem: ``(k, layered, reference)``, ``k`` the
+    extra candidate devices per free expert (None: the full mask), ``layered`` whether the layers
+    are solved apart, ``reference`` the placement the restriction is built around (the warm start,
+    else ``greedy-placement``'s; its name goes to ``extra["reference"]``). Heuristics solve the full problem."""
+    G = problem.shape[0]
+    k = _resolve_candidates(problem, candidates) if exact else None
+    layered = exact and (decompose == "layers" or (decompose is None and k is not None)) and G > 1
+    reference = initial
+    if exact and (k is not None or layered):
+        if reference is None:
+            reference = get("greedy-placement", problem=PROBLEM).func(problem, seed=seed).solution
+            extra["reference"] = "greedy-placement"
+        else:
+            extra["reference"] = warm_start_solver
+        if reference is None:  # the greedy found nothing: solve the full problem after all
+            k, layered = None, False
+    return k, layered, reference
+
+
+def _restrict(problem: ReplicatedAssignment, reference: AssignmentSolution | None, k: int | None, layered: bool,
+              seed: int, mask_opts: dict, extra: dict) -> ReplicatedAssignment:
+    """The problem to solve: ``problem`` with the candidate mask around ``reference`` when ``k`` is
+    given, else ``problem`` itself; ``extra`` says whether and how it is restricted (its
+    ``restriction`` text also goes into the result's message)."""
+    G, I, B = problem.shape
+    solved = problem
+    if k is not None:
+        solved = replace(problem, mask=candidate_mask(problem, reference, k, seed=seed, **mask_opts))
+        extra.update(restricted=True, candidates=k, candidate_triples=int(solved.mask.sum()))
+        extra["restriction"] = (f"restricted problem: {extra['candidate_triples']} candidate (layer, expert, device) "
+                                f"triples of {G * I * B} (each expert on its devices in the {extra['reference']} "
+                                f"placement; its layer's heaviest and hottest experts also on {k} least-loaded and "
+                                f"random devices)")
+    if layered:
+        extra["restricted"] = True
+        extra["restriction"] = ((extra["restriction"] + "; " if extra["restriction"] else "restricted problem: ")
+                                + f"each of the {G} layers solved apart with the memory the {extra['reference']} "
+                                  "placement uses in it plus an even part of what it leaves free")
+    if extra["restricted"]:
+        extra["restriction"] += ("; status and bound are those of the restricted problem, extra['full_bound'] is "
+                                 "valid for the full one")
+    return solved
+
+
+def _run_solver(info, solver: str, solved: ReplicatedAssignment, reference: AssignmentSolution | None,
+                initial: AssignmentSolution | None, layered: bool, time_limit, seed: int, options: dict, progress,
+                extra: dict) -> Result:
+    """``info``'s solver on ``solved``: layer by layer (:func:`_solve_by_layers`) or in one go, the
+    warm start passed on to those that take one (exact solvers, ``local-search-placement``); on one
+    go the formulation time (s) goes to ``extra["build_s"]`` when the solver reports its own time."""
+    kwargs = dict(options)
+    if layered:
+        return _solve_by_layers(info, solved, reference, initial, time_limit, seed, kwargs, progress)
+    if info.kind == "exact":
+        kwargs["initial_solution"] = initial
+        if progress is not None:
+            kwargs["progress"] = progress
+    elif initial is not None and solver == "local-search-placement":
+        kwargs["initial_solution"] = initial
+    t1 = time.perf_counter()
+    result = info.func(solved, time_limit=time_limit, seed=seed, **kwargs)
+    if "solver_time_s" in result.extra:
+        extra["build_s"] = max(time.perf_counter() - t1 - float(result.extra["solver_time_s"]), 0.0)
+    return result
+
+
+def _not_worse_than_warm_start(result: Result, warm: Result | None, warm_start_solver: str | None, solver: str) -> Result:
+    """``result``, or the warm start's placement where ``result`` has none or a worse one (the exact
+    solvers already guarantee it; a heuristic may not), with a note why in the message."""
+    if warm is None or warm.solution is None or (result.solution is not None and not result.objective > warm.objective):
+        return result
+    note = (f"returned the warm start of {warm_start_solver} (objective {warm.objective:.9g}); "
+            f"{solver} gave {'nothing' if result.solution is None else f'{result.objective:.9g}'}")
+    status = result.status if result.status in (Status.OPTIMAL, Status.TIME_LIMIT) else Status.FEASIBLE
+    return replace(result, status=status, solution=warm.solution, objective=warm.objective,
+                   message=(result.message + "; " if result.message else "") + note)
+
+
 def solve_placement(instance: Instance, solver: str = "greedy-placement", *, time_limit: float | None = None,
                     seed: int = 0, warm_start_solver: str | None = None, progress=None, **options) -> Result:
     """Place the experts of ``instance`` with solver ``solver`` (registered on problem "assignment").
@@ -197,94 +321,19 @@ def solve_placement(instance: Instance, solver: str = "greedy-placement", *, tim
     does not blame memory: on a problem this large its MILP check may run out of time).
     """
     t0 = time.perf_counter()
-    problem_opts = {k: options.pop(k) for k in PROBLEM_OPTIONS if k in options}
-    candidates = options.pop("candidates", None)
-    decompose = options.pop("decompose", None)
-    mask_opts = {key: int(options.pop(key)) for key in ("free_items", "hot_bins", "random_candidates")
-                 if key in options}
-    warm_opts = dict(options.pop("warm_start_options", None) or {})
-    if decompose not in (None, False, "layers"):
-        raise ValueError(f"decompose must be 'layers' or False, got {decompose!r}")
+    problem_opts, candidates, decompose, mask_opts, warm_opts = _pop_options(options)
     problem, names = placement_problem(instance, **problem_opts)
     info = get(solver, problem=PROBLEM)
     G, I, B = problem.shape
     extra = {"problem": problem, "names": names, "shape": (G, I, B), "full_bound": lower_bound(problem),
              "restricted": False, "restriction": "", "candidate_triples": G * I * B}
-
-    def finish(result: Result) -> Result:
-        if result.solution is not None:
-            broken = violations(problem, result.solution)
-            assert not broken, f"the placement breaks the full problem's constraints: {broken[:3]}"
-            extra["full_gap"] = abs(result.objective - extra["full_bound"]) / max(abs(result.objective), 1e-12)
-        message = result.message
-        if extra["restricted"]:
-            message = (message + "; " if message else "") + extra["restriction"]
-        return replace(result, message=message, solve_time_s=time.perf_counter() - t0, extra={**result.extra, **extra})
-
     if _necessary_conditions_fail(problem):
-        return finish(Result(Status.INFEASIBLE, solver, sense="min", message=_why_infeasible(problem),
-                             stop_reason="necessary conditions fail (checked before solving)"))
-
-    warm: Result | None = None
-    if warm_start_solver is not None:
-        warm = get(warm_start_solver, problem=PROBLEM).func(problem, time_limit=time_limit, seed=seed, **warm_opts)
-        extra.update(warm_start_solver=warm_start_solver, warm_start_s=warm.solve_time_s,
-                     warm_start_status=warm.status.value)
-        if warm.solution is not None:
-            extra["warm_start_objective"] = warm.objective
-        if progress is not None:
-            progress(f"warm start {warm_start_solver}: {warm.status.value} objective {warm.objective:.6g} "
-                     f"in {warm.solve_time_s:.2f}s")
+        return _finish(Result(Status.INFEASIBLE, solver, sense="min", message=_why_infeasible(problem),
+                              stop_reason="necessary conditions fail (checked before solving)"), problem, extra, t0)
+    warm = _warm_start(problem, warm_start_solver, time_limit, seed, warm_opts, progress, extra)
     initial = warm.solution if warm is not None and warm.solution is not None else None
-
-    exact = info.kind == "exact"
-    k = _resolve_candidates(problem, candidates) if exact else None
-    layered = exact and (decompose == "layers" or (decompose is None and k is not None)) and G > 1
-    reference, solved = initial, problem
-    if exact and (k is not None or layered):
-        if reference is None:
-            reference = get("greedy-placement", problem=PROBLEM).func(problem, seed=seed).solution
-            extra["reference"] = "greedy-placement"
-        else:
-            extra["reference"] = warm_start_solver
-        if reference is None:  # the greedy found nothing: solve the full problem after all
-            k, layered = None, False
-    if k is not None:
-        solved = replace(problem, mask=candidate_mask(problem, reference, k, seed=seed, **mask_opts))
-        extra.update(restricted=True, candidates=k, candidate_triples=int(solved.mask.sum()))
-        extra["restriction"] = (f"restricted problem: {extra['candidate_triples']} candidate (layer, expert, device) "
-                                f"triples of {G * I * B} (each expert on its devices in the {extra['reference']} "
-                                f"placement; its layer's heaviest and hottest experts also on {k} least-loaded and "
-                                f"random devices)")
-    if layered:
-        extra["restricted"] = True
-        extra["restriction"] = ((extra["restriction"] + "; " if extra["restriction"] else "restricted problem: ")
-                                + f"each of the {G} layers solved apart with the memory the {extra['reference']} "
-                                  "placement uses in it plus an even part of what it leaves free")
-    if extra["restricted"]:
-        extra["restriction"] += ("; status and bound are those of the restricted problem, extra['full_bound'] is "
-                                 "valid for the full one")
-
-    kwargs = dict(options)
-    if layered:
-        result = _solve_by_layers(info, solved, reference, initial, time_limit, seed, kwargs, progress)
-    else:
-        if exact:
-            kwargs["initial_solution"] = initial
-            if progress is not None:
-                kwargs["progress"] = progress
-        elif initial is not None and solver == "local-search-placement":
-            kwargs["initial_solution"] = initial
-        t1 = time.perf_counter()
-        result = info.func(solved, time_limit=time_limit, seed=seed, **kwargs)
-        if "solver_time_s" in result.extra:
-            extra["build_s"] = max(time.perf_counter() - t1 - float(result.extra["solver_time_s"]), 0.0)
-
-    # Never worse than the warm start (the exact solvers already guarantee it; a heuristic may not).
-    if initial is not None and (result.solution is None or result.objective > warm.objective):
-        note = (f"returned the warm start of {warm_start_solver} (objective {warm.objective:.9g}); "
-                f"{solver} gave {'nothing' if result.solution is None else f'{result.objective:.9g}'}")
-        status = result.status if result.status in (Status.OPTIMAL, Status.TIME_LIMIT) else Status.FEASIBLE
-        result = replace(result, status=status, solution=initial, objective=warm.objective,
-                         message=(result.message + "; " if result.message else "") + note)
-    return finish(result)
+    k, layered, reference = _choose_restriction(problem, info.kind == "exact", candidates, decompose, initial,
+                                                warm_start_solver, seed, extra)
+    solved = _restrict(problem, reference, k, layered, seed, mask_opts, extra)
+    result = _run_solver(info, solver, solved, reference, initial, layered, time_limit, seed, options, progress, extra)
+    return _finish(_not_worse_than_warm_start(result, warm, warm_start_solver, solver), problem, extra, t0)
