@@ -1,0 +1,112 @@
+"""The plan-space bound: no plan of any solver beats it, on hand-made, shipped and random instances."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import planner
+from planner.bench.check_heuristics import random_instance
+from planner.cost.costmodel import CostModel
+from planner.spaces.bounds import _coverage_pieces, micro_batch_intervals, plan_space_bound
+from tests.helpers import LINE, TINY, build, load
+
+SOLVERS = ("route-aware", "dp", "single-cut", "end-only", "cloud-only", "proportional", "edgeshard", "eplb")
+
+
+def beats(kind: str, value: float, bound: float) -> bool:
+    """Whether a plan's objective ``value`` is better than the bound (beyond float noise)."""
+    if kind == "throughput":
+        return value > bound * (1 + 1e-9) + 1e-12
+    return value < bound * (1 - 1e-9) - 1e-12
+
+
+def check_no_solver_beats_the_bound(inst, solvers=SOLVERS, time_limit=None):
+    b = plan_space_bound(inst, time_limit=time_limit)
+    found = []
+    for s in solvers:
+        res = planner.solve(inst, s, time_limit=5.0)
+        if res.solution is not None:
+            found.append((s, res.objective))
+    if b is None:
+        assert not found, f"no bound, but {found} found plans"
+        return None, found
+    assert math.isfinite(b.value) and b.value > 0
+    for s, value in found:
+        assert not beats(inst.objective, value, b.value), f"{s}: {value} beats the bound {b.value} ({b.binding})"
+    return b, found
+
+
+def test_coverage_curve_pieces_bound_the_curve_from_above():
+    w = np.array([5.0, 3.0, 1.0, 1.0, 0.5])
+    cum = np.concatenate([[0.0], np.cumsum(np.sort(w)[::-1]) / w.sum()])
+    pieces = _coverage_pieces(w)
+    for i, c in enumerate(cum):
+        h = i / len(w)
+        assert min(a * h + b for a, b in pieces) >= c - 1e-12  # every kept line lies above the curve
+    assert min(a * 1.0 + b for a, b in pieces) == pytest.approx(1.0)
+
+
+def test_micro_batch_intervals_cover_every_batch_once():
+    for B in (1, 7, 32, 33, 256, 1000):
+        covered = [b for lo, hi in micro_batch_intervals(B) for b in range(lo, hi + 1)]
+        assert covered == list(range(1, B + 1))
+
+
+@pytest.mark.parametrize("objective", ["throughput", "latency", "energy"])
+def test_no_solver_beats_the_bound_on_the_line(objective):
+    b, found = check_no_solver_beats_the_bound(build(LINE, objective=objective))
+    assert b is not None and found
+
+
+def test_the_bound_is_tight_when_one_device_runs_everything():
+    """TINY's model fits the cloud device alone; with the end device unable to help, the best plan
+    is every layer on the cloud, and the relaxation's optimum is that plan's (latency)."""
+    inst = build(TINY, objective="latency")
+    b = plan_space_bound(inst)
+    best = min(planner.solve(inst, s).objective for s in ("route-aware", "dp", "cloud-only", "end-only")
+               if planner.solve(inst, s).solution is not None)
+    assert b.value <= best * (1 + 1e-9)
+    assert b.value >= 0.5 * best  # a relaxation, but not an empty one
+
+
+def test_a_fleet_too_small_for_the_model_has_no_bound():
+    small = [dict(d, memory_gb=1e-6) for d in LINE["devices"]]
+    assert plan_space_bound(build(LINE, devices=small)) is None
+
+
+@pytest.mark.parametrize("name", ["default.toml", "switch-nano-t4-wifi.toml", "qwen3-phone-h100-5g.toml"])
+def test_no_solver_beats_the_bound_on_shipped_instances(name):
+    inst = load(name)
+    b, found = check_no_solver_beats_the_bound(inst, time_limit=10.0)
+    assert b is not None and found
+    assert b.solve_time_s < 60
+
+
+def test_a_time_limited_bound_is_still_a_bound():
+    inst = load("default.toml")
+    quick = plan_space_bound(inst, time_limit=0.2)
+    full = plan_space_bound(inst)
+    ra = planner.solve(inst).objective
+    assert quick.value >= full.value * (1 - 1e-9) >= ra * (1 - 1e-9)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6))
+def test_no_solver_beats_the_bound_on_random_instances(seed):
+    inst = random_instance(seed)
+    check_no_solver_beats_the_bound(inst, solvers=("route-aware", "dp", "single-cut", "proportional", "edgeshard"))
+
+
+def test_cost_model_and_bound_agree_on_what_a_micro_batch_costs():
+    """The relaxation's terms are the cost model's own: a one-stage plan on one device, experts home,
+    costs at least the relaxation's busy time for that device (the bound never exceeds it)."""
+    inst = build(TINY)
+    cm = CostModel(inst)
+    res = planner.solve(inst, "cloud-only")
+    b = plan_space_bound(inst, cm)
+    assert res.objective <= b.value * (1 + 1e-9)
