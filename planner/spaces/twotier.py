@@ -13,6 +13,7 @@ space back (a warm start). The exact solvers (:mod:`planner.solve.exact`) and ro
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,26 +47,30 @@ def _route_terms(cm: CostModel, a: str, b: str) -> tuple[float, np.ndarray]:
     return sum(one_way for _, _, one_way in hops), np.array([1.0 / bw for _, bw, _ in hops])
 
 
-def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro_batches: int) -> TwoTierProblem:
-    """The cost model's terms for a split of the model between ``near`` (the origin) and ``far``."""
-    inst = cm.instance
-    m = cm.model
-    L, E = m.num_layers, max(m.num_experts, 1)
+class _Phase(NamedTuple):
+    """One pass through the model, as the cost model times it."""
+
+    tokens: float      # tokens each layer processes
+    context: float     # attention context (tokens)
+    prefill: bool
+    out_tokens: float  # tokens the pass samples (the head runs on them; their ids go back to the origin)
+
+
+def _phases(cm: CostModel, micro_batch: int) -> tuple[list[_Phase], np.ndarray, np.ndarray]:
+    """(phases, busy_w [P], lat_w [P]). Phase 0: prefill of one request; phase 1: one decode step of
+    a micro-batch. busy_w: passes per request for busy times (a decode step serves the micro-batch's
+    ``micro_batch`` requests at once); lat_w: passes a request waits for (its latency)."""
     b = float(micro_batch)
     o = cm.output
-    # Phase 0: prefill of one request; phase 1: one decode step of a micro-batch.
-    phases = [(cm.prompt, cm.prompt / 2.0, True, 1.0), (b, cm.decode_context, False, b)]
-    busy_w = np.array([1.0, (o - 1.0) / b])
-    lat_w = np.array([1.0, o - 1.0])
-    P = len(phases)
-    devs = (near, far)
-    one_way, inv_bw = _route_terms(cm, near, far)
-    J = len(inv_bw)
-    hb = m.hidden_bytes_per_token
+    phases = [_Phase(cm.prompt, cm.prompt / 2.0, True, 1.0), _Phase(b, cm.decode_context, False, b)]
+    return phases, np.array([1.0, (o - 1.0) / b]), np.array([1.0, o - 1.0])
 
-    exists = np.zeros((L, E), dtype=bool)
-    exists[m.moe_layers] = True
-    Q = cm.Q  # selection probability of each expert [L, E]; zero rows for dense layers
+
+def _compute_terms(cm: CostModel, devs: tuple[str, str], phases: list[_Phase], busy_w: np.ndarray) -> dict:
+    """Latency (s) and busy time per request (s) of each layer's non-expert block ([2, L, P], [2, L])
+    and of each expert ([2, L, E, P], [2, L, E]) on the near and the far device."""
+    m = cm.model
+    L, E, P = m.num_layers, max(m.num_experts, 1), len(phases)
     ne_lat = np.zeros((2, L, P))
     item_lat = np.zeros((2, L, E, P))
     for ph, (tokens, ctx, prefill, _) in enumerate(phases):
@@ -73,30 +78,49 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
             # The cost model's own (cached) tables: the non-expert block of each layer, each expert.
             ne_lat[side, :, ph] = cm.times.layer_times(devs[side], tokens, ctx, prefill)[0]
             item_lat[side, :, :, ph] = cm.times.expert_matrix(devs[side], tokens)
-    sent = Q[:, :, None] * np.array([ph[0] for ph in phases])[None, None, :] * hb  # [L, E, P] bytes each way
-    item_link_lat = 2.0 * sent * inv_bw.sum()
-    item_link_busy = 2.0 * inv_bw[:, None, None] * np.einsum("lep,p->le", sent, busy_w)[None]
-    ne_busy = np.einsum("slp,p->sl", ne_lat, busy_w)
-    item_busy = np.einsum("slep,p->sle", item_lat, busy_w)
+    return dict(ne_lat=ne_lat, item_lat=item_lat, ne_busy=np.einsum("slp,p->sl", ne_lat, busy_w),
+                item_busy=np.einsum("slep,p->sle", item_lat, busy_w))
 
-    ends_lat = np.zeros((2, 2, P))
-    for ph, (tokens, _, prefill, _) in enumerate(phases):
-        lm_tokens = 1.0 if prefill else tokens
+
+def _expert_traffic_terms(cm: CostModel, phases: list[_Phase], busy_w: np.ndarray, inv_bw: np.ndarray) -> dict:
+    """An expert served far: its tokens' hidden states go there and back, weighted by how often the
+    expert is selected. Latency [L, E, P] (s) and each link's busy time per request [J, L, E] (s)."""
+    hb = cm.model.hidden_bytes_per_token
+    Q = cm.Q  # selection probability of each expert [L, E]; zero rows for dense layers
+    sent = Q[:, :, None] * np.array([ph.tokens for ph in phases])[None, None, :] * hb  # [L, E, P] bytes each way
+    return dict(item_link_lat=2.0 * sent * inv_bw.sum(),
+                item_link_busy=2.0 * inv_bw[:, None, None] * np.einsum("lep,p->le", sent, busy_w)[None])
+
+
+def _ends_terms(cm: CostModel, devs: tuple[str, str], phases: list[_Phase], busy_w: np.ndarray) -> dict:
+    """The embedding (with layer 0) and the head (with layer L-1) near or far: latency [2, 2, P] and
+    busy time per request [2, 2] (s), indexed [first/last, near/far]."""
+    m = cm.model
+    hb = m.hidden_bytes_per_token
+    ends_lat = np.zeros((2, 2, len(phases)))
+    for ph, (tokens, _, _, out_tokens) in enumerate(phases):
         for side in (NEAR, FAR):
             dev = cm.devices[devs[side]]
             ends_lat[0, side, ph] = float(op_time_s(dev, 0.0, tokens * hb, cm.db))
-            ends_lat[1, side, ph] = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * cm.db, cm.db))
-    ends_busy = np.einsum("esp,p->es", ends_lat, busy_w)
+            ends_lat[1, side, ph] = float(op_time_s(dev, out_tokens * 2.0 * m.lm_head_params, m.lm_head_params * cm.db, cm.db))
+    return dict(ends_lat=ends_lat, ends_busy=np.einsum("esp,p->es", ends_lat, busy_w))
 
-    codec = inst.constraints.codec
+
+def _cut_terms(cm: CostModel, devs: tuple[str, str], phases: list[_Phase], busy_w: np.ndarray, one_way: float,
+               inv_bw: np.ndarray) -> dict:
+    """Each option at the cut (no codec, then every allowed rank): latency [K, P] (s; the hop, the
+    bytes over the route, encoding near and decoding far), busy time per request [2 + J, K] (s; near,
+    far, each link), codec memory [2, K] (bytes) and accuracy loss [K]."""
+    m = cm.model
+    near, far = devs
+    codec = cm.instance.constraints.codec
     ranks: list[int | None] = [None, *codec.ranks]
     K = len(ranks)
-    cut_lat = np.zeros((K, P))
-    cut_busy = np.zeros((2 + J, K))
+    cut_lat = np.zeros((K, len(phases)))
+    cut_busy = np.zeros((2 + len(inv_bw), K))
     cut_mem = np.zeros((2, K))
-    cut_loss = np.array([codec.loss(r) for r in ranks])
     for k, r in enumerate(ranks):
-        per_token = hb if r is None else r * cm.db
+        per_token = m.hidden_bytes_per_token if r is None else r * cm.db
         for ph, (tokens, _, _, _) in enumerate(phases):
             nbytes = tokens * per_token
             t_enc = t_dec = 0.0
@@ -110,30 +134,51 @@ def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro
             cut_busy[2:, k] += busy_w[ph] * nbytes * inv_bw
         if r is not None:
             cut_mem[:, k] = m.hidden_size * r * cm.db
+    return dict(cut_lat=cut_lat, cut_busy=cut_busy, cut_mem=cut_mem, cut_loss=np.array([codec.loss(r) for r in ranks]))
 
-    entry_lat = np.array([one_way + tok * TOKEN_ID_BYTES * inv_bw.sum() for tok, _, _, _ in phases])
-    exit_tokens = [1.0, b]
-    exit_lat = np.array([one_way + t * TOKEN_ID_BYTES * inv_bw.sum() for t in exit_tokens])
-    entry_busy = sum(busy_w[ph] * phases[ph][0] * TOKEN_ID_BYTES * inv_bw for ph in range(P))
-    exit_busy = sum(busy_w[ph] * exit_tokens[ph] * TOKEN_ID_BYTES * inv_bw for ph in range(P))
 
-    seqs = micro_batch * micro_batches
+def _origin_terms(phases: list[_Phase], busy_w: np.ndarray, one_way: float, inv_bw: np.ndarray) -> dict:
+    """Token ids from the origin to a far first layer and sampled ids back from a far last layer:
+    latency [P] (s) and each link's busy time per request [J] (s)."""
+    P = len(phases)
+    entry_busy = sum(busy_w[ph] * phases[ph].tokens * TOKEN_ID_BYTES * inv_bw for ph in range(P))
+    exit_busy = sum(busy_w[ph] * phases[ph].out_tokens * TOKEN_ID_BYTES * inv_bw for ph in range(P))
+    return dict(entry_lat=np.array([one_way + ph.tokens * TOKEN_ID_BYTES * inv_bw.sum() for ph in phases]),
+                exit_lat=np.array([one_way + ph.out_tokens * TOKEN_ID_BYTES * inv_bw.sum() for ph in phases]),
+                entry_busy=np.asarray(entry_busy), exit_busy=np.asarray(exit_busy))
+
+
+def _memory_terms(cm: CostModel, devs: tuple[str, str], seqs: int, exists: np.ndarray) -> dict:
+    """Bytes: each layer's non-expert weights and KV cache for ``seqs`` sequences in flight [2, L],
+    each expert [L, E], the embedding and head [2, 2] ([first/last, near/far]), the head's copy a
+    device holding both ends of a tied model saves, the workspace [2] and the capacities [2]."""
+    m = cm.model
     ctx = cm.prompt + cm.output
-    kv = np.array([seqs * ctx * m.kv_bytes_per_token_per_layer] * L)
-    ne_mem = np.stack([cm.nonexpert_bytes + kv] * 2)
-    item_mem = np.where(exists, cm.expert_bytes, 0.0)
-    ends_mem = np.array([[m.embedding_params * cm.db] * 2, [m.lm_head_params * cm.db] * 2])
+    kv = np.array([seqs * ctx * m.kv_bytes_per_token_per_layer] * m.num_layers)
     workspace = cm.workspace_bytes
+    return dict(ne_mem=np.stack([cm.nonexpert_bytes + kv] * 2), item_mem=np.where(exists, cm.expert_bytes, 0.0),
+                ends_mem=np.array([[m.embedding_params * cm.db] * 2, [m.lm_head_params * cm.db] * 2]),
+                head_tied_mem=m.lm_head_params * cm.db if m.tie_word_embeddings else 0.0,
+                workspace_mem=np.array([workspace, workspace]),
+                capacity=np.array([cm.devices[devs[NEAR]].memory_bytes, cm.devices[devs[FAR]].memory_bytes]))
+
+
+def two_tier_problem(cm: CostModel, near: str, far: str, micro_batch: int, micro_batches: int) -> TwoTierProblem:
+    """The cost model's terms for a split of the model between ``near`` (the origin) and ``far``."""
+    inst = cm.instance
+    m = cm.model
+    devs = (near, far)
+    phases, busy_w, lat_w = _phases(cm, micro_batch)
+    one_way, inv_bw = _route_terms(cm, near, far)
+    exists = np.zeros((m.num_layers, max(m.num_experts, 1)), dtype=bool)
+    exists[m.moe_layers] = True
+    seqs = micro_batch * micro_batches
     c = inst.constraints
     return TwoTierProblem(
-        ne_lat=ne_lat, ne_busy=ne_busy, item_lat=item_lat, item_busy=item_busy, item_link_lat=item_link_lat,
-        item_link_busy=item_link_busy, fixed_lat=np.full(P, 2.0 * one_way), allowed=exists.copy(), exists=exists,
-        ends_lat=ends_lat, ends_busy=ends_busy, cut_lat=cut_lat, cut_busy=cut_busy, cut_loss=cut_loss, cut_mem=cut_mem,
-        entry_lat=entry_lat, exit_lat=exit_lat, entry_busy=np.asarray(entry_busy), exit_busy=np.asarray(exit_busy),
-        ne_mem=ne_mem, item_mem=item_mem, ends_mem=ends_mem,
-        head_tied_mem=m.lm_head_params * cm.db if m.tie_word_embeddings else 0.0,
-        workspace_mem=np.array([workspace, workspace]),
-        capacity=np.array([cm.devices[near].memory_bytes, cm.devices[far].memory_bytes]),
+        **_compute_terms(cm, devs, phases, busy_w), **_expert_traffic_terms(cm, phases, busy_w, inv_bw),
+        fixed_lat=np.full(len(phases), 2.0 * one_way), allowed=exists.copy(), exists=exists,
+        **_ends_terms(cm, devs, phases, busy_w), **_cut_terms(cm, devs, phases, busy_w, one_way, inv_bw),
+        **_origin_terms(phases, busy_w, one_way, inv_bw), **_memory_terms(cm, devs, seqs, exists),
         lat_weight=lat_w, concurrency=float(seqs),
         power_w=np.array([cm.devices[d].power_w for d in devs]), idle_w=np.array([cm.devices[d].idle_power_w for d in devs]),
         loss_budget=c.accuracy_loss_budget, objective=inst.objective,
