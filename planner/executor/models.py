@@ -51,6 +51,7 @@ def _family_config(family: str, *, layers: int, hidden: int, heads: int, kv_head
     if family == "gpt_oss":
         return common | dict(head_dim=head_dim, num_local_experts=experts, num_experts_per_tok=top_k,
                              intermediate_size=expert_ffn, sliding_window=8,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
                              layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)])
     if family in ("deepseek_v2", "deepseek_v3"):
         # MLA; tiny configs need as many KV heads as attention heads.
