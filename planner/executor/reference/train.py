@@ -78,8 +78,8 @@ def train(out: Path, *, steps: int, batch: int, length: int, lr: float, seed: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            curve.append({"step": step, "loss": round(float(loss), 4), "elapsed_s": round(time.perf_counter() - t0, 1)})
-            print(f"step {step:5d}  loss {float(loss):.4f}  {time.perf_counter() - t0:7.1f} s", flush=True)
+            curve.append({"step": step, "loss": round(loss.item(), 4), "elapsed_s": round(time.perf_counter() - t0, 1)})
+            print(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - t0:7.1f} s", flush=True)
     train_s = time.perf_counter() - t0
     nll = held_out_nll(model, held_out)
     out.mkdir(parents=True, exist_ok=True)
