@@ -23,6 +23,7 @@ Sweeps:
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -68,6 +69,10 @@ def _nll(log_probs: torch.Tensor, ids: torch.Tensor) -> float:
     return float(-picked.mean())
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def reference(model: nn.Module, ids: torch.Tensor) -> Reference:
     lp = torch.log_softmax(logits_of(model, ids), dim=-1)
     return Reference(ids, lp, _nll(lp, ids))
@@ -93,6 +98,7 @@ def codec_sweep(model: nn.Module, calibration_ids: torch.Tensor, ref: Reference,
             plan = Plan((Pipeline((Stage("end", 0, cut), Stage("cloud", cut, n)), (rank,)),))
             planned = apply_plan(model, None, plan, codecs={cut: LowRankCodec.fit(acts[cut], rank)})
             rows.append({"cut_layer": cut, "rank": rank, **compare(ref, logits_of(planned, ref.ids))})
+            _log(f"codec at the cut before layer {cut}, rank {rank}: {rows[-1]}")
     return rows
 
 
@@ -119,6 +125,7 @@ def gate_sweep(model: nn.Module, calibration_ids: torch.Tensor, ref: Reference, 
                                  calibration_ids=calibration_ids if mode == "fitted" else None)
             rows.append({"local_experts": size, "coverage": round(coverage, 6), "method": method,
                          **compare(ref, logits_of(planned, ref.ids))})
+            _log(f"{size} local experts, {method}: {rows[-1]}")
     return rows
 
 

@@ -2,7 +2,7 @@
 
 ``encode(x) = (x - mean) @ basis``, ``decode(z) = z @ basis.T + mean``, with ``basis [H, r]`` the top
 ``r`` principal directions of calibration activations of that cut (the hidden states leaving the
-cut's last layer), found by an SVD in float64. At full rank (r = H) the basis is orthogonal and the
+cut's last layer), the eigenvectors of their covariance in float64. At full rank (r = H) the basis is orthogonal and the
 codec is exact up to float error. A cut is named by its layer: the first layer after it.
 
 Codecs are stored in one safetensors file (:func:`save_codecs`, :func:`load_codecs`), tensors
@@ -47,10 +47,11 @@ class LowRankCodec(nn.Module):
         if x.shape[0] < 2:
             raise ValueError(f"fitting a codec needs at least 2 calibration tokens, got {x.shape[0]}")
         mean = x.mean(dim=0)
-        # Right singular vectors of the centred data = principal directions, by decreasing variance.
-        _, _, vh = torch.linalg.svd(x - mean, full_matrices=True)
+        centred = x - mean
+        # Eigenvectors of the covariance [H, H] = principal directions; eigh sorts them by increasing variance.
+        _, vectors = torch.linalg.eigh(centred.T @ centred)
         dtype = activations.dtype
-        return cls(mean.to(dtype), vh[:rank].T.contiguous().to(dtype))
+        return cls(mean.to(dtype), vectors.flip(1)[:, :rank].contiguous().to(dtype))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.basis
