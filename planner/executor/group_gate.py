@@ -128,7 +128,6 @@ def fit_group_gate(gate: GroupGate, shard: ExpertShard, hidden: torch.Tensor, ro
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
-    torch.manual_seed(seed)
     for _ in range(steps):
         loss = ((_output(gate, x, logits, w, each) - y) ** 2).sum() / norm
         opt.zero_grad()

@@ -44,8 +44,8 @@ def _shell(module: nn.Module) -> nn.Module:
 def expert_subset(experts: nn.Module, expert_ids: Sequence[int]) -> nn.Module:
     """A copy of a fused experts module holding only ``expert_ids`` (in that order): every parameter and
     buffer whose first dimension is the expert is sliced; anything else (activation, config) is shared.
-    Slots that name no expert of the subset must carry the sentinel ``len(expert_ids)`` and weight 0
-    (the module runs in transformers' expert-parallel mode, which skips sentinel slots)."""
+    Slots that name no expert of the subset must carry the sentinel ``len(expert_ids)`` and weight 0,
+    with the module in transformers' expert-parallel mode (``_is_expert_parallel``), which skips them."""
     num = int(experts.num_experts)
     index = torch.as_tensor(list(expert_ids), dtype=torch.long)
     shard = _shell(experts)
@@ -56,7 +56,6 @@ def expert_subset(experts: nn.Module, expert_ids: Sequence[int]) -> nn.Module:
         if buf.dim() >= 1 and buf.shape[0] == num:
             shard._buffers[name] = buf[index].clone()
     shard.num_experts = len(index)
-    shard._is_expert_parallel = True
     return shard
 
 
@@ -85,6 +84,10 @@ class ExpertShard(nn.Module):
             # prefill's time on CPU).
             self.module._is_expert_parallel = False
             return self.module(hidden, local, weights)
+        if getattr(self.module.config, "_experts_implementation", None) == "eager":
+            # Some families' eager paths (gpt-oss) cannot skip a sentinel slot: point other holders'
+            # slots at the first held expert with weight 0 instead (computed, then multiplied by 0).
+            return self.module(hidden, torch.where(mine, local, 0), torch.where(mine, weights, 0.0))
         self.module._is_expert_parallel = True
         sentinel = len(self.expert_ids)
         return self.module(hidden, torch.where(mine, local, sentinel), torch.where(mine, weights, 0.0))

@@ -93,3 +93,18 @@ def test_generate_matches_hf_greedy():
     ours = planned.generate(ids, max_new_tokens=6)
     theirs = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(ids))
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "mixtral"])
+def test_exact_under_every_experts_implementation(family):
+    """Shards skip other holders' slots under eager (gpt-oss's eager path has no sentinel), batched_mm
+    and grouped_mm alike."""
+    from planner.executor import tiny_model
+    model = tiny_model(family)
+    ids, mask = _prompt()
+    for implementation in ("eager", "batched_mm", "grouped_mm"):
+        model.set_experts_implementation(implementation)
+        planned = apply_plan(model, None, PLANS["3-stage"])
+        with torch.no_grad():
+            diff = float((planned(ids, mask) - model(input_ids=ids, attention_mask=mask).logits).abs().max())
+        assert diff <= TOLERANCE, f"{family} under {implementation}: {diff:.2e}"
