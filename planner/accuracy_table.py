@@ -9,10 +9,10 @@ nats; ``top1_agreement``: share of positions whose most likely next token is unc
 planner budgets (``loss_measure``, ``1 - top1_agreement``):
 
 * ``codec``: ``{cut_layer, rank, ...}``: a rank-``rank`` codec at the cut before layer ``cut_layer``;
-* ``group_gate``: ``{local_experts, coverage, method, ...}``: every MoE layer keeps its
-  ``local_experts`` most popular experts; ``coverage`` is the share of the routing mass (top-k
-  selections) those experts receive; ``method`` is ``group_gate`` (fitted) or ``renormalise``
-  (plain renormalisation over the subset, the baseline).
+* ``group_gate``: ``{local_experts, layers, coverage, method, ...}``: the MoE layers ``layers``
+  keep their ``local_experts`` most popular experts (the others run unchanged); ``coverage`` is the
+  share of the routing mass (top-k selections) those experts receive; ``method`` is
+  ``group_gate`` (fitted) or ``renormalise`` (plain renormalisation over the subset, the baseline).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class CodecPoint:
 @dataclass(frozen=True)
 class GatePoint:
     local_experts: int
+    layers: tuple[int, ...]
     coverage: float
     method: str
     kl_nats: float
@@ -84,12 +85,18 @@ class AccuracyTable:
             losses.append(_interpolate(points, rank, f"rank {rank} at the cut before layer {cut}", self.path))
         return max(losses)
 
-    def group_gate_loss(self, coverage: float, method: str = "group_gate") -> float:
-        """Loss when the local subsets cover ``coverage`` (0..1) of the routing mass: linear between
-        measured coverages, 0 at coverage 1, the lowest measured coverage's loss below it."""
-        points = sorted((p.coverage, p.loss) for p in self.group_gate if p.method == method)
+    def group_gate_loss(self, coverage: float, method: str = "group_gate", layer: int | None = None) -> float:
+        """Loss when local subsets cover ``coverage`` (0..1) of the routing mass: of MoE layer ``layer``
+        alone, or (None) of every measured MoE layer at once. Linear between measured coverages, 0 at
+        coverage 1, the lowest measured coverage's loss below it. The sum of per-layer losses is a
+        conservative estimate of gating those layers together (a little above it in the reference
+        model's table)."""
+        every = max((p.layers for p in self.group_gate), key=len, default=())
+        wanted = every if layer is None else (layer,)
+        points = sorted((p.coverage, p.loss) for p in self.group_gate if p.method == method and p.layers == wanted)
         if not points:
-            raise ValueError(f"{self.path or 'accuracy table'}: no group-gate points with method {method!r}")
+            raise ValueError(f"{self.path or 'accuracy table'}: no group-gate points with method {method!r} "
+                             f"for layers {list(wanted)}")
         points.append((1.0, 0.0))
         return _interpolate(points, max(coverage, points[0][0]), f"coverage {coverage}", self.path)
 
@@ -159,7 +166,13 @@ def accuracy_table_from_dict(data, label: str = "<accuracy table>") -> AccuracyT
                 method = e.get("method")
                 if method not in GATE_METHODS:
                     problems.append(Problem(label, f"{where}.method", f"must be one of {GATE_METHODS}, got {method!r}"))
+                layers = e.get("layers")
+                if not isinstance(layers, list) or not layers or not all(
+                        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
+                    problems.append(Problem(label, f"{where}.layers", f"must be a non-empty list of MoE layer indices, got {layers!r}"))
+                    layers = []
                 out.append(GatePoint(_integer(e.get("local_experts"), f"{where}.local_experts", label, problems, lo=1),
+                                     tuple(layers),
                                      _number(e.get("coverage"), f"{where}.coverage", label, problems, lo=0, hi=1),
                                      str(method), **measures(e, where)))
     if problems:

@@ -25,9 +25,10 @@ TABLE = {
     "loss_measure": "1 - top1_agreement",
     "codec": [_point(cut_layer=1, rank=16, loss=0.2), _point(cut_layer=1, rank=64, loss=0.04),
               _point(cut_layer=2, rank=16, loss=0.3), _point(cut_layer=2, rank=64, loss=0.02)],
-    "group_gate": [_point(local_experts=2, coverage=0.3, method="group_gate", loss=0.3),
-                   _point(local_experts=4, coverage=0.6, method="group_gate", loss=0.1),
-                   _point(local_experts=4, coverage=0.6, method="renormalise", loss=0.2)],
+    "group_gate": [_point(local_experts=2, layers=[0, 1], coverage=0.3, method="group_gate", loss=0.3),
+                   _point(local_experts=4, layers=[0, 1], coverage=0.6, method="group_gate", loss=0.1),
+                   _point(local_experts=4, layers=[0, 1], coverage=0.6, method="renormalise", loss=0.2),
+                   _point(local_experts=4, layers=[1], coverage=0.5, method="group_gate", loss=0.04)],
 }
 
 
@@ -49,18 +50,23 @@ def test_group_gate_loss_is_a_function_of_coverage():
     assert t.group_gate_loss(1.0) == 0.0
     assert t.group_gate_loss(0.1) == pytest.approx(0.3)
     assert t.group_gate_loss(0.6, "renormalise") == pytest.approx(0.2)
+    assert t.group_gate_loss(0.75, layer=1) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match=r"for layers \[0\]"):
+        t.group_gate_loss(0.5, layer=0)
 
 
 def test_bad_tables_name_the_file_and_field(tmp_path):
     bad = json.loads(json.dumps(TABLE))
     bad["codec"][1]["loss"] = 1.5
     bad["group_gate"][0]["method"] = "magic"
+    bad["group_gate"][1]["layers"] = "all"
     path = tmp_path / "t.json"
     path.write_text(json.dumps(bad))
     with pytest.raises(InputError) as err:
         read_accuracy_table(path)
     where = {(p.file, p.field) for p in err.value.problems}
     assert (str(path), "codec[1].loss") in where and (str(path), "group_gate[0].method") in where
+    assert (str(path), "group_gate[1].layers") in where
     path.write_text("{")
     with pytest.raises(InputError, match="is not valid JSON"):
         read_accuracy_table(path)

@@ -13,11 +13,11 @@ Sweeps:
 
 * codec: for each cut layer ``c`` and rank ``r``, the two-stage plan ``[0, c) | [c, N)`` with a
   rank-``r`` codec fitted on the calibration tokens' activations at that cut;
-* group gate: for each subset size ``n``, every MoE layer keeps its ``n`` most popular experts
-  (measured on the calibration tokens) on the one stage device and moves the rest to a second
-  device; tokens routed outside the subset are served by plain renormalisation over the subset
-  and by the fitted group gate. ``coverage`` is the share of held-out top-k selections that land
-  in the subsets (mean over MoE layers).
+* group gate: for each subset size ``n``, every MoE layer (then each MoE layer alone) keeps its
+  ``n`` most popular experts (measured on the calibration tokens) on the one stage device and
+  moves the rest to a second device; tokens routed outside the subset are served by plain
+  renormalisation over the subset and by the fitted group gate. ``coverage`` is the share of
+  held-out top-k selections that land in the subsets (mean over the gated layers).
 """
 
 from __future__ import annotations
@@ -113,19 +113,32 @@ def gate_sweep(model: nn.Module, calibration_ids: torch.Tensor, ref: Reference, 
     n = model.config.num_hidden_layers
     calib_counts = selection_counts(model, calibration_ids)
     held_counts = selection_counts(model, ref.ids)
+    moe_layers = sorted(calib_counts)
     rows = []
+
+    def plan_moving(keep: dict[int, set[int]], layers: list[int]) -> Plan:
+        moved = tuple(ExpertPlacement(l, e, ("cloud",), (1.0,)) for l in layers
+                      for e in range(len(calib_counts[l])) if e not in keep[l])
+        return Plan((Pipeline((Stage("end", 0, n),), expert_placement=moved),))
+
+    def coverage(keep: dict[int, set[int]], layers: list[int]) -> float:
+        return sum(float(held_counts[l][sorted(keep[l])].sum() / held_counts[l].sum()) for l in layers) / len(layers)
+
     for size in subset_sizes:
         keep = {l: set(torch.argsort(c, descending=True, stable=True)[:size].tolist()) for l, c in calib_counts.items()}
-        coverage = sum(float(held_counts[l][sorted(k)].sum() / held_counts[l].sum()) for l, k in keep.items()) / len(keep)
-        moved = tuple(ExpertPlacement(l, e, ("cloud",), (1.0,)) for l in sorted(keep)
-                      for e in range(len(calib_counts[l])) if e not in keep[l])
-        plan = Plan((Pipeline((Stage("end", 0, n),), expert_placement=moved),))
-        for method, mode in (("renormalise", "renormalise"), ("group_gate", "fitted")):
-            planned = apply_plan(model, None, plan, group_gate={"end": None}, gate_mode=mode,
-                                 calibration_ids=calibration_ids if mode == "fitted" else None)
-            rows.append({"local_experts": size, "coverage": round(coverage, 6), "method": method,
-                         **compare(ref, logits_of(planned, ref.ids))})
-            _log(f"{size} local experts, {method}: {rows[-1]}")
+        fitted: dict = {}
+        # All MoE layers at once (fitting every gate), then each layer alone (reusing its fitted gate).
+        for layers in [moe_layers] + [[l] for l in moe_layers]:
+            plan = plan_moving(keep, layers)
+            for method, mode in (("renormalise", "renormalise"), ("group_gate", "fitted")):
+                planned = apply_plan(model, None, plan, group_gate={"end": layers}, gate_mode=mode,
+                                     fitted_gates={l: fitted[l] for l in layers if l in fitted} if mode == "fitted" else None,
+                                     calibration_ids=calibration_ids if mode == "fitted" else None)
+                if mode == "fitted":
+                    fitted.update({l: p.group_gate for l, p in planned.placed_experts().items() if p.group_gate is not None})
+                rows.append({"local_experts": size, "layers": layers, "coverage": round(coverage(keep, layers), 6),
+                             "method": method, **compare(ref, logits_of(planned, ref.ids))})
+                _log(f"{size} local experts on layers {layers}, {method}: {rows[-1]}")
     return rows
 
 

@@ -58,50 +58,32 @@ class LayerHolders:
 
 def apply_plan(model: nn.Module, instance: Instance | None, plan: Plan, *, pipeline: int = 0,
                group_gate: Mapping[str, Iterable[int] | None] | None = None, gate_mode: str = "fitted",
-               codecs: Mapping[int, LowRankCodec] | None = None, calibration_ids: torch.Tensor | None = None,
-               remote: RemoteExperts | None = None, plan_file: str = "<plan>") -> PlannedModel:
+               codecs: Mapping[int, LowRankCodec] | None = None, fitted_gates: Mapping[int, GroupGate] | None = None,
+               calibration_ids: torch.Tensor | None = None, remote: RemoteExperts | None = None,
+               plan_file: str = "<plan>") -> PlannedModel:
     """The planned model of ``plan.pipelines[pipeline]`` over ``model`` (a supported ``...ForCausalLM``).
 
     ``instance`` (may be None) is checked against the model (layers, hidden size, experts, top-k)
     and the plan's devices against its fleet. ``codecs`` maps a cut's layer (the first layer of the
     next stage) to a fitted codec of the plan's rank; cuts with a rank and no codec are fitted on
-    ``calibration_ids [B, S]``, as are group gates in ``"fitted"`` mode. ``remote`` serves experts held
-    by other devices (default: :class:`InProcessExperts`, all in this process). Raises
+    ``calibration_ids [B, S]``, as are group gates in ``"fitted"`` mode that ``fitted_gates`` (layer
+    -> a gate fitted for the same local subset, e.g. by an earlier call) does not give. ``remote``
+    serves experts held by other devices (default: :class:`InProcessExperts`, all in this process). Raises
     :class:`InputError` naming the plan (``plan_file``) or instance field for every mismatch.
     """
     family = family_of(model)
     parts = moe_parts(model)
-    num_layers = int(model.config.num_hidden_layers)
-    hidden_size = int(model.config.hidden_size)
     if gate_mode not in GATE_MODES:
         raise ValueError(f"gate_mode must be one of {', '.join(GATE_MODES)}, got {gate_mode!r}")
     if instance is not None:
         _check_instance(instance, model, parts)
-    if not 0 <= pipeline < len(plan.pipelines):
-        raise InputError(Problem(plan_file, "pipelines", f"has {len(plan.pipelines)} pipeline(s); pipeline {pipeline} asked for"))
-    pipe = plan.pipelines[pipeline]
-    tp = f"pipelines[{pipeline}]"
-    col = Collector(plan_file)
-    _check_stages(pipe, num_layers, tp, col)
-    ranks = _check_ranks(pipe, hidden_size, tp, col)
-    if instance is not None:
-        names = {d.name for d in instance.devices}
-        for j, s in enumerate(pipe.stages):
-            if s.device not in names:
-                col.add(f"{tp}.stages[{j}].device", f"{s.device!r} is not a device of instance {instance.name!r}")
-    col.raise_if_any()
-    holders = _check_placement(pipe, parts, instance, tp, col)
-    gated = _gated_layers(pipe, group_gate, parts, holders, tp, col)
-    col.raise_if_any()
-
+    codecs, fitted_gates = dict(codecs or {}), dict(fitted_gates or {})
+    pipe, ranks, holders, gated = _checked_plan(model, parts, instance, plan, pipeline, group_gate, codecs,
+                                                fitted_gates, plan_file)
+    hidden_size = int(model.config.hidden_size)
     cut_layers = [s.first_layer for s in pipe.stages[1:]]
-    codecs = dict(codecs or {})
-    for cut, (layer, rank) in enumerate(zip(cut_layers, ranks)):
-        if rank is not None and layer in codecs and codecs[layer].rank != rank:
-            col.add(f"{tp}.codec_ranks[{cut}]", f"is {rank} but the codec given for the cut before layer {layer} has rank {codecs[layer].rank}")
-    col.raise_if_any()
     to_fit = [layer for layer, rank in zip(cut_layers, ranks) if rank is not None and layer not in codecs]
-    gates_to_fit = sorted(gated) if gate_mode == "fitted" else []
+    gates_to_fit = [l for l in sorted(gated) if l not in fitted_gates] if gate_mode == "fitted" else []
     if (to_fit or gates_to_fit) and calibration_ids is None:
         what = ([f"codec at the cut before layer {c}" for c in to_fit] + [f"group gate of layer {l}" for l in gates_to_fit])
         raise ValueError(f"calibration_ids are needed to fit: {', '.join(what)} (or pass codecs= / gate_mode='renormalise')")
@@ -119,7 +101,8 @@ def apply_plan(model: nn.Module, instance: Instance | None, plan: Plan, *, pipel
                 layers.append(layer_of[i])
                 continue
             layer, placed = _placed_layer(layer_of[i], parts[i], family, holders[i], remote_fn, timings,
-                                          gate=i in gated, hidden_size=hidden_size)
+                                          gate=i in gated, hidden_size=hidden_size,
+                                          fitted=fitted_gates.get(i) if gate_mode == "fitted" else None)
             if placed.group_gate is not None and i in gates_to_fit:
                 cap = captured.moe[i]
                 gate_fits[i] = fit_group_gate(placed.group_gate, placed.local, cap.hidden, cap.router_logits,
@@ -129,15 +112,50 @@ def apply_plan(model: nn.Module, instance: Instance | None, plan: Plan, *, pipel
     for layer in to_fit:
         codecs[layer] = LowRankCodec.fit(captured.cuts[layer], ranks[cut_layers.index(layer)])
     codec_list = [codecs[layer] if rank is not None else None for layer, rank in zip(cut_layers, ranks)]
-    planned = PlannedModel(stages, codec_list, timings, remote_fn if isinstance(remote_fn, nn.Module) else None)
-    planned.gate_fits = gate_fits
+    planned = PlannedModel(stages, codec_list, timings, remote_fn if isinstance(remote_fn, nn.Module) else None, gate_fits)
     planned.reset()
     return planned
 
 
+def _checked_plan(model: nn.Module, parts: dict[int, MoEParts], instance: Instance | None, plan: Plan, pipeline: int,
+                  group_gate, codecs: dict[int, LowRankCodec], fitted_gates: dict[int, GroupGate], plan_file: str
+                  ) -> tuple[Pipeline, list[int | None], dict[int, LayerHolders], set[int]]:
+    """The pipeline, its codec rank per cut, every MoE layer's holders and the gated layers, after
+    checking the plan against the model (and the instance): an :class:`InputError` lists every problem."""
+    if not 0 <= pipeline < len(plan.pipelines):
+        raise InputError(Problem(plan_file, "pipelines", f"has {len(plan.pipelines)} pipeline(s); pipeline {pipeline} asked for"))
+    pipe = plan.pipelines[pipeline]
+    tp = f"pipelines[{pipeline}]"
+    col = Collector(plan_file)
+    _check_stages(pipe, int(model.config.num_hidden_layers), tp, col)
+    ranks = _check_ranks(pipe, int(model.config.hidden_size), tp, col)
+    if instance is not None:
+        names = {d.name for d in instance.devices}
+        for j, s in enumerate(pipe.stages):
+            if s.device not in names:
+                col.add(f"{tp}.stages[{j}].device", f"{s.device!r} is not a device of instance {instance.name!r}")
+    col.raise_if_any()
+    holders = _check_placement(pipe, parts, instance, tp, col)
+    gated = _gated_layers(pipe, group_gate, parts, holders, tp, col)
+    col.raise_if_any()
+    for cut, (stage, rank) in enumerate(zip(pipe.stages[1:], ranks)):
+        layer = stage.first_layer
+        if rank is not None and layer in codecs and codecs[layer].rank != rank:
+            col.add(f"{tp}.codec_ranks[{cut}]", f"is {rank} but the codec given for the cut before layer {layer} has rank {codecs[layer].rank}")
+    for layer, gate in fitted_gates.items():
+        local = holders[layer].experts_on(holders[layer].holders[0]) if layer in holders else []
+        if layer not in gated or sorted(gate.local.tolist()) != local:
+            col.add(f"fitted_gates[{layer}]", f"a gate over experts {sorted(gate.local.tolist())} does not fit: layer {layer} "
+                    + (f"keeps experts {local} on its stage device" if layer in gated else "runs no group gate in this plan"))
+    col.raise_if_any()
+    return pipe, ranks, holders, gated
+
+
 def _placed_layer(layer: nn.Module, parts: MoEParts, family: Family, holders: LayerHolders, remote: RemoteExperts,
-                  timings: Timings, *, gate: bool, hidden_size: int) -> tuple[nn.Module, PlacedExperts]:
-    """A copy of decoder ``layer`` whose MoE block has its experts placed (and its router tapped when gated)."""
+                  timings: Timings, *, gate: bool, hidden_size: int, fitted: GroupGate | None
+                  ) -> tuple[nn.Module, PlacedExperts]:
+    """A copy of decoder ``layer`` whose MoE block has its experts placed (and its router tapped when
+    gated, with the ``fitted`` gate if given, else a new unfitted one)."""
     local_ids = holders.experts_on(holders.holders[0])
     local = ExpertShard(parts.experts, parts.layer, local_ids) if local_ids else None
     if isinstance(remote, InProcessExperts):
@@ -150,8 +168,8 @@ def _placed_layer(layer: nn.Module, parts: MoEParts, family: Family, holders: La
         tap = RouterTap(parts.router)
         block._modules[family.router_attr] = tap
         router = parts.router
-        group_gate = GroupGate(local_ids, parts.num_experts, parts.top_k, hidden_size,
-                               lambda logits, r=router: family.selection_scores(r, logits))
+        group_gate = fitted if fitted is not None else GroupGate(
+            local_ids, parts.num_experts, parts.top_k, hidden_size, lambda logits, r=router: family.selection_scores(r, logits))
     routing = SlotRouting(parts.num_experts, holders.of_expert)
     placed = PlacedExperts(parts.layer, list(holders.holders), local, remote, routing, timings, group_gate, tap)
     block._modules["experts"] = placed
@@ -212,10 +230,7 @@ def _check_placement(pipe: Pipeline, parts: dict[int, MoEParts], instance: Insta
     for j, e in enumerate(pipe.expert_placement):
         ep = f"{tp}.expert_placement[{j}]"
         if e.layer not in parts:
-            moe = sorted(parts)
-            col.add(f"{ep}.layer", f"layer {e.layer} is not an MoE layer of the model (MoE layers: {moe[0]}..{moe[-1]}"
-                                   f"{', dense: ' + str(sorted(set(range(moe[-1] + 1)) - set(moe))) if len(moe) < moe[-1] + 1 else ''})"
-                    if moe else f"layer {e.layer}: the model has no MoE layer")
+            col.add(f"{ep}.layer", f"layer {e.layer} is not an MoE layer of the model (its MoE layers: {sorted(parts)})")
             continue
         if not 0 <= e.expert < parts[e.layer].num_experts:
             col.add(f"{ep}.expert", f"expert {e.expert} does not exist: layer {e.layer} has experts 0..{parts[e.layer].num_experts - 1}")

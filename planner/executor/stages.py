@@ -93,11 +93,12 @@ class PlannedModel(nn.Module):
       ``attention_mask`` is the 2-D padding mask over past + new tokens, as for the HF model;
     * :meth:`generate`: greedy decoding through prefill and decode steps.
 
-    ``timings`` (enable with ``planned.timings.enabled = True``) collects per-layer seconds.
+    ``timings`` (enable with ``planned.timings.enabled = True``) collects per-layer seconds;
+    ``gate_fits`` holds what fitting each group gate did (layer -> ``GateFit``).
     """
 
     def __init__(self, stages: Sequence[StageRunner], codecs: Sequence[LowRankCodec | None], timings: Timings,
-                 remote: nn.Module | None = None):
+                 remote: nn.Module | None = None, gate_fits: dict | None = None):
         super().__init__()
         if len(codecs) != len(stages) - 1:
             raise ValueError(f"{len(stages)} stages need {len(stages) - 1} codec entries, got {len(codecs)}")
@@ -105,6 +106,7 @@ class PlannedModel(nn.Module):
         self.codecs = nn.ModuleList([c if c is not None else nn.Identity() for c in codecs])
         self.timings = timings
         self.remote = remote
+        self.gate_fits = dict(gate_fits or {})
         self.seen_tokens = 0
 
     @property

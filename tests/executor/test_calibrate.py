@@ -27,7 +27,10 @@ def test_calibrate_writes_a_readable_table_and_popularity(folder, tmp_path):
     assert [(p.cut_layer, p.rank) for p in table.codec] == [(2, 8), (2, 48)]
     assert table.codec[0].kl_nats > table.codec[1].kl_nats
     assert {p.method for p in table.group_gate} == {"group_gate", "renormalise"}
+    assert [p.layers for p in table.group_gate[::2]] == [(0, 1, 2, 3), (0,), (1,), (2,), (3,)]
     assert 0 < table.group_gate[0].coverage < 1
+    # Each layer alone reuses the gate fitted with all layers: it is never worse than renormalising there.
+    assert table.group_gate_loss(table.group_gate[2].coverage, layer=0) >= 0
     counts = json.loads(pop.read_text())["expert_popularity"]
     assert len(counts) == 4 and all(len(r) == 8 and sum(r) == 4 * 24 * 2 for r in counts)
 

@@ -78,3 +78,17 @@ def test_the_plan_field_is_read_when_present():
     from planner.plan import Plan
     planned = apply_plan(cached_tiny("mixtral"), None, Plan((pipe,)), gate_mode="renormalise")
     assert [l for l, p in planned.placed_experts().items() if p.group_gate is not None] == [1]
+
+
+def test_fitted_gates_are_reused_only_for_the_same_subset():
+    model = cached_tiny("olmoe")
+    plan = plan_of([("end", 0, 2), ("cloud", 2, 4)], MOVED)
+    first = apply_plan(model, None, plan, group_gate={"end": None}, calibration_ids=_ids(8, 6))
+    gates = {l: p.group_gate for l, p in first.placed_experts().items() if p.group_gate is not None}
+    again = apply_plan(model, None, plan, group_gate={"end": None}, fitted_gates=gates)
+    ids = _ids(2, 7)
+    with torch.no_grad():
+        assert torch.equal(first(ids), again(ids))
+    other = plan_of([("end", 0, 2), ("cloud", 2, 4)], [(0, e, ["cloud"], [1.0]) for e in range(2, 8)] + MOVED[4:])
+    with pytest.raises(Exception, match=r"fitted_gates\[0\]: a gate over experts \[0, 1, 2, 3\] does not fit"):
+        apply_plan(model, None, other, group_gate={"end": None}, fitted_gates=gates)
