@@ -124,7 +124,7 @@ def fit_group_gate(gate: GroupGate, shard: ExpertShard, hidden: torch.Tensor, ro
     with torch.no_grad():
         base = float(((_output(gate, x, logits, w, each) - y) ** 2).sum()) / norm
     start = {k: v.clone() for k, v in gate.state_dict().items()}
-    params = [p for n, p in gate.named_parameters()]
+    params = list(gate.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)

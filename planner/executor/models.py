@@ -58,9 +58,8 @@ def _family_config(family: str, *, layers: int, hidden: int, heads: int, kv_head
         mla = dict(kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
                    num_key_value_heads=heads, n_shared_experts=1, moe_intermediate_size=expert_ffn,
                    intermediate_size=dense_ffn or 2 * expert_ffn, first_k_dense_replace=first_dense,
-                   num_experts_per_tok=top_k, n_group=2, topk_group=2)
-        key = "n_routed_experts"
-        return common | mla | {key: experts}
+                   num_experts_per_tok=top_k, n_group=2, topk_group=2, n_routed_experts=experts)
+        return common | mla
     raise UnsupportedModelError(f"family {family!r} is not one of {', '.join(FAMILIES)}")
 
 

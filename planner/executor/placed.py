@@ -195,10 +195,6 @@ class RouterTap(nn.Module):
         self.router = router
         self.last_logits: torch.Tensor | None = None
 
-    @property
-    def top_k(self) -> int:
-        return self.router.top_k
-
     def forward(self, hidden: torch.Tensor):
         out = self.router(hidden)
         self.last_logits = out[0]
