@@ -37,7 +37,9 @@ def main(instance_path: Path = ROOT / "instances" / "reference-moe-jetson-cloud.
     model = load_reference()
     calib = torch.from_numpy(corpus.windows(corpus.read_bytes("calibration"), 8, 128, seed=0))
     held = torch.from_numpy(corpus.windows(corpus.read_bytes("held-out"), 8, 128))
-    planned = apply_plan(model, inst, plan, calibration_ids=calib)
+    # Fit codecs as the measured table that priced them did (PCA, then fine-tuning steps).
+    table = inst.constraints.accuracy_table
+    planned = apply_plan(model, inst, plan, calibration_ids=calib, codec_steps=table.codec_fine_tuning_steps)
     ref = reference(model, held)
     exact = compare(ref, logits_of(planned, held))
     print(f"planned vs unmodified on held-out bytes: top-1 agreement {exact['top1_agreement']:.4f}, "
@@ -69,7 +71,6 @@ def main(instance_path: Path = ROOT / "instances" / "reference-moe-jetson-cloud.
               f"remote slots {remote}")
         assert remote == 0
 
-    table = inst.constraints.accuracy_table
     print(f"measured accuracy table ({table.loss_measure}): codec loss by rank "
           + ", ".join(f"{r}: {table.codec_loss(r):.4f}" for r in inst.constraints.codec.ranks)
           + f"; group-gate loss at coverage 0.75: {table.group_gate_loss(0.75):.4f} "

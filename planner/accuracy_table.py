@@ -6,7 +6,8 @@ data, the baseline perplexity, and two lists of points, each with the three meas
 unmodified model on held-out tokens (``kl_nats``: mean KL divergence of next-token distributions,
 nats; ``top1_agreement``: share of positions whose most likely next token is unchanged;
 ``perplexity_change``: relative change of held-out perplexity) and ``loss``, the quantity the
-planner budgets (``loss_measure``, ``1 - top1_agreement``):
+planner budgets (``loss_measure``, ``1 - top1_agreement``); ``codec_fit`` says how the codecs
+were fitted (PCA, then ``fine_tuning_steps``):
 
 * ``codec``: ``{cut_layer, rank, ...}``: a rank-``rank`` codec at the cut before layer ``cut_layer``;
 * ``group_gate``: ``{local_experts, layers, coverage, method, ...}``: the MoE layers ``layers``
@@ -62,6 +63,8 @@ class AccuracyTable:
     codec: tuple[CodecPoint, ...]
     group_gate: tuple[GatePoint, ...]
     path: str = ""
+    # How the measured codecs were fitted: PCA, then this many fine-tuning steps (apply_plan's codec_steps).
+    codec_fine_tuning_steps: int = 0
 
     @property
     def codec_ranks(self) -> list[int]:
@@ -175,9 +178,15 @@ def accuracy_table_from_dict(data, label: str = "<accuracy table>") -> AccuracyT
                                      tuple(layers),
                                      _number(e.get("coverage"), f"{where}.coverage", label, problems, lo=0, hi=1),
                                      str(method), **measures(e, where)))
+    fit = data.get("codec_fit", {"method": "pca", "fine_tuning_steps": 0})
+    steps = 0
+    if not isinstance(fit, dict) or fit.get("method") != "pca":
+        problems.append(Problem(label, "codec_fit", f"must be {{method: 'pca', fine_tuning_steps: N}}, got {fit!r}"))
+    else:
+        steps = _integer(fit.get("fine_tuning_steps", 0), "codec_fit.fine_tuning_steps", label, problems, lo=0)
     if problems:
         raise InputError(problems)
-    return AccuracyTable(model["name"], hidden, experts, measure, tuple(codec), tuple(gate), label)
+    return AccuracyTable(model["name"], hidden, experts, measure, tuple(codec), tuple(gate), label, steps)
 
 
 def read_accuracy_table(path: str | Path) -> AccuracyTable:

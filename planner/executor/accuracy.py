@@ -12,7 +12,8 @@ the text; perplexity change hides offsetting errors). All three are recorded.
 Sweeps:
 
 * codec: for each cut layer ``c`` and rank ``r``, the two-stage plan ``[0, c) | [c, N)`` with a
-  rank-``r`` codec fitted on the calibration tokens' activations at that cut;
+  rank-``r`` codec fitted on the calibration tokens' activations at that cut (PCA, then
+  ``codec_steps`` fine-tuning steps, as ``apply_plan`` fits it);
 * group gate: for each subset size ``n``, every MoE layer (then each MoE layer alone) keeps its
   ``n`` most popular experts (measured on the calibration tokens) on the one stage device and
   moves the rest to a second device; tokens routed outside the subset are served by plain
@@ -34,7 +35,6 @@ from torch import nn
 from planner.accuracy_table import SCHEMA
 from planner.executor.apply import apply_plan
 from planner.executor.capture import capture
-from planner.executor.codec import LowRankCodec
 from planner.executor.families import family_of, moe_parts
 from planner.executor.stages import PlannedModel
 from planner.plan import ExpertPlacement, Pipeline, Plan, Stage
@@ -89,14 +89,13 @@ def compare(ref: Reference, logits: torch.Tensor) -> dict:
 
 
 def codec_sweep(model: nn.Module, calibration_ids: torch.Tensor, ref: Reference, cut_layers: list[int],
-                ranks: list[int]) -> list[dict]:
+                ranks: list[int], codec_steps: int) -> list[dict]:
     n = model.config.num_hidden_layers
-    acts = capture(model, calibration_ids, cut_layers=cut_layers).cuts
     rows = []
     for cut in cut_layers:
         for rank in ranks:
             plan = Plan((Pipeline((Stage("end", 0, cut), Stage("cloud", cut, n)), (rank,)),))
-            planned = apply_plan(model, None, plan, codecs={cut: LowRankCodec.fit(acts[cut], rank)})
+            planned = apply_plan(model, None, plan, calibration_ids=calibration_ids, codec_steps=codec_steps)
             rows.append({"cut_layer": cut, "rank": rank, **compare(ref, logits_of(planned, ref.ids))})
             _log(f"codec at the cut before layer {cut}, rank {rank}: {rows[-1]}")
     return rows
@@ -143,7 +142,8 @@ def gate_sweep(model: nn.Module, calibration_ids: torch.Tensor, ref: Reference, 
 
 
 def measure_table(model: nn.Module, calibration_ids: torch.Tensor, held_out_ids: torch.Tensor, *, name: str,
-                  cut_layers: list[int], ranks: list[int], subset_sizes: list[int], measured_on: dict) -> dict:
+                  cut_layers: list[int], ranks: list[int], subset_sizes: list[int], measured_on: dict,
+                  codec_steps: int = 0) -> dict:
     """The whole accuracy table (JSON-ready, schema ``moeplan.accuracy/1``)."""
     t0 = time.perf_counter()
     parts = moe_parts(model)
@@ -158,7 +158,8 @@ def measure_table(model: nn.Module, calibration_ids: torch.Tensor, held_out_ids:
             "torch": torch.__version__, "transformers": transformers.__version__},
         "loss_measure": LOSS_MEASURE,
         "baseline": {"perplexity": round(ref.perplexity, 5), "nll_nats": round(ref.nll_nats, 6)},
-        "codec": codec_sweep(model, calibration_ids, ref, cut_layers, ranks),
+        "codec_fit": {"method": "pca", "fine_tuning_steps": codec_steps},
+        "codec": codec_sweep(model, calibration_ids, ref, cut_layers, ranks, codec_steps),
         "group_gate": gate_sweep(model, calibration_ids, ref, subset_sizes),
     }
     table["measured_on"]["seconds"] = round(time.perf_counter() - t0, 1)

@@ -28,7 +28,7 @@ from torch import nn
 
 from planner.errors import Collector, InputError, Problem
 from planner.executor.capture import capture
-from planner.executor.codec import LowRankCodec
+from planner.executor.codec import LowRankCodec, fine_tune_codec
 from planner.executor.families import Family, MoEParts, decoder_layers, family_of, moe_parts
 from planner.executor.group_gate import GateFit, GroupGate, fit_group_gate
 from planner.executor.placed import (ExpertShard, InProcessExperts, PlacedExperts, RemoteExperts, RouterTap,
@@ -58,15 +58,15 @@ class LayerHolders:
 
 def apply_plan(model: nn.Module, instance: Instance | None, plan: Plan, *, pipeline: int = 0,
                group_gate: Mapping[str, Iterable[int] | None] | None = None, gate_mode: str = "fitted",
-               codecs: Mapping[int, LowRankCodec] | None = None, fitted_gates: Mapping[int, GroupGate] | None = None,
-               calibration_ids: torch.Tensor | None = None, remote: RemoteExperts | None = None,
-               plan_file: str = "<plan>") -> PlannedModel:
+               codecs: Mapping[int, LowRankCodec] | None = None, codec_steps: int = 0,
+               fitted_gates: Mapping[int, GroupGate] | None = None, calibration_ids: torch.Tensor | None = None,
+               remote: RemoteExperts | None = None, plan_file: str = "<plan>") -> PlannedModel:
     """The planned model of ``plan.pipelines[pipeline]`` over ``model`` (a supported ``...ForCausalLM``).
 
     ``instance`` (may be None) is checked against the model (layers, hidden size, experts, top-k)
     and the plan's devices against its fleet. ``codecs`` maps a cut's layer (the first layer of the
     next stage) to a fitted codec of the plan's rank; cuts with a rank and no codec are fitted on
-    ``calibration_ids [B, S]``, as are group gates in ``"fitted"`` mode that ``fitted_gates`` (layer
+    ``calibration_ids [B, S]`` (PCA, then ``codec_steps`` fine-tuning steps), as are group gates in ``"fitted"`` mode that ``fitted_gates`` (layer
     -> a gate fitted for the same local subset, e.g. by an earlier call) does not give. ``remote``
     serves experts held by other devices (default: :class:`InProcessExperts`, all in this process). Raises
     :class:`InputError` naming the plan (``plan_file``) or instance field for every mismatch.
@@ -113,8 +113,30 @@ def apply_plan(model: nn.Module, instance: Instance | None, plan: Plan, *, pipel
         codecs[layer] = LowRankCodec.fit(captured.cuts[layer], ranks[cut_layers.index(layer)])
     codec_list = [codecs[layer] if rank is not None else None for layer, rank in zip(cut_layers, ranks)]
     planned = PlannedModel(stages, codec_list, timings, remote_fn if isinstance(remote_fn, nn.Module) else None, gate_fits)
+    if codec_steps > 0 and to_fit:
+        _fine_tune_codecs(model, planned, calibration_ids, captured, [cut_layers.index(l) for l in to_fit], codec_steps)
     planned.reset()
     return planned
+
+
+def _fine_tune_codecs(model: nn.Module, planned: PlannedModel, calibration_ids: torch.Tensor, captured,
+                      cuts: list[int], steps: int) -> None:
+    """Fine-tune the codecs of ``cuts`` (PCA-initialised) on the calibration windows, first cut first,
+    each through the stages after it (later cuts with their codecs as they stand); model weights stay frozen."""
+    with torch.no_grad():
+        target = torch.cat([torch.log_softmax(model(input_ids=b, use_cache=False).logits.float(), dim=-1)
+                            for b in calibration_ids.split(8)])
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for cut in cuts:
+            layer = planned.stages[cut + 1].first_layer
+            hidden = captured.cuts[layer].reshape(*calibration_ids.shape, -1)
+            fine_tune_codec(planned.codecs[cut], hidden, lambda x, c=cut: planned.run_from(c + 1, x), target, steps=steps)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _checked_plan(model: nn.Module, parts: dict[int, MoEParts], instance: Instance | None, plan: Plan, pipeline: int,

@@ -44,6 +44,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="codec ranks (default: hidden/32, /16, /8, /4, /2, 3/4 of the hidden size)")
     p.add_argument("--cuts", type=_int_list, default=None, metavar="L,L,...",
                    help="cut layers: a cut before each (default: every layer boundary)")
+    p.add_argument("--codec-steps", type=int, default=60, metavar="N",
+                   help="fine-tuning steps after PCA for each codec (default 60; 0: PCA alone)")
     p.add_argument("--subset-sizes", type=_int_list, default=None, metavar="N,N,...",
                    help="local experts per MoE layer for the group gate (default 1 .. experts - 1)")
     p.add_argument("--windows", type=int, default=64, help="held-out (and calibration) windows (default 64)")
@@ -114,8 +116,10 @@ def cmd_calibrate(args) -> int:
             if max(values) > limit:
                 raise InputError(Problem(option, "", f"values must be at most {limit} for this model, got {max(values)}"))
         calib, held, source = _token_windows(args, int(model.config.vocab_size))
+        if args.codec_steps < 0:
+            raise InputError(Problem("--codec-steps", "", f"must be >= 0, got {args.codec_steps}"))
         table = measure_table(model, calib, held, name=name, cut_layers=cuts, ranks=ranks, subset_sizes=sizes,
-                              measured_on=source | {"seed": args.seed})
+                              measured_on=source | {"seed": args.seed}, codec_steps=args.codec_steps)
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
         if args.popularity:
             pop = popularity_file(model, held)

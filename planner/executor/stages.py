@@ -126,14 +126,24 @@ class PlannedModel(nn.Module):
             raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         start = self.seen_tokens if use_cache else 0
         position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + start).unsqueeze(0)
-        x = input_ids
-        for i, stage in enumerate(self.stages):
-            x = stage(x, attention_mask, position_ids, use_cache)
-            if i < len(self.stages) - 1:
-                x = self.cross_cut(i, x)
+        out = self._stages_from(0, input_ids, attention_mask, position_ids, use_cache)
         if use_cache:
             self.seen_tokens += input_ids.shape[1]
+        return out
+
+    def _stages_from(self, first: int, x: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+                     use_cache: bool) -> torch.Tensor:
+        for i in range(first, len(self.stages)):
+            x = self.stages[i](x, attention_mask, position_ids, use_cache)
+            if i < len(self.stages) - 1:
+                x = self.cross_cut(i, x)
         return x
+
+    def run_from(self, first_stage: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, S, V] of the stages from ``first_stage`` on, given the hidden states [B, S, H] that
+        arrive there (positions from 0, no cache)."""
+        position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+        return self._stages_from(first_stage, hidden, attention_mask, position_ids, use_cache=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self._run(input_ids, attention_mask, use_cache=False)

@@ -21,10 +21,11 @@ def folder(tmp_path_factory):
 def test_calibrate_writes_a_readable_table_and_popularity(folder, tmp_path):
     out, pop = tmp_path / "t.json", tmp_path / "p.json"
     rc = main([str(folder), "-o", str(out), "--windows", "4", "--length", "24", "--ranks", "8,48",
-               "--cuts", "2", "--subset-sizes", "4", "--popularity", str(pop)])
+               "--cuts", "2", "--subset-sizes", "4", "--codec-steps", "3", "--popularity", str(pop)])
     assert rc == 0
     table = read_accuracy_table(out)
     assert [(p.cut_layer, p.rank) for p in table.codec] == [(2, 8), (2, 48)]
+    assert table.codec_fine_tuning_steps == 3
     assert table.codec[0].kl_nats > table.codec[1].kl_nats
     assert {p.method for p in table.group_gate} == {"group_gate", "renormalise"}
     assert [p.layers for p in table.group_gate[::2]] == [(0, 1, 2, 3), (0,), (1,), (2,), (3,)]
