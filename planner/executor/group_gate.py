@@ -53,6 +53,7 @@ class GroupGate(nn.Module):
         for lin in (self.local_gate, self.mix, self.scale):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+        self.requires_grad_(False)  # trained only inside fit_group_gate
         self.fitted = False
 
     def mixed_scores(self, hidden: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
