@@ -112,3 +112,17 @@ def test_model_from_card_builds_the_card_shape(line_model):
 def test_model_from_card_needs_a_supported_family(line):
     with pytest.raises(InputError, match="model.family: family '' has no executor adapter"):
         model_from_card(line.model)
+
+
+def test_one_pipeline_of_several_is_applied():
+    from planner.plan import Pipeline, Plan, Stage
+    model = cached_tiny("qwen3_moe")
+    plan = Plan((Pipeline((Stage("a", 0, 4),), request_share=0.5),
+                 Pipeline((Stage("b", 0, 1), Stage("c", 1, 4)), request_share=0.5)))
+    planned = apply_plan(model, None, plan, pipeline=1)
+    assert planned.devices == ["b", "c"]
+    ids = torch.zeros(1, 5, dtype=torch.long)
+    with torch.no_grad():
+        assert float((planned(ids) - model(input_ids=ids).logits).abs().max()) <= 1e-5
+    with pytest.raises(InputError, match=r"pipelines: has 2 pipeline\(s\); pipeline 2 asked for"):
+        apply_plan(model, None, plan, pipeline=2)
