@@ -11,8 +11,9 @@ import argparse
 from planner.cli import bench, compare, import_hf, place, profile, simulate, solve, validate
 from planner.cli.output import EXIT_BAD_INPUT, EXIT_NO_PLAN, log
 from planner.domain.errors import InputError, MoeplanError
+from planner.executor import calibrate  # the command parses without torch; running it needs the extra
 
-COMMANDS = (solve, compare, validate, import_hf, profile, place, bench, simulate)
+COMMANDS = (solve, compare, validate, import_hf, profile, place, bench, simulate, calibrate)
 
 
 def build_parser() -> argparse.ArgumentParser:

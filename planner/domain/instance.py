@@ -16,6 +16,7 @@ import numpy as np
 
 from planner.domain import catalog
 from planner.domain import fields as F
+from planner.domain.accuracy_table import AccuracyTable, read_accuracy_table
 from planner.domain.data_files import RequestTrace, read_bandwidth_series, read_popularity_counts, read_request_trace
 from planner.domain.device import Device, device_fields
 from planner.domain.errors import Collector, InputError
@@ -83,6 +84,8 @@ class Constraints:
     # Share of the objective route-aware and the re-planner may give up for codec ranks with less
     # accuracy loss (0: the objective alone decides; see planner.spaces.codec_choice).
     accuracy_tradeoff: float = 0.0
+    # The measured accuracy table (moeplan calibrate) named by constraints.accuracy_table, if any.
+    accuracy_table: AccuracyTable | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ _WORKLOAD_KEYS = {
 _POP_KEYS = {"kind", "zipf_exponent", "file", "seed"}
 _CONSTRAINT_KEYS = {
     "latency_slo_ms", "ttft_slo_ms", "tpot_slo_ms", "accuracy_loss_budget", "codec_ranks",
-    "codec_accuracy_loss", "migration_budget_gb", "accuracy_tradeoff",
+    "codec_accuracy_loss", "migration_budget_gb", "accuracy_tradeoff", "accuracy_table",
 }
 
 
@@ -169,7 +172,7 @@ def instance_from_dict(data: dict, *, file: str = "<instance>", base_dir: Path |
     devices, mesh_links, declared = _read_devices(data, file, base_dir, col)
     links = _read_links(data, {d.name for d in devices}, declared, base_dir, col) + mesh_links
     objective = F.string(data, "objective", "", col, required=False, default="throughput", choices=OBJECTIVES)
-    constraints = _read_constraints(data, model, col)
+    constraints = _read_constraints(data, model, base_dir, col)
     workload = _read_workload(data, model, devices, declared, base_dir, col)
     col.raise_if_any()
 
@@ -423,7 +426,24 @@ def routing_probabilities(weights: np.ndarray, top_k: int) -> np.ndarray:
     return p
 
 
-def _read_constraints(data: dict, model: MoEModel | None, col: Collector) -> Constraints:
+def _read_accuracy_table(table: dict, model: MoEModel | None, base_dir: Path, col: Collector) -> AccuracyTable | None:
+    """The measured table named by ``constraints.accuracy_table``, checked against the model's widths."""
+    ref = F.string(table, "accuracy_table", "constraints", col)
+    if not ref:
+        return None
+    try:
+        measured = read_accuracy_table(base_dir / ref)
+    except InputError as exc:
+        col.extend(exc.problems)
+        return None
+    if model is not None and (measured.hidden_size, measured.num_experts) != (model.hidden_size, model.num_experts):
+        col.add("constraints.accuracy_table", f"{ref} was measured on {measured.model!r} (hidden {measured.hidden_size}, "
+                f"{measured.num_experts} experts); the model has hidden {model.hidden_size}, {model.num_experts} experts")
+        return None
+    return measured
+
+
+def _read_constraints(data: dict, model: MoEModel | None, base_dir: Path, col: Collector) -> Constraints:
     table = F.table(data, "constraints", "", col, required=False) or {}
     tp = "constraints"
     F.unknown_keys(table, _CONSTRAINT_KEYS, tp, col)
@@ -435,6 +455,16 @@ def _read_constraints(data: dict, model: MoEModel | None, col: Collector) -> Con
     budget = F.number(table, "accuracy_loss_budget", tp, col, required=False, default=0.0, nonnegative=True, maximum=1.0)
     ranks = F.number_list(table, "codec_ranks", tp, col, integer=True, positive=True)
     losses = F.number_list(table, "codec_accuracy_loss", tp, col, nonnegative=True)
+    measured = _read_accuracy_table(table, model, base_dir, col) if "accuracy_table" in table else None
+    if measured is not None and losses is None:
+        # Measured losses replace typed ones; without codec_ranks, the measured ranks are allowed.
+        if ranks is None:
+            ranks = [r for r in measured.codec_ranks if model is None or r < model.hidden_size]
+        try:
+            losses = [measured.codec_loss(int(r)) for r in ranks]
+        except ValueError as exc:
+            col.add(f"{tp}.codec_ranks", str(exc))
+            ranks = losses = None
     codec = Codec()
     if (ranks is None) != (losses is None):
         col.add(f"{tp}.codec_accuracy_loss", "codec_ranks and codec_accuracy_loss go together (one loss per rank)")
@@ -452,7 +482,7 @@ def _read_constraints(data: dict, model: MoEModel | None, col: Collector) -> Con
     mig = F.number(table, "migration_budget_gb", tp, col, required=False, nonnegative=True, maximum=1e7)
     tradeoff = F.number(table, "accuracy_tradeoff", tp, col, required=False, default=0.0, nonnegative=True, maximum=0.5)
     return Constraints(ms("latency_slo_ms"), ms("ttft_slo_ms"), ms("tpot_slo_ms"), budget or 0.0, codec,
-                       mig * 1e9 if mig is not None else None, float(tradeoff or 0.0))
+                       mig * 1e9 if mig is not None else None, float(tradeoff or 0.0), measured)
 
 
 def _check_connected(instance: Instance, col: Collector) -> None:
