@@ -40,13 +40,15 @@ Units: seconds, bytes, FLOPs, FLOP/s, bytes/s, watts, joules.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from planner.cost.compute import LayerTimes
 from planner.cost.evaluation import Evaluation, Fork, PhaseCost, PipelineMetrics, Step
 from planner.cost.memory import memory_bytes
 from planner.cost.network import Network
-from planner.cost.passes import walk
+from planner.cost.passes import gated_layers, walk
 from planner.domain.instance import Instance
 from planner.domain.plan import Pipeline, Plan
 
@@ -149,9 +151,11 @@ class CostModel:
         latency = ttft + (self.output - 1.0) * tpot
         step_busy = max(decode.busy_s.values())
         decode_tps = min(b / step_busy, concurrency / tpot)
-        per_request = {}
-        for key in set(decode.busy_s) | set(prefill.busy_s):
-            per_request[key] = prefill.busy_s.get(key, 0.0) + (self.output - 1.0) * decode.busy_s.get(key, 0.0) / b
+        # In the order the passes hold them (not a set's: the bottleneck and the energy's last digits
+        # must not depend on Python's string-hash seed).
+        keys = list(prefill.busy_s) + [key for key in decode.busy_s if key not in prefill.busy_s]
+        per_request = {key: prefill.busy_s.get(key, 0.0) + (self.output - 1.0) * decode.busy_s.get(key, 0.0) / b
+                       for key in keys}
         bottleneck_key = max(per_request, key=per_request.get)
         rps_busy = 1.0 / per_request[bottleneck_key]
         rps_loop = concurrency / latency
@@ -161,22 +165,42 @@ class CostModel:
             rps = rps_busy
             bottleneck = bottleneck_key if isinstance(bottleneck_key, str) else f"link {bottleneck_key[0]}<->{bottleneck_key[1]}"
         accuracy = sum(self.instance.constraints.codec.loss(r) for r in pipe.codec_ranks if r is not None)
+        gates = gated_layers(self, pipe)
+        if gates:
+            gate_loss, moe = self.instance.constraints.group_gate_loss, self.model.num_moe_layers
+            # Without a loss table a gate's cost is unknown: infinite, so that no budget admits it.
+            accuracy += (sum(gate_loss.layer_loss(g.coverage, layer, moe) for layer, g in gates.items())
+                         if gate_loss.known else math.inf)
         energy = 0.0
         for key, busy in per_request.items():
             if isinstance(key, str):
                 d = self.devices[key]
                 energy += d.idle_power_w / rps + (d.power_w - d.idle_power_w) * busy
         return PipelineMetrics(tpot, ttft, latency, decode_tps, rps, rps * self.output, bottleneck, accuracy,
-                               energy / self.output, decode.busy_s, prefill.busy_s)
+                               energy / self.output, decode.busy_s, prefill.busy_s, per_request)
 
     def evaluate(self, plan: Plan) -> Evaluation:
         """Predicted figures of ``plan`` (assumes a structurally valid plan: see :mod:`planner.cost.validator`)."""
         pms = [self.pipeline_metrics(p) for p in plan.pipelines]
         shares = np.array([p.request_share for p in plan.pipelines], dtype=float)
         shares = shares / shares.sum() if shares.sum() > 0 else np.full(len(pms), 1.0 / len(pms))
-        # Requests split by share: the whole serves rps until the first pipeline saturates.
+        # Requests split by share: the whole serves rps until the first pipeline saturates, or a link
+        # that several pipelines cross (the origin's uplink, say) is busy all the time.
         rps = min(pm.requests_per_s / s for pm, s in zip(pms, shares) if s > 0)
         limiting = int(np.argmin([pm.requests_per_s / s if s > 0 else np.inf for pm, s in zip(pms, shares)]))
+        bottleneck = pms[limiting].bottleneck if len(pms) == 1 else f"pipeline {limiting}: {pms[limiting].bottleneck}"
+        if len(pms) > 1:
+            shared: dict = {}
+            for p, (pm, s) in enumerate(zip(pms, shares)):
+                for key, busy in pm.request_busy_s.items():
+                    if s > 0:
+                        users, total = shared.get(key, ([], 0.0))
+                        shared[key] = (users + [p], total + s * busy)
+            for key, (users, total) in shared.items():
+                if len(users) > 1 and total > 0 and 1.0 / total < rps:
+                    rps = 1.0 / total
+                    name = key if isinstance(key, str) else f"link {key[0]}<->{key[1]}"
+                    bottleneck = f"{name}, shared by pipelines {', '.join(map(str, users))}"
         memory = self.memory_bytes(plan)
         bytes_per_token: dict[str, float] = {}
         for pipe, pm, s in zip(plan.pipelines, pms, shares):
@@ -197,6 +221,6 @@ class CostModel:
             memory_bytes=memory,
             memory_capacity_bytes={d: self.devices[d].memory_bytes for d in memory},
             bytes_per_token=bytes_per_token,
-            bottleneck=pms[limiting].bottleneck if len(pms) == 1 else f"pipeline {limiting}: {pms[limiting].bottleneck}",
+            bottleneck=bottleneck,
             pipelines=pms,
         )

@@ -66,6 +66,7 @@ class PipelineMetrics:
     energy_j_per_token: float
     decode_busy_s: dict
     prefill_busy_s: dict
+    request_busy_s: dict  # device name or (a, b) link -> busy seconds per request (prefill + decode)
 
 
 @dataclass

@@ -10,7 +10,7 @@ them. Token ids go from the origin to the first stage, the sampled token back fr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -34,9 +34,11 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
     terms: list[float] = []
     items: list[Step | Fork] = []
     origin = cm.instance.workload.origin
+    gates = gated_layers(cm, pipe)
     placement: dict[int, list] = {}
     for e in pipe.expert_placement:
-        placement.setdefault(e.layer, []).append(e)
+        if e.layer not in gates:
+            placement.setdefault(e.layer, []).append(e)
     stages = pipe.stages
 
     def hops(a: str, b: str, nbytes: float) -> None:
@@ -51,8 +53,11 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
         ne, ex = cm.times.layer_times(stage.device, tokens, context, prefill)
         a, b = stage.first_layer, stage.end_layer
         moved = [layer for layer in placement if a <= layer < b]
-        # Layers whose experts all stay home: sums over the slice.
-        t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved))
+        gated = [layer for layer in gates if a <= layer < b]
+        # Layers whose experts all stay home: sums over the slice; a group-gated layer's experts are
+        # its local subset serving every token.
+        t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved)
+                       - sum(ex[layer] - gated_expert_time(cm, gates[layer], layer, stage.device, tokens) for layer in gated))
         t_rest = t_home - sum(ne[layer] for layer in moved)
         items.append(Step(stage.device, t_rest))
         terms.append(t_rest)
@@ -150,3 +155,54 @@ def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> list[tu
         cm.instance_cache.clear()
     cm.instance_cache[key] = (tuple(entries), out)
     return out
+
+
+class Gate(NamedTuple):
+    """A group-gated layer: ``local[e]`` whether expert ``e`` is held on ``device``; ``coverage``,
+    the share of the layer's routing mass (top-k selections) those experts receive."""
+
+    device: str
+    local: np.ndarray
+    coverage: float
+
+
+def gated_layers(cm: CostModel, pipe: Pipeline) -> dict[int, Gate]:
+    """The group-gated layers of ``pipe`` (on a device that runs the layer's stage), each with its
+    local subset and coverage. Cached per (gates, placement) of a plan, like :func:`layer_shares`."""
+    if not pipe.group_gate:
+        return {}
+    key = ("gates", id(pipe.group_gate), id(pipe.expert_placement), id(pipe.stages))
+    hit = cm.instance_cache.get(key)
+    if hit is not None and hit[0] == (pipe.group_gate, pipe.expert_placement, pipe.stages):
+        return hit[1]
+    m = cm.model
+    home = {layer: s.device for s in pipe.stages for layer in s.layers}
+    away: dict[int, list] = {}
+    for e in pipe.expert_placement:
+        away.setdefault(e.layer, []).append(e)
+    out = {}
+    for layer, device in pipe.gated_layers(m.is_moe_layer).items():
+        if home.get(layer) != device or layer not in cm.moe_index:
+            continue
+        local = np.ones(m.num_experts, dtype=bool)
+        for e in away.get(layer, ()):
+            local[e.expert] = device in e.devices
+        q = cm.q[cm.moe_index[layer]]
+        out[layer] = Gate(device, local, float(q[local].sum() / max(m.top_k, 1)))
+    if len(cm.instance_cache) >= _SHARES_CACHE_SIZE:
+        cm.instance_cache.clear()
+    cm.instance_cache[key] = ((pipe.group_gate, pipe.expert_placement, pipe.stages), out)
+    return out
+
+
+def gated_expert_time(cm: CostModel, gate: Gate, layer: int, device: str, tokens: float) -> float:
+    """Time (s) of a group-gated layer's experts on ``device`` for ``tokens`` tokens: the local
+    subset serves every token's top-k, each local expert's selection probability scaled by
+    ``1 / coverage`` (capped at 1)."""
+    if gate.coverage <= 0:
+        return 0.0
+    q = cm.q[cm.moe_index[layer]]
+    prob = np.where(gate.local, np.clip(q / gate.coverage, 0.0, 1.0), 0.0)
+    touched = 1.0 - np.power(1.0 - prob, tokens)
+    return float(np.sum(op_time_s(cm.devices[device], prob * tokens * cm.expert_flops_per_token,
+                                  touched * cm.expert_bytes, cm.db)))

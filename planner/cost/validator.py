@@ -21,7 +21,7 @@ SHARE_TOL = 1e-6
 
 @dataclass(frozen=True)
 class Violation:
-    kind: str  # structure, memory, coverage, contiguity, link, rank, batch, slo, accuracy, placement
+    kind: str  # structure, memory, coverage, contiguity, link, rank, batch, slo, accuracy, placement, gate
     message: str
 
     def __str__(self) -> str:
@@ -58,7 +58,8 @@ def limit_violations(instance: Instance, ev: Evaluation) -> list[Violation]:
         if slo is not None and value > slo * (1 + 1e-9):
             out.append(Violation("slo", f"predicted {name} {value * 1e3:.1f} ms exceeds the SLO of {slo * 1e3:.1f} ms"))
     if ev.accuracy_loss > c.accuracy_loss_budget + 1e-12:
-        out.append(Violation("accuracy", f"codec accuracy loss {ev.accuracy_loss:.4f} exceeds the budget {c.accuracy_loss_budget:.4f}"))
+        out.append(Violation("accuracy", f"accuracy loss {ev.accuracy_loss:.4f} (codecs and group gates) exceeds the "
+                                         f"budget {c.accuracy_loss_budget:.4f}"))
     return out
 
 
@@ -81,6 +82,31 @@ class _Tag:
 
     def __str__(self) -> str:
         return f"{self.where} expert ({self.entry.layer}, {self.entry.expert})"
+
+
+def _group_gate_violations(instance: Instance, pipe, where: str, out: list[Violation]) -> dict[int, str]:
+    """Check ``pipe``'s group gates (appending to ``out``); return its gated layers (layer -> device)."""
+    m = instance.model
+    if not pipe.group_gate:
+        return {}
+    if not instance.constraints.group_gate_loss.known:
+        out.append(Violation("gate", f"{where}: a group gate needs its accuracy cost: give constraints.group_gate_coverage "
+                                     "and group_gate_loss, or an accuracy_table with group-gate points"))
+    stage_of = {s.device: s for s in pipe.stages}
+    seen: set[str] = set()
+    for gate in pipe.group_gate:
+        if gate.device in seen:
+            out.append(Violation("gate", f"{where}: device {gate.device!r} has two group gates; merge their layers"))
+        seen.add(gate.device)
+        stage = stage_of.get(gate.device)
+        if stage is None:
+            out.append(Violation("gate", f"{where}: group gate on {gate.device!r}, which runs no stage of this pipeline"))
+            continue
+        for layer in gate.layers:
+            if not (stage.first_layer <= layer < stage.end_layer) or not m.is_moe_layer(layer):
+                out.append(Violation("gate", f"{where}: group gate on {gate.device!r} lists layer {layer}, not an MoE layer "
+                                             f"of its stage [{stage.first_layer}, {stage.end_layer})"))
+    return {layer: d for layer, d in pipe.gated_layers(m.is_moe_layer).items() if d in stage_of}
 
 
 def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
@@ -137,10 +163,23 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
         elif seqs > instance.workload.max_batch:
             out.append(Violation("batch", f"{where}: {pipe.micro_batch_size} x {pipe.num_micro_batches} = {seqs} sequences in "
                                           f"flight exceed max_batch {instance.workload.max_batch}"))
-        # Expert placement.
-        seen = set()
+        # Group gates, then expert placement (a gated layer's other experts may be dropped: no devices).
+        gated = _group_gate_violations(instance, pipe, where, out)
+        seen, dropped = set(), {}
         for e in pipe.expert_placement:
             tag = _Tag(where, e)
+            if e.layer in gated:
+                if e.devices and tuple(e.devices) != (gated[e.layer],):
+                    out.append(Violation("placement", f"{tag}: layer {e.layer} is group-gated on {gated[e.layer]!r}, "
+                                                      "so this expert is never called elsewhere; drop it (devices: [])"))
+                elif not e.devices and e.shares:
+                    out.append(Violation("placement", f"{tag}: a dropped expert has no shares"))
+                elif not e.devices:
+                    dropped[e.layer] = dropped.get(e.layer, 0) + 1
+                if (e.layer, e.expert) in seen:
+                    out.append(Violation("placement", f"{tag} is placed twice"))
+                seen.add((e.layer, e.expert))
+                continue
             if not (0 <= e.layer < m.num_layers) or not m.is_moe_layer(e.layer):
                 out.append(Violation("placement", f"{tag}: layer {e.layer} is not an MoE layer"))
             if not (0 <= e.expert < m.num_experts):
@@ -148,13 +187,18 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
             if (e.layer, e.expert) in seen:
                 out.append(Violation("placement", f"{tag} is placed twice"))
             seen.add((e.layer, e.expert))
-            if not e.devices or len(e.devices) != len(e.shares) or len(set(e.devices)) != len(e.devices):
+            if not e.devices:
+                out.append(Violation("placement", f"{tag}: has no devices, but only a group-gated layer may drop experts"))
+            elif len(e.devices) != len(e.shares) or len(set(e.devices)) != len(e.devices):
                 out.append(Violation("placement", f"{tag}: needs distinct devices with one share each"))
             elif any(s < 0 for s in e.shares) or abs(sum(e.shares) - 1.0) > SHARE_TOL:
                 out.append(Violation("placement", f"{tag}: shares must be >= 0 and sum to 1, got {list(e.shares)}"))
             for d in e.devices:
                 if d not in known:
                     out.append(Violation("placement", f"{tag}: unknown device {d!r}"))
+        for layer, count in sorted(dropped.items()):
+            if count >= m.num_experts:
+                out.append(Violation("gate", f"{where}: the group gate on {gated[layer]!r} keeps no expert of layer {layer}"))
     if out:
         return out
     # Routes: every hop the plan uses must exist (the fleet may be connected through other devices).
@@ -163,8 +207,10 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
     for pi, pipe in enumerate(plan.pipelines):
         hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
         home = {layer: s.device for s in pipe.stages for layer in s.layers}
+        gated = pipe.gated_layers(instance.model.is_moe_layer)
         for e in pipe.expert_placement:
-            hops.update((home[e.layer], d) for d in e.devices)
+            if e.layer not in gated:
+                hops.update((home[e.layer], d) for d in e.devices)
         for a, b in sorted(hops):
             if component.get(a) != component.get(b):
                 out.append(Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}"))

@@ -74,6 +74,44 @@ class Codec:
 
 
 @dataclass(frozen=True)
+class GroupGateLoss:
+    """The accuracy loss (fraction) of the group gate (:class:`planner.domain.plan.GroupGate`) as a
+    function of the local subset's coverage of a layer's routing mass: ``loss`` at each of
+    ``coverage`` (increasing, in (0, 1)) when every MoE layer is gated at that coverage, linear
+    in between, the first point's loss below it, 0 at coverage 1. Per gated layer a plan pays that
+    loss over the number of MoE layers (losses add up while they are small), or, with a measured
+    accuracy table (``table``) and no typed points, the table's loss of that layer gated alone."""
+
+    coverage: tuple[float, ...] = ()
+    loss: tuple[float, ...] = ()
+    table: AccuracyTable | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def known(self) -> bool:
+        return bool(self.coverage) or (self.table is not None and bool(self.table.group_gate))
+
+    def layer_loss(self, coverage: float, layer: int, num_moe_layers: int) -> float:
+        """The loss of gating layer ``layer`` at ``coverage``; ``ValueError`` when no loss is known."""
+        if coverage >= 1.0 - 1e-12:
+            return 0.0
+        if not self.coverage and self.table is not None and self.table.group_gate:
+            try:
+                return self.table.group_gate_loss(coverage, layer=layer)
+            except ValueError:  # not measured alone: the all-layers point, shared out
+                return self.table.group_gate_loss(coverage) / max(num_moe_layers, 1)
+        if not self.coverage:
+            raise ValueError("no group-gate loss is known: give constraints.group_gate_coverage and "
+                             "group_gate_loss, or an accuracy_table with group-gate points")
+        points = list(zip(self.coverage, self.loss)) + [(1.0, 0.0)]
+        if coverage <= points[0][0]:
+            every = points[0][1]
+        else:
+            every = next(y0 + (y1 - y0) * (coverage - x0) / (x1 - x0)
+                         for (x0, y0), (x1, y1) in zip(points, points[1:]) if x0 <= coverage <= x1)
+        return every / max(num_moe_layers, 1)
+
+
+@dataclass(frozen=True)
 class Constraints:
     latency_slo_s: float | None = None
     ttft_slo_s: float | None = None
@@ -86,6 +124,7 @@ class Constraints:
     accuracy_tradeoff: float = 0.0
     # The measured accuracy table (moeplan calibrate) named by constraints.accuracy_table, if any.
     accuracy_table: AccuracyTable | None = field(default=None, compare=False, repr=False)
+    group_gate_loss: GroupGateLoss = GroupGateLoss()
 
 
 @dataclass(frozen=True)
@@ -145,6 +184,7 @@ _POP_KEYS = {"kind", "zipf_exponent", "file", "seed"}
 _CONSTRAINT_KEYS = {
     "latency_slo_ms", "ttft_slo_ms", "tpot_slo_ms", "accuracy_loss_budget", "codec_ranks",
     "codec_accuracy_loss", "migration_budget_gb", "accuracy_tradeoff", "accuracy_table",
+    "group_gate_coverage", "group_gate_loss",
 }
 
 
@@ -479,10 +519,32 @@ def _read_constraints(data: dict, model: MoEModel | None, base_dir: Path, col: C
             col.add(f"{tp}.codec_accuracy_loss", "losses are fractions between 0 and 1")
         else:
             codec = Codec(tuple(int(r) for r in ranks), tuple(float(x) for x in losses))
+    gate = _read_group_gate_loss(table, measured, col)
     mig = F.number(table, "migration_budget_gb", tp, col, required=False, nonnegative=True, maximum=1e7)
     tradeoff = F.number(table, "accuracy_tradeoff", tp, col, required=False, default=0.0, nonnegative=True, maximum=0.5)
     return Constraints(ms("latency_slo_ms"), ms("ttft_slo_ms"), ms("tpot_slo_ms"), budget or 0.0, codec,
-                       mig * 1e9 if mig is not None else None, float(tradeoff or 0.0), measured)
+                       mig * 1e9 if mig is not None else None, float(tradeoff or 0.0), measured, gate)
+
+
+def _read_group_gate_loss(table: dict, measured: AccuracyTable | None, col: Collector) -> GroupGateLoss:
+    """``constraints.group_gate_coverage`` and ``group_gate_loss`` (typed), else the measured table's points."""
+    tp = "constraints"
+    coverage = F.number_list(table, "group_gate_coverage", tp, col, positive=True)
+    loss = F.number_list(table, "group_gate_loss", tp, col, nonnegative=True)
+    if coverage is None and loss is None:
+        return GroupGateLoss(table=measured)
+    if (coverage is None) != (loss is None):
+        col.add(f"{tp}.group_gate_loss", "group_gate_coverage and group_gate_loss go together (one loss per coverage)")
+        return GroupGateLoss()
+    if len(coverage) != len(loss):
+        col.add(f"{tp}.group_gate_loss", f"has {len(loss)} entries; group_gate_coverage has {len(coverage)}")
+    elif any(not 0 < c < 1 for c in coverage) or any(b <= a for a, b in zip(coverage, coverage[1:])):
+        col.add(f"{tp}.group_gate_coverage", "coverages are increasing fractions strictly between 0 and 1")
+    elif any(x > 1 for x in loss):
+        col.add(f"{tp}.group_gate_loss", "losses are fractions between 0 and 1")
+    else:
+        return GroupGateLoss(tuple(float(c) for c in coverage), tuple(float(x) for x in loss), measured)
+    return GroupGateLoss()
 
 
 def _check_connected(instance: Instance, col: Collector) -> None:

@@ -45,6 +45,20 @@ class ExpertPlacement:
 
 
 @dataclass(frozen=True)
+class GroupGate:
+    """EC2MoE's group gate on ``device`` at ``layers`` (MoE layers of that device's stage; empty: every
+    MoE layer of it). There every token is served by the experts of the layer that the device holds
+    (its local subset), the group gate mixing the local and global routing over them, instead of
+    sending the tokens whose top-k falls outside the subset to a remote holder: no remote round
+    trips, at an accuracy cost that depends on the subset's coverage of the routing mass
+    (``constraints.group_gate_loss``). The layer's other experts need not be deployed anywhere (an
+    :class:`ExpertPlacement` with no devices)."""
+
+    device: str
+    layers: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Pipeline:
     stages: tuple[Stage, ...]
     # rank of the low-rank codec at cut i (between stage i and i+1); None = uncompressed
@@ -53,10 +67,22 @@ class Pipeline:
     num_micro_batches: int = 1
     request_share: float = 1.0
     expert_placement: tuple[ExpertPlacement, ...] = ()
+    group_gate: tuple[GroupGate, ...] = ()
 
     @property
     def devices(self) -> list[str]:
         return [s.device for s in self.stages]
+
+    def gated_layers(self, is_moe_layer) -> dict[int, str]:
+        """Layer -> device of every group-gated layer (``is_moe_layer(layer)`` says which layers count
+        when a gate lists none: every MoE layer of its device's stage)."""
+        out: dict[int, str] = {}
+        for gate in self.group_gate:
+            stage = next((s for s in self.stages if s.device == gate.device), None)
+            layers = gate.layers if gate.layers else ([] if stage is None else [l for l in stage.layers if is_moe_layer(l)])
+            for layer in layers:
+                out[layer] = gate.device
+        return out
 
     def stage_of_layer(self, layer: int) -> Stage:
         for s in self.stages:
@@ -110,6 +136,8 @@ class Plan:
                         {"layer": e.layer, "expert": e.expert, "devices": list(e.devices), "shares": list(e.shares)}
                         for e in p.expert_placement
                     ],
+                    **({"group_gate": [{"device": g.device, "layers": list(g.layers)} for g in p.group_gate]}
+                       if p.group_gate else {}),
                 }
                 for p in self.pipelines
             ],
@@ -177,7 +205,19 @@ class Plan:
                     bad(ep, "must be {layer: int, expert: int, devices: [string], shares: [number]}")
                     continue
                 placement.append(ExpertPlacement(e["layer"], e["expert"], tuple(e["devices"]), tuple(float(x) for x in e["shares"])))
-            pipelines.append(Pipeline(tuple(stages), tuple(ranks), mbs, nmb, float(share), tuple(placement)))
+            gates = []
+            raw_gates = p.get("group_gate", [])
+            if not isinstance(raw_gates, list):
+                bad(f"{tp}.group_gate", "must be a list of {device: string, layers: [int]}")
+                raw_gates = []
+            for j, g in enumerate(raw_gates):
+                layers = g.get("layers", []) if isinstance(g, dict) else None
+                if not (isinstance(g, dict) and isinstance(g.get("device"), str) and isinstance(layers, list)
+                        and all(_is_int(x) for x in layers)):
+                    bad(f"{tp}.group_gate[{j}]", "must be {device: string, layers: [int]} (layers optional)")
+                    continue
+                gates.append(GroupGate(g["device"], tuple(layers)))
+            pipelines.append(Pipeline(tuple(stages), tuple(ranks), mbs, nmb, float(share), tuple(placement), tuple(gates)))
         if problems:
             raise InputError(problems)
         metrics = data.get("metrics", {}) if isinstance(data.get("metrics", {}), dict) else {}
@@ -205,14 +245,25 @@ def home_device(stages, layer: int) -> str | None:
     return None
 
 
-def make_pipeline(stages, ranks, placement, b: int, m: int, share: float) -> Pipeline:
-    """A pipeline in canonical form: one codec entry per cut, placements sorted, none that names only the home device."""
+def make_pipeline(stages, ranks, placement, b: int, m: int, share: float, group_gate=()) -> Pipeline:
+    """A pipeline in canonical form: one codec entry per cut, placements sorted, none that names only
+    the home device, group gates only on stage devices and their stages' layers."""
     stages = tuple(stages)
     ranks = list(ranks)[: max(0, len(stages) - 1)]
     ranks += [None] * (max(0, len(stages) - 1) - len(ranks))
     keep = tuple(sorted((e for e in placement if tuple(e.devices) != (home_device(stages, e.layer),)),
                         key=lambda e: (e.layer, e.expert)))
-    return Pipeline(stages, tuple(ranks), int(b), int(m), float(share), keep)
+    # Group gates stay on the devices that still run a stage, with the layers that stay in it.
+    span = {s.device: s for s in stages}
+    gates = []
+    for g in group_gate:
+        stage = span.get(g.device)
+        if stage is None:
+            continue
+        layers = tuple(l for l in g.layers if stage.first_layer <= l < stage.end_layer)
+        if layers or not g.layers:
+            gates.append(GroupGate(g.device, layers))
+    return Pipeline(stages, tuple(ranks), int(b), int(m), float(share), keep, tuple(gates))
 
 
 def with_pipeline(plan: Plan, index: int, pipe: Pipeline) -> Plan:

@@ -194,7 +194,7 @@ class _Moves:
         st[c] = Stage(st[c].device, st[c].first_layer, cut)
         st[c + 1] = Stage(st[c + 1].device, cut, st[c + 1].end_layer)
         return with_pipeline(plan, pi, make_pipeline(st, ranks_of(pipe), pipe.expert_placement, pipe.micro_batch_size,
-                                                     pipe.num_micro_batches, pipe.request_share))
+                                                     pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
 
     def _device(self, plan, pi, mem):
         pipe = plan.pipelines[pi]
@@ -211,7 +211,7 @@ class _Moves:
         else:
             return None
         return with_pipeline(plan, pi, make_pipeline(st, ranks_of(pipe), pipe.expert_placement, pipe.micro_batch_size,
-                                                     pipe.num_micro_batches, pipe.request_share))
+                                                     pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
 
     def _merge(self, plan, pi, mem):
         pipe = plan.pipelines[pi]
@@ -223,7 +223,7 @@ class _Moves:
         del ranks[c]
         st[c: c + 2] = [merged]
         return with_pipeline(plan, pi, make_pipeline(st, ranks, pipe.expert_placement, pipe.micro_batch_size,
-                                                     pipe.num_micro_batches, pipe.request_share))
+                                                     pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
 
     def _split(self, plan, pi, mem):
         pipe = plan.pipelines[pi]
@@ -244,7 +244,7 @@ class _Moves:
         ranks.insert(i, None)
         st[i: i + 1] = parts
         return with_pipeline(plan, pi, make_pipeline(st, ranks, pipe.expert_placement, pipe.micro_batch_size,
-                                                     pipe.num_micro_batches, pipe.request_share))
+                                                     pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
 
     def _codec(self, plan, pi, mem):
         pipe = plan.pipelines[pi]
@@ -256,7 +256,7 @@ class _Moves:
         if sum(codec.loss(r) for r in ranks if r is not None) > self.instance.constraints.accuracy_loss_budget + 1e-12:
             return None
         return with_pipeline(plan, pi, make_pipeline(pipe.stages, ranks, pipe.expert_placement, pipe.micro_batch_size,
-                                                     pipe.num_micro_batches, pipe.request_share))
+                                                     pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
 
     def _targets(self, plan, pipe, exclude: set, need: float, mem: dict) -> list[str]:
         cands = [d for d in pipe.devices if d not in exclude]
@@ -303,7 +303,7 @@ class _Moves:
             to = self._by_speed(targets)
             placement += [ExpertPlacement(layer, int(e), (to,), (1.0,)) for e in sorted(experts)]
         return with_pipeline(plan, pi, make_pipeline(pipe.stages, ranks_of(pipe), placement, pipe.micro_batch_size,
-                                                     pipe.num_micro_batches, pipe.request_share))
+                                                     pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
 
     def _batch(self, plan, pi, mem):
         pipe = plan.pipelines[pi]

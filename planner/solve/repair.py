@@ -115,7 +115,7 @@ def _drop_lost(current: Plan, instance: Instance, variant: str) -> tuple[Plan | 
             shares = tuple(x / total for _, x in kept) if total > 0 else tuple(1.0 / len(kept) for _ in kept)
             placement.append(ExpertPlacement(e.layer, e.expert, tuple(d for d, _ in kept), shares))
         pipes.append(make_pipeline(stages, [r for *_, r in out[:-1]], placement, pipe.micro_batch_size,
-                                       pipe.num_micro_batches, pipe.request_share))
+                                       pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
     if not pipes:
         return None, []
     total = sum(p.request_share for p in pipes)
@@ -147,7 +147,8 @@ def _rehost(plan: Plan, instance: Instance, cm: CostModel, orphans: list[tuple[i
     for pi, added in sorted(extra.items()):
         pipe = plan.pipelines[pi]
         plan = with_pipeline(plan, pi, make_pipeline(pipe.stages, ranks_of(pipe), list(pipe.expert_placement) + added,
-                                                             pipe.micro_batch_size, pipe.num_micro_batches, pipe.request_share))
+                                                             pipe.micro_batch_size, pipe.num_micro_batches, pipe.request_share,
+                                                             pipe.group_gate))
     return plan
 
 
@@ -213,7 +214,7 @@ def _fit_memory(plan: Plan, instance: Instance, cm: CostModel, max_steps: int = 
                     st[j] = Stage(st[j].device, layer, st[j].end_layer)
                 plan = with_pipeline(plan, pi, make_pipeline(st, ranks_of(pipe), pipe.expert_placement,
                                                                      pipe.micro_batch_size, pipe.num_micro_batches,
-                                                                     pipe.request_share))
+                                                                     pipe.request_share, pipe.group_gate))
                 changed = True
                 break
             # (b) the least popular home experts to the device with the most free memory.
@@ -238,7 +239,7 @@ def _fit_memory(plan: Plan, instance: Instance, cm: CostModel, max_steps: int = 
             extra = [ExpertPlacement(layer, e, (to,), (1.0,)) for _, layer, e in cells[:count]]
             plan = with_pipeline(plan, pi, make_pipeline(pipe.stages, ranks_of(pipe),
                                                                  list(pipe.expert_placement) + extra, pipe.micro_batch_size,
-                                                                 pipe.num_micro_batches, pipe.request_share))
+                                                                 pipe.num_micro_batches, pipe.request_share, pipe.group_gate))
             changed = True
             break
         if not changed:

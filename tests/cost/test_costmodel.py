@@ -9,7 +9,8 @@ import pytest
 from planner import api
 from planner.cost.costmodel import CostModel
 from planner.cost.passes import TOKEN_ID_BYTES
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.cost.validator import validate
+from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 from tests.helpers import TINY, build, load
 
 
@@ -135,3 +136,56 @@ def test_pass_cache_matches_uncached_passes_for_batching_variants():
         direct = CostModel(inst).pass_cost(variant, float(b), cm.decode_context, False)
         assert cached.latency_s == pytest.approx(direct.latency_s, rel=1e-12)
         assert cached.busy_s == pytest.approx(direct.busy_s, rel=1e-12)
+
+
+GATED_TINY = dict(TINY, constraints={"group_gate_coverage": [0.5], "group_gate_loss": [0.04], "accuracy_loss_budget": 0.05})
+
+
+def test_a_group_gate_serves_every_token_from_the_local_subset():
+    """Expert 0 dropped and layer 0 gated on the end device: the three local experts take every
+    token (selection probability 1/4 / coverage 3/4 = 1/3 each), so a memory-bound decode step
+    reads 3 x 1/3 x 32,768 B, as many bytes as the four experts did: the same 82.048 us, no round
+    trip; expert 0's weights are held nowhere; the loss is the table's at coverage 0.75 (halfway
+    from 0.04 at 0.5 to 0 at 1) over one MoE layer."""
+    inst = build(GATED_TINY)
+    cm = CostModel(inst)
+    gated = Plan((Pipeline((Stage("end", 0, 1),), expert_placement=(ExpertPlacement(0, 0, (), ()),),
+                           group_gate=(GroupGate("end"),)),))
+    remote = Plan((Pipeline((Stage("end", 0, 1),), expert_placement=(ExpertPlacement(0, 0, ("cloud",), (1.0,)),)),))
+    assert validate(inst, gated) == []
+    ev, ev_remote = cm.evaluate(gated), cm.evaluate(remote)
+    assert ev.tpot_s == pytest.approx(82_048e-9, rel=1e-12)
+    assert ev_remote.tpot_s > ev.tpot_s + 10e-3
+    assert ev.memory_bytes == pytest.approx({"end": CostModel(inst).evaluate(one_stage("end")).memory_bytes["end"] - 32_768})
+    assert ev.accuracy_loss == pytest.approx(0.02)
+    assert ev.bytes_per_token == {}
+
+
+def test_a_group_gate_without_a_loss_table_is_priced_as_unaffordable(tiny):
+    gated = Plan((Pipeline((Stage("end", 0, 1),), expert_placement=(ExpertPlacement(0, 0, (), ()),),
+                           group_gate=(GroupGate("end"),)),))
+    assert math.isinf(CostModel(tiny).evaluate(gated).accuracy_loss)
+    assert any(v.kind == "gate" for v in validate(tiny, gated))
+
+
+def test_pipelines_that_cross_one_link_share_its_time():
+    """Two replicas behind one slow uplink (origin -> hub at 10 kbit/s): each alone is limited by the
+    token ids it sends over the uplink; together they split the link, so the pair serves as many
+    requests as one, not twice as many."""
+    data = dict(TINY, devices=[
+        dict(TINY["devices"][0], name="o"),
+        dict(TINY["devices"][1], name="hub", memory_gb=0.001),
+        dict(TINY["devices"][1], name="g1"),
+        dict(TINY["devices"][1], name="g2"),
+    ], links=[{"a": "o", "b": "hub", "bandwidth_mbps": 0.01, "rtt_ms": 1},
+              {"a": "hub", "b": "g1", "bandwidth_gbps": 100, "rtt_ms": 0.01},
+              {"a": "hub", "b": "g2", "bandwidth_gbps": 100, "rtt_ms": 0.01}],
+        workload=dict(TINY["workload"], origin="o"))
+    inst = build(data)
+    cm = CostModel(inst)
+    one = cm.evaluate(Plan((Pipeline((Stage("g1", 0, 1),), micro_batch_size=4),)))
+    assert one.bottleneck == "link hub<->o"
+    pair = cm.evaluate(Plan((Pipeline((Stage("g1", 0, 1),), micro_batch_size=4, request_share=0.5),
+                             Pipeline((Stage("g2", 0, 1),), micro_batch_size=4, request_share=0.5))))
+    assert pair.requests_per_s == pytest.approx(one.requests_per_s, rel=1e-9)
+    assert pair.bottleneck == "link hub<->o, shared by pipelines 0, 1"

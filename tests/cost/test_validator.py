@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planner.cost.validator import validate
-from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 from tests.helpers import LINE, build
 
 
@@ -72,3 +72,39 @@ def test_every_violation_is_listed(line):
     """A plan broken in three ways reports three violations, not the first one only."""
     plan = Plan((Pipeline((Stage("edge", 0, 2), Stage("gpu", 3, 4)), codec_ranks=(7,), micro_batch_size=9),))
     assert {"coverage", "rank", "batch"} <= set(kinds(line, plan))
+
+
+GATED = dict(LINE, constraints=dict(LINE["constraints"], group_gate_coverage=[0.6, 0.9], group_gate_loss=[0.05, 0.01],
+                                    accuracy_loss_budget=0.5))
+
+
+def gated_plan(gates, placement=(), stages=(("edge", 0, 2), ("gpu", 2, 4))):
+    return Plan((Pipeline(tuple(Stage(*s) for s in stages), micro_batch_size=1, expert_placement=tuple(placement),
+                          group_gate=tuple(gates)),))
+
+
+def test_group_gates_are_checked_against_the_pipeline():
+    inst = build(GATED)
+    drop = (ExpertPlacement(0, 7, (), ()),)
+    assert validate(inst, gated_plan([GroupGate("edge", (0,))], drop)) == []
+    messages = lambda plan: " / ".join(str(v) for v in validate(inst, plan))  # noqa: E731
+    assert "runs no stage of this pipeline" in messages(gated_plan([GroupGate("phone")]))
+    assert "not an MoE layer of its stage [0, 2)" in messages(gated_plan([GroupGate("edge", (3,))]))
+    assert "two group gates" in messages(gated_plan([GroupGate("edge", (0,)), GroupGate("edge", (1,))]))
+    # Experts away from a gated layer are never called there; dropping needs a gate.
+    away = (ExpertPlacement(0, 7, ("gpu",), (1.0,)),)
+    assert "never called elsewhere; drop it" in messages(gated_plan([GroupGate("edge", (0,))], away))
+    assert "only a group-gated layer may drop experts" in messages(gated_plan([], drop))
+    everything = tuple(ExpertPlacement(0, e, (), ()) for e in range(8))
+    assert "keeps no expert of layer 0" in messages(gated_plan([GroupGate("edge", (0,))], everything))
+
+
+def test_a_group_gate_needs_a_loss_table(line):
+    plan = gated_plan([GroupGate("edge", (0,))], (ExpertPlacement(0, 7, (), ()),))
+    assert any(v.kind == "gate" and "accuracy cost" in v.message for v in validate(line, plan))
+
+
+def test_the_group_gate_loss_counts_in_the_accuracy_budget():
+    tight = dict(GATED, constraints=dict(GATED["constraints"], accuracy_loss_budget=1e-6))
+    plan = gated_plan([GroupGate("edge", (0,))], (ExpertPlacement(0, 7, (), ()),))
+    assert "accuracy" in kinds(build(tight), plan)

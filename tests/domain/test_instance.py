@@ -125,6 +125,10 @@ EXPECT: dict[str, Expect] = {
     "codec_ranks_without_loss.toml": E(None, "constraints.codec_accuracy_loss", "go together"),
     "codec_rank_too_large.toml": E(None, "constraints.codec_ranks", "hidden_size"),
     "codec_length_mismatch.toml": E(None, "constraints.codec_accuracy_loss", "has 2 entries"),
+    "gate_loss_without_coverage.toml": E(None, "constraints.group_gate_loss", "go together"),
+    "gate_length_mismatch.toml": E(None, "constraints.group_gate_loss", "has 1 entries; group_gate_coverage has 2"),
+    "gate_coverage_not_increasing.toml": E(None, "constraints.group_gate_coverage", "increasing fractions"),
+    "gate_loss_above_one.toml": E(None, "constraints.group_gate_loss", "losses are fractions"),
     "codec_loss_above_one.toml": E(None, "constraints.codec_accuracy_loss", "between 0 and 1"),
     "accuracy_budget_above_one.toml": E(None, "constraints.accuracy_loss_budget", "2"),
     # whole-file problems

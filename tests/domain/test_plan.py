@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from planner.domain.errors import InputError
-from planner.domain.plan import SCHEMA, ExpertPlacement, Pipeline, Plan, Stage
+from planner.domain.plan import SCHEMA, ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 
 names = st.sampled_from(["phone", "edge", "gpu-0", "gpu-1"])
 
@@ -71,3 +71,23 @@ def test_deeply_nested_plan_json_is_an_input_error(tmp_path):
 def test_missing_plan_file(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         Plan.load(tmp_path / "nope.json")
+
+
+def test_group_gates_and_dropped_experts_round_trip():
+    pipe = Pipeline((Stage("phone", 0, 2), Stage("gpu", 2, 4)), (None,), 2, 1, 1.0,
+                    (ExpertPlacement(1, 3, (), ()),), (GroupGate("phone", (1,)), GroupGate("gpu")))
+    plan = Plan((pipe,))
+    data = plan.to_dict()
+    assert data["pipelines"][0]["group_gate"] == [{"device": "phone", "layers": [1]}, {"device": "gpu", "layers": []}]
+    assert Plan.from_dict(json.loads(plan.to_json())) == plan
+    # A pipeline without gates writes no group_gate key (plans from before the field read the same).
+    assert "group_gate" not in Plan((Pipeline((Stage("gpu", 0, 4),)),)).to_dict()["pipelines"][0]
+
+
+@pytest.mark.parametrize("gate", [{"layers": [1]}, {"device": "phone", "layers": [1.5]}, "phone"])
+def test_bad_group_gates_name_the_field(gate):
+    data = {"schema": SCHEMA, "pipelines": [{"stages": [{"device": "phone", "first_layer": 0, "end_layer": 2}],
+                                             "group_gate": [gate]}]}
+    with pytest.raises(InputError) as err:
+        Plan.from_dict(data, "p.json")
+    assert "pipelines[0].group_gate[0]" in str(err.value)
