@@ -103,12 +103,14 @@ class CostModel:
         """One pass of ``tokens`` tokens (micro-batch in decode, prompt in prefill) through ``pipe``:
         its latency and the busy time of every device and link."""
         cost = PhaseCost()
-        terms, items = walk(self, pipe, tokens, context, prefill)
+        terms, items = walk(self, pipe, tokens, context, prefill, steps=False)
         for t in terms:
             cost.latency_s += t
         for item in items:
-            for s in ((item,) if isinstance(item, Step) else (s for branch in item.branches for s in branch)):
-                cost.add_busy(s.key, s.hold_s)
+            if isinstance(item, Step):
+                cost.add_busy(item.key, item.hold_s)
+            else:
+                cost.add_busy(*item)
         return cost
 
     def pass_steps(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> list[Step | Fork]:

@@ -25,10 +25,14 @@ TOKEN_ID_BYTES = 4.0
 _SHARES_CACHE_SIZE = 4096  # placements whose per-device shares are remembered before the cache starts over
 
 
-def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> tuple[list[float], list]:
+def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: bool,
+         steps: bool = True) -> tuple[list[float], list]:
     """(latency terms in the order the pass adds them, the pass's steps) of one pass of ``tokens``
     tokens at ``context`` through ``pipe``: one walk for both, so that the pass's figures
-    (:meth:`CostModel.pass_cost`) and its steps (:meth:`CostModel.pass_steps`) cannot drift apart."""
+    (:meth:`CostModel.pass_cost`) and its steps (:meth:`CostModel.pass_steps`) cannot drift apart.
+    With ``steps`` False a layer's remote experts come as ``(key, hold)`` pairs instead of a
+    :class:`Fork` of steps (the same holds, summed per resource and direction; what a pass's cost
+    needs, at a fraction of the price when thousands of experts are placed)."""
     m, db = cm.model, cm.db
     hb = m.hidden_bytes_per_token
     terms: list[float] = []
@@ -62,8 +66,13 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
         items.append(Step(stage.device, t_rest))
         terms.append(t_rest)
         for layer in moved:
-            critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
-            items.extend((Step(stage.device, ne[layer]), fork))
+            if steps:
+                critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
+                items.extend((Step(stage.device, ne[layer]), fork))
+            else:
+                critical, holds = layer_shares(cm, placement[layer], layer, stage.device).cost(cm, layer, tokens)
+                items.append(Step(stage.device, ne[layer]))
+                items.extend(holds)
             terms.append(ne[layer] + critical)
         if stage.first_layer == 0:
             t = float(op_time_s(dev, 0.0, tokens * hb, db))
@@ -99,20 +108,13 @@ def experts_fork(cm: CostModel, entries: list, layer: int, home: str, tokens: fl
     """Critical time (s) of the routed experts of one layer whose placement ``entries`` move some
     experts off ``home``, and their steps: the home device's share, and per remote device the
     hidden states' round trip around its share."""
-    m = cm.model
-    q = cm.q[cm.moe_index[layer]]
+    shares = layer_shares(cm, entries, layer, home)
+    times = shares.times(cm, layer, tokens)
+    hb = cm.model.hidden_bytes_per_token
     local, remote = 0.0, 0.0
-    hb = m.hidden_bytes_per_token
     branches = []
-    for d, share, chosen, mass in layer_shares(cm, entries, layer, home):
-        if chosen is not None:
-            # Whole experts: their times are the cached full-share times.
-            t = float(np.add.reduce(cm.times.expert_matrix(d, tokens)[layer, chosen]))
-        else:
-            prob = q * share
-            touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
-            t = float(np.sum(op_time_s(cm.devices[d], prob * tokens * cm.expert_flops_per_token,
-                                       touched * cm.expert_bytes, cm.db)))
+    for d, t, mass in zip(shares.devices, times, shares.mass):
+        t = float(t)
         if d == home:
             local = t
             branches.append((Step(d, t),))
@@ -124,12 +126,75 @@ def experts_fork(cm: CostModel, entries: list, layer: int, home: str, tokens: fl
             branches.append((*to, Step(d, t), *fro))
     return max(local, remote), Fork(tuple(branches))
 
-def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> list[tuple]:
-    """Per device serving some of the layer's experts (home first): (device, share of each
-    expert's selection probability [E], the indices of the experts it serves whole or None when some
-    share is fractional, expected routing mass sent there). Independent of the tokens, so kept
-    per placement for the passes that follow: keyed by the entries' identities, and the entry
-    keeps them alive, so an identity cannot be reused by another object meanwhile."""
+
+class LayerShares:
+    """The devices that serve some of one layer's routed experts (home first): ``share[d, e]``, the
+    part of expert ``e``'s selection probability device ``d`` serves; ``mass[d]``, the expected
+    routing mass sent there; devices of one hardware kind grouped (``groups``), so that their
+    expert times are priced in one vectorised call."""
+
+    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_routes")
+
+    def __init__(self, cm: CostModel, devices: list[str], share: np.ndarray, q: np.ndarray):
+        self.devices = devices
+        self.share = share
+        self.mass = [float(x) for x in share @ q]
+        groups: dict = {}
+        for i, d in enumerate(devices):
+            groups.setdefault(cm.times.hardware_of(d), (d, []))[1].append(i)
+        self.groups = [(d, np.array(idx, dtype=np.intp)) for d, idx in groups.values()]
+        self._memo: dict = {}
+        self._routes = None
+
+    def _round_trips(self, cm: CostModel):
+        """Per remote device: one-way latency (s) and seconds per byte of the round trip from the home
+        device (the first) and back; per link, the bytes per routed token it carries there and back."""
+        if self._routes is None:
+            home = self.devices[0]
+            latency = np.zeros(len(self.devices))
+            per_byte = np.zeros(len(self.devices))
+            links: dict = {}
+            for i, d in enumerate(self.devices[1:], start=1):
+                for key, bw, one_way in cm.network.route_hops(home, d) + cm.network.route_hops(d, home):
+                    latency[i] += one_way
+                    per_byte[i] += 1.0 / bw
+                    links[key] = links.get(key, 0.0) + self.mass[i] / bw
+            self._routes = (latency, per_byte, list(links.items()))
+        return self._routes
+
+    def cost(self, cm: CostModel, layer: int, tokens: float) -> tuple[float, list[tuple]]:
+        """(critical time s, (resource, hold s) pairs) of the layer's experts for ``tokens`` tokens:
+        what :func:`experts_fork`'s steps add up to, without the steps."""
+        t = self.times(cm, layer, tokens)
+        latency, per_byte, links = self._round_trips(cm)
+        hb = cm.model.hidden_bytes_per_token
+        sent = np.asarray(self.mass) * tokens * hb
+        remote = latency[1:] + sent[1:] * per_byte[1:] + t[1:]
+        critical = max(float(t[0]), float(remote.max()) if remote.size else 0.0)
+        holds = [(d, float(x)) for d, x in zip(self.devices, t)]
+        holds += [(key, coef * tokens * hb) for key, coef in links]
+        return critical, holds
+
+    def times(self, cm: CostModel, layer: int, tokens: float) -> np.ndarray:
+        """[D] time (s) of each device's share of the layer's experts for ``tokens`` tokens (cached per tokens)."""
+        hit = self._memo.get(tokens)
+        if hit is None:
+            q = cm.q[cm.moe_index[layer]]
+            hit = np.zeros(len(self.devices))
+            for rep, idx in self.groups:
+                prob = q[None, :] * self.share[idx]
+                touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
+                hit[idx] = op_time_s(cm.devices[rep], prob * tokens * cm.expert_flops_per_token,
+                                     touched * cm.expert_bytes, cm.db).sum(axis=1)
+            self._memo[tokens] = hit
+        return hit
+
+
+def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> LayerShares:
+    """The :class:`LayerShares` of one layer whose placement ``entries`` move some experts off
+    ``home``. Independent of the tokens, so kept per placement for the passes that follow: keyed by
+    the entries' identities, and the entry keeps them alive, so an identity cannot be reused by
+    another object meanwhile."""
     key = ("shares", layer, home, tuple(map(id, entries)))
     hit = cm.instance_cache.get(key)
     if hit is not None:
@@ -145,12 +210,7 @@ def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> list[tu
             if row is None:
                 row = rows[d] = [0.0] * n
             row[entry.expert] += s
-    out = []
-    for d, row in rows.items():
-        share = np.array(row)
-        whole = all(x == 0.0 or x == 1.0 for x in row)
-        chosen = np.array([i for i, x in enumerate(row) if x == 1.0], dtype=np.intp) if whole else None
-        out.append((d, share, chosen, float(np.add.reduce(q * share))))
+    out = LayerShares(cm, list(rows), np.array(list(rows.values())), q)
     if len(cm.instance_cache) >= _SHARES_CACHE_SIZE:
         cm.instance_cache.clear()
     cm.instance_cache[key] = (tuple(entries), out)

@@ -6,6 +6,7 @@ DP over the batching grid and returns the best valid plan, with the DP's optimum
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better
-from planner.cost.validator import validate
+from planner.cost.validator import evaluate_checked, validate
 from planner.domain.instance import Instance
 from planner.domain.units import GB
 from planner.spaces.batching import batch_grid
@@ -120,16 +121,15 @@ def _status_and_stop(true: float, bound: float, timed_out: bool) -> tuple[Status
 @register("dp", kind="exact", problem="instance")
 def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int = 0, cost_model: CostModel | None = None,
              path=None, **_) -> Result:
-    """Exact pipeline stage partitioning over an ordered device path (experts home, no codec), all objectives but energy."""
+    """Exact pipeline stage partitioning over an ordered device path (experts home, no codec)."""
     t0 = time.perf_counter()
     kind = instance.objective
     sense = "max" if kind == "throughput" else "min"
     version = f"numpy {np.__version__}"
-    if kind not in ("throughput", "latency"):
-        return Result(Status.ERROR, "dp", sense=sense, message="dp supports throughput and latency objectives",
-                      stop_reason="unsupported objective", solve_time_s=time.perf_counter() - t0)
     path = check_path(instance, path)
     cm = cost_model or CostModel(instance)
+    if kind == "energy":
+        return _energy(instance, cm, path, t0, time_limit, version)
     deadline = None if time_limit is None else t0 + time_limit
     found, failures, timed_out, runs = _solve_grid(instance, cm, path, kind, deadline)
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
@@ -159,3 +159,56 @@ def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int =
                          "num_micro_batches": pipe.num_micro_batches, "bottleneck_s": opt.bottleneck_s,
                          "request_latency_s": opt.latency_s, "grid_points": len(found), "dp_runs": runs,
                          "rejected": rejected})
+
+
+def _energy(instance: Instance, cm: CostModel, path, t0: float, time_limit: float | None, version: str) -> Result:
+    """The energy objective: J per token = (busy energy + idle power x the request period) / output.
+
+    The busy part is additive over layers (``(power - idle power) x busy time`` of each layer where
+    it runs), so per batching one DP finds the partition of least busy energy exactly; the idle part
+    falls as throughput rises, so the batching's least-bottleneck partition is a candidate too.
+    Every candidate is priced by the cost model and the best valid one returned: ``feasible``, the
+    idle part making the DP's value not a bound on the true optimum."""
+    deadline = None if time_limit is None else t0 + time_limit
+    busy_power = np.array([cm.devices[d].power_w - cm.devices[d].idle_power_w for d in path])
+    slo_s = instance.constraints.latency_slo_s
+    slo = math.inf if slo_s is None else slo_s * (1 + 1e-9)
+    candidates, failures, timed_out = [], [], False
+    for b, mb in batch_grid(instance.workload.max_batch, len(path)):
+        if deadline is not None and time.perf_counter() > deadline:
+            timed_out = True
+            break
+        terms = chain_terms(cm, path, b, mb)
+        throughput = chain_problem(terms, "throughput")
+        joules = dataclasses.replace(throughput, compute=terms.busy * busy_power[:, None],
+                                     transfer_latency=np.zeros_like(throughput.transfer_latency),
+                                     entry_latency=np.zeros_like(throughput.entry_latency),
+                                     exit_latency=np.zeros_like(throughput.exit_latency))
+        stages = dp.best_stages(joules, "latency", math.inf)
+        period = best_period(throughput, terms, slo)
+        if stages is None and period is None:
+            failures.append((b * mb, _memory_message(terms, dp.infeasibility_reason(throughput) or "memory binds")))
+            continue
+        for st in ([stages] if stages else []) + ([period.stages] if period is not None else []):
+            candidates.append(plan_from_stages(instance, terms, st))
+    elapsed = lambda: time.perf_counter() - t0  # noqa: E731
+    best = None
+    for plan in candidates:
+        ev, broken = evaluate_checked(instance, plan, cm)
+        if broken:
+            continue
+        value = ev.objective("energy")
+        if best is None or value < best[0]:
+            best = (value, plan)
+    if best is None:
+        if timed_out and not failures:
+            return Result(Status.TIME_LIMIT, "dp", sense="min", solve_time_s=elapsed(), solver_version=version,
+                          message="time limit reached before any batching was solved", stop_reason="time limit")
+        failures.sort(key=lambda f: f[0])
+        why = failures[0][1] if failures else "infeasible: every partition breaks an SLO or the memory with its KV cache"
+        return Result(Status.INFEASIBLE, "dp", sense="min", solve_time_s=elapsed(), solver_version=version,
+                      message=why, stop_reason="no valid partition at any batching")
+    return Result(Status.TIME_LIMIT if timed_out else Status.FEASIBLE, "dp", objective=best[0], sense="min",
+                  solve_time_s=elapsed(), solution=best[1], solver_version=version,
+                  stop_reason="least busy energy and least bottleneck per batching, priced by the cost model "
+                              "(idle energy makes the DP's value no bound)")

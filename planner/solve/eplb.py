@@ -36,21 +36,16 @@ batching of a plan with up to ``G E`` placement entries.
 
 from __future__ import annotations
 
-import math
 import time
 
-import numpy as np
-
-from models.assignment import ReplicatedAssignment
 from planner.cost.costmodel import CostModel
 from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement
 from planner.domain.units import GB
 from planner.solve.outcome import baseline_result
-from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
+from planner.spaces.batching import best_batching
 from planner.spaces.chain import default_path
+from planner.spaces.expert_parallel import expert_parallel_pipeline
 from planner.spaces.infeasibility import explain_violations
-from solvers.placement import solve_eplb
 from solvers.registry import register
 from solvers.result import Result
 
@@ -98,42 +93,16 @@ def eplb(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel |
 def _plan_on(instance: Instance, cm: CostModel, group: list[str], t0: float) -> tuple[Result | None, str]:
     """EPLB's plan with experts over ``group`` (one redundant slot per device if it fits, else none),
     or None and why not."""
-    m = instance.model
-    L, E, B = m.num_layers, m.num_experts, len(group)
-    memory = np.array([instance.device(n).memory_bytes for n in group])
-    loads = np.asarray(cm.q, dtype=float)
     why = ""
-    for redundant in ((1, 0) if B > 1 else (0,)):
-        slots = math.ceil(E / B) + redundant
-        # EPLB's global policy on B identical bins (speed 1, no memory limit); its solution holds
-        # every expert's devices (replicas) and equal shares per EPLB copy (copies / logcnt).
-        placed = solve_eplb(ReplicatedAssignment.build(loads, np.ones(B), slots=slots, max_replicas=B * slots))
-        replicas, shares = placed.solution.replicas, placed.solution.shares
-        experts_bytes = replicas.sum(axis=(0, 1)) * cm.expert_bytes
-        free = memory - experts_bytes
-        if (free <= 0).any():
-            b = int(np.argmin(free))
-            why = (f"infeasible: EPLB gives each of the {B} edge and cloud devices {slots} expert slots per MoE layer; "
-                   f"device {group[b]!r} then holds {experts_bytes[b] / GB:.2f} GB of experts and has "
-                   f"{memory[b] / GB:.2f} GB")
+    for redundant in ((1, 0) if len(group) > 1 else (0,)):
+        pipe, why, details = expert_parallel_pipeline(instance, cm, group, placement="eplb", redundant=redundant)
+        if pipe is None:
             continue
-        stages = pipeline_from_ranges(group, split_by_weights(L, list(free))).stages
-        home = {layer: group.index(s.device) for s in stages for layer in s.layers}
-        placement = []
-        for g, layer in enumerate(m.moe_layers):
-            for i in range(E):
-                on = np.nonzero(replicas[g, i])[0]
-                if on.size == 1 and on[0] == home[layer]:
-                    continue
-                placement.append(ExpertPlacement(layer, i, tuple(group[b] for b in on),
-                                                 tuple(float(shares[g, i, b]) for b in on)))
-        plan, obj, last = best_batching(instance, cm, stages, "eplb", tuple(placement))
+        plan, obj, last = best_batching(instance, cm, pipe.stages, "eplb", pipe.expert_placement)
         if plan is not None:
             result = baseline_result("eplb", instance, plan, obj, t0, "")
-            result.extra = {"expert_devices": group, "slots_per_device": slots, "redundant_per_device": redundant,
-                            "balancedness": placed.extra["balancedness"],
-                            "merged_duplicates": placed.extra["merged_duplicates"]}
+            result.extra = {"expert_devices": group, **details}
             return result, ""
-        why = explain_violations(last, f"infeasible: EPLB with {slots} expert slots on each of the {B} edge and cloud "
-                                       f"devices breaks a limit at every batching")
+        why = explain_violations(last, f"infeasible: EPLB with {details['slots_per_device']} expert slots on each of the "
+                                       f"{len(group)} edge and cloud devices breaks a limit at every batching")
     return None, why

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 from models.twotier import TwoTierProblem, TwoTierSolution, evaluate, violations
 from planner.cost.costmodel import CostModel
@@ -22,6 +23,7 @@ from planner.cost.evaluation import is_better
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.spaces.batching import batch_grid
+from planner.spaces.bounds import plan_space_bound
 from planner.spaces.twotier import instance_value, plan_from_solution, solution_from_plan, two_tier_problem
 from solvers import registry
 from solvers.registry import register
@@ -164,6 +166,11 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
                     best = (value, plan_from_solution(instance, origin, far, b, mb, sol, solver_name), (far, b, mb))
     elapsed = time.perf_counter() - t0
     version = ", ".join(sorted(v for v in versions if v))
+    if export is not None:
+        if solver_name != "milp":
+            raise ValueError("--export writes the MILP (.lp or .mps): use --solver milp")
+        if best is not None:  # the model of the best two-tier subproblem, whatever plan is returned
+            export_subproblem(instance, cm, *best[2], export)
     if initial_solution is not None:
         warm_value = cm.evaluate(initial_solution).objective(instance.objective)
         if best is None or is_better(instance.objective, warm_value, instance_value(instance, best[0])):
@@ -189,11 +196,6 @@ def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, re
         return Result(status, solver_name, sense=sense, solve_time_s=elapsed, message=why, solver_version=version,
                       stop_reason="all subproblems infeasible" if not timed_out else "time limit")
     plan = best[1]
-    if export is not None:
-        if solver_name != "milp":
-            raise ValueError("--export writes the MILP (.lp or .mps): use --solver milp")
-        if best[2] is not None:
-            export_subproblem(instance, cm, *best[2], export)
     objective = cm.evaluate(plan).objective(instance.objective)
     # ``bound`` is the least dual bound over every subproblem examined: a bound on the whole space.
     bound_value = instance_value(instance, bound) if math.isfinite(bound) and bound > 0 else math.nan
@@ -213,14 +215,63 @@ def _with_warm_start(instance: Instance, options: dict) -> dict:
     return options
 
 
+OPTIMAL_GAP = 1e-4  # a plan within this relative gap of the plan-space bound is reported optimal
+DEFAULT_BOUND_TIME_S = 30.0  # the bound's MILPs when the solve has no time limit
+
+
+def _certify(instance: Instance, result: Result, options: dict, t0: float) -> Result:
+    """The two-tier solve's ``result`` judged against the whole plan space.
+
+    Its plan (the two-tier optimum, or the warm start where that is better) keeps its objective;
+    ``bound`` becomes :func:`planner.spaces.bounds.plan_space_bound`, which no plan of the instance
+    beats (the two-tier bound covers its own space only: it goes to ``extra``). Status: ``optimal``
+    when the gap to that bound is at most ``OPTIMAL_GAP``; else ``time_limit`` if the two-tier solve
+    was cut short, else ``feasible``, with the gap. No plan and no bound: ``infeasible``, with the
+    two-tier solve's explanation."""
+    cm = options.get("cost_model") or CostModel(instance)
+    limit = options.get("time_limit")
+    left = DEFAULT_BOUND_TIME_S if limit is None else max(limit - (time.perf_counter() - t0), 0.1)
+    bound = plan_space_bound(instance, cm, time_limit=left)
+    extra = {**result.extra, "two_tier_status": result.status.value, "two_tier_bound": result.bound,
+             "two_tier_message": result.message}
+    if bound is not None:
+        extra.update(plan_space_bound=bound.value, bound_binding=bound.binding, bound_micro_batch=bound.micro_batch,
+                     bound_time_s=bound.solve_time_s, bound_proven=bound.detail.get("proven", True))
+    elapsed = time.perf_counter() - t0
+    if result.solution is None:
+        if bound is None and result.status is Status.INFEASIBLE:
+            return replace(result, solve_time_s=elapsed, extra=extra)
+        status = Status.TIME_LIMIT if result.status is Status.TIME_LIMIT else result.status
+        return replace(result, status=status, bound=bound.value if bound is not None else math.nan,
+                       solve_time_s=elapsed, extra=extra)
+    if bound is None:  # cannot happen for a valid plan: the relaxation contains it
+        raise RuntimeError("a plan exists but the plan-space relaxation is infeasible")
+    gap = abs(bound.value - result.objective) / max(abs(result.objective), 1e-12)  # as Result.gap
+    if gap <= OPTIMAL_GAP:
+        status, stop = Status.OPTIMAL, f"within {OPTIMAL_GAP:g} of the plan-space bound"
+    elif result.status is Status.TIME_LIMIT:
+        status, stop = Status.TIME_LIMIT, "time limit; gap to the plan-space bound"
+    else:
+        status, stop = Status.FEASIBLE, "gap to the plan-space bound (a relaxation of the whole space)"
+    where = "the warm start (outside the two-tier space)" if "warm start" in result.message else "the two-tier optimum"
+    message = (f"{where}: {result.objective:.6g}; plan-space bound {bound.value:.6g} ({bound.binding}), gap {gap:.2%}; "
+               f"two-tier space: {result.status.value}" + (f", bound {result.bound:.6g}" if math.isfinite(result.bound) else ""))
+    return replace(result, status=status, bound=bound.value, solve_time_s=elapsed, stop_reason=stop, message=message,
+                   extra=extra)
+
+
 @register("milp", kind="exact", problem="instance")
 def joint_milp(instance: Instance, **options) -> Result:
-    """Exact end-cloud split with local experts and codec rank (Pyomo + HiGHS; option backend= any Pyomo solver)."""
+    """Exact end-cloud split with local experts and codec rank (Pyomo + HiGHS), certified against the plan-space bound."""
+    t0 = time.perf_counter()
     backend = options.pop("backend", "highs")
-    return solve_joint(instance, backend, solver_name="milp", **_with_warm_start(instance, options))
+    options = _with_warm_start(instance, options)
+    return _certify(instance, solve_joint(instance, backend, solver_name="milp", **options), options, t0)
 
 
 @register("cpsat", kind="exact", problem="instance")
 def joint_cpsat(instance: Instance, **options) -> Result:
-    """Exact end-cloud split with local experts and codec rank (OR-Tools CP-SAT, integer-scaled times)."""
-    return solve_joint(instance, "cpsat", solver_name="cpsat", **_with_warm_start(instance, options))
+    """Exact end-cloud split with local experts and codec rank (OR-Tools CP-SAT), certified against the plan-space bound."""
+    t0 = time.perf_counter()
+    options = _with_warm_start(instance, options)
+    return _certify(instance, solve_joint(instance, "cpsat", solver_name="cpsat", **options), options, t0)

@@ -60,12 +60,14 @@ from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better, is_within
 from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
-from planner.domain.plan import Plan
-from planner.spaces.batching import batch_grid, batching_sweep
+from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
+from planner.spaces.batching import batch_grid, full_batching_sweep
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
 from planner.spaces.codec_choice import prefer_accuracy
+from planner.spaces.expert_parallel import expert_parallel_pipeline
+from planner.spaces.replicas import fill_with_replicas
 from planner.spaces.twotier import instance_value, partner_candidates, plan_from_solution, two_tier_problem
-from solvers import dp
+from solvers import dp, registry
 from solvers.registry import register
 from solvers.result import Result, Status
 
@@ -357,11 +359,132 @@ def _pipeline_plan(instance: Instance, cm: CostModel, path: list[str], b: int, m
     return best
 
 
-def _tune_batching(instance: Instance, cm: CostModel, plan: Plan):
-    """Step 4 for a fixed structure: the best valid (objective, plan) over the batching grid and the
-    plan's own batching, or None."""
-    best, obj, _ = batching_sweep(instance, cm, plan)
+def _tune_batching(instance: Instance, cm: CostModel, plan: Plan, sizes: list[int] | None = None):
+    """Step 4 for a fixed structure: the best valid (objective, plan) over the whole batching grid
+    (:func:`planner.spaces.batching.full_batching_sweep`) and the plan's own batching, or None."""
+    best, obj = full_batching_sweep(instance, cm, plan, sizes=sizes)
     return None if best is None else (obj, best)
+
+
+def _coarse_sizes(max_batch: int) -> list[int]:
+    """Micro-batch sizes for structures that are costly to price (thousands of placed experts):
+    the powers of two and the sizes that fill the batch with 1 to 4 micro-batches."""
+    return sorted({2 ** k for k in range(max_batch.bit_length()) if 2 ** k <= max_batch}
+                  | {max(1, max_batch // m) for m in range(1, 5)})
+
+
+def _expert_groups(instance: Instance) -> list[list[str]]:
+    """Step 7's device groups for expert parallelism: the edge and cloud devices (where EPLB deploys),
+    and the cloud devices alone, in ``default_path`` order; distinct, two devices or more."""
+    path = default_path(instance)
+    groups = [[n for n in path if instance.device(n).tier != "end"], [n for n in path if instance.device(n).tier == "cloud"]]
+    out = []
+    for g in groups:
+        if len(g) >= 2 and g not in out:
+            out.append(g)
+    return out
+
+
+_EP_SCREEN = 0.10  # Step 7 tunes an expert-parallel structure's batching when it is this close to the best so far
+
+
+def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: float,
+                                reference: float | None) -> list[tuple[float, Plan]]:
+    """Step 7: pipelines whose experts are spread over a group of devices. Every group first gets
+    EPLB's placement (cheap), scored at full concurrency (one batch and two micro-batches); the
+    best group then also gets the speed- and memory-aware greedy placement, and the better of its
+    two structures has its batching tuned when it comes within ``_EP_SCREEN`` of ``reference`` (the
+    best objective so far) or beats it."""
+    m = instance.model
+    kind = instance.objective
+    if m.num_experts == 0 or m.num_moe_layers == 0:
+        return []
+    B = instance.workload.max_batch
+    screen_sizes = sorted({B, max(1, B // 2)})
+    screened = []  # (objective, plan, group)
+    for group in _expert_groups(instance):
+        if screened and time.perf_counter() >= deadline:
+            break
+        for redundant in (1, 0):
+            pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="eplb", redundant=redundant)
+            found = None if pipe is None else _tune_batching(instance, cm, Plan((pipe,), instance.name, "route-aware"),
+                                                             screen_sizes)
+            if found is not None:
+                screened.append((*found, group))
+                break
+    best_group = None
+    if screened:
+        best_group = min(screened, key=lambda c: -c[0] if kind == "throughput" else c[0])[2]
+    for group in ([best_group] if best_group else _expert_groups(instance)[:1]):
+        pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="greedy-placement")
+        found = None if pipe is None else _tune_batching(instance, cm, Plan((pipe,), instance.name, "route-aware"),
+                                                         screen_sizes)
+        if found is not None:
+            screened.append((*found, group))
+    if not screened:
+        return []
+    out = [(obj, plan) for obj, plan, _ in screened]
+    obj, plan, _ = min(screened, key=lambda c: -c[0] if kind == "throughput" else c[0])
+    if reference is None or is_within(kind, obj, reference, _EP_SCREEN):
+        sizes = _coarse_sizes(B) if len(plan.pipelines[0].expert_placement) > 512 else None
+        tuned = _tune_batching(instance, cm, plan, sizes)
+        if tuned is not None:
+            out.append(tuned)
+    return out
+
+
+def _single_device_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, Plan]]:
+    """Step 8: the whole model on one device, one device of each kind that can hold it."""
+    seen, out = set(), []
+    m = instance.model
+    need = m.total_params * m.dtype_bytes
+    for d in instance.devices:
+        key = (cm.times.hardware_of(d.name), d.memory_bytes)
+        if d.memory_bytes < need or key in seen:
+            continue
+        seen.add(key)
+        plan = Plan((Pipeline((Stage(d.name, 0, m.num_layers),)),), instance.name, "route-aware")
+        found = _tune_batching(instance, cm, plan)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[float, Plan]]):
+    """Step 9: the best candidates copied over the devices they leave free (several pipelines), or None."""
+    kind = instance.objective
+    singles = sorted((c for c in candidates if len(c[1].pipelines) == 1),
+                     key=lambda c: -c[0] if kind == "throughput" else c[0])
+    plan = fill_with_replicas(instance, cm, [p for _, p in singles])
+    if plan is None:
+        return None
+    ev, bad = evaluate_checked(instance, plan, cm)
+    return None if bad else (ev.objective(kind), plan)
+
+
+def _gate_variants(instance: Instance, cm: CostModel, plan: Plan) -> list[tuple[float, Plan]]:
+    """Step 10 (EC2MoE's group gate): where the origin's stage sends experts of its layers away,
+    variants that serve those layers from the origin's local experts instead (the away experts
+    dropped), every such layer at once and each alone; the valid ones, scored."""
+    if not instance.constraints.group_gate_loss.known or len(plan.pipelines) != 1:
+        return []
+    pipe = plan.pipelines[0]
+    origin = instance.workload.origin
+    stage = next((st for st in pipe.stages if st.device == origin), None)
+    if stage is None:
+        return []
+    away = sorted({e.layer for e in pipe.expert_placement if stage.first_layer <= e.layer < stage.end_layer
+                   and origin not in e.devices and e.devices})
+    out = []
+    for layers in ([tuple(away)] if len(away) > 1 else []) + [(layer,) for layer in away]:
+        placement = tuple(ExpertPlacement(e.layer, e.expert, (), ()) if e.layer in layers and origin not in e.devices else e
+                          for e in pipe.expert_placement)
+        cand = replace(plan, pipelines=(replace(pipe, expert_placement=placement,
+                                                group_gate=(GroupGate(origin, tuple(layers)),)),))
+        ev, bad = evaluate_checked(instance, cand, cm)
+        if not bad:
+            out.append((ev.objective(instance.objective), cand))
+    return out
 
 
 def _two_tier_as_found(instance: Instance, cm: CostModel, best):
@@ -395,7 +518,8 @@ def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int
 
 @register("route-aware", kind="heuristic", problem="instance")
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
-                time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, **_) -> Result:
+                time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
+                replicas: bool = True, **_) -> Result:
     """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
     t0 = time.perf_counter()
     budget = time_budget_s if time_limit is None else min(time_budget_s, time_limit)
@@ -450,12 +574,38 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         found = _tune_batching(instance, cm, piped[1]) if tune else piped
         if found is not None and (chosen is None or is_better(instance.objective, found[0], chosen[0])):
             chosen = found
-    if chosen is None:
+    kind = instance.objective
+    candidates = [chosen] if chosen is not None else []
+    if chosen is not None and chosen[1].pipelines[0].expert_placement and tune:
+        # Step 4 over the whole grid for an offloading structure (the two-tier equations tried two shapes).
+        swept = _tune_batching(instance, cm, chosen[1])
+        if swept is not None and is_better(kind, swept[0], chosen[0]):
+            candidates = [swept]
+    if not out_of_time():
+        reference = max(c[0] for c in candidates) if candidates and kind == "throughput" else (
+            min(c[0] for c in candidates) if candidates else None)
+        candidates += _expert_parallel_candidates(instance, cm, deadline, reference)  # Step 7
+        candidates += _single_device_candidates(instance, cm)                   # Step 8
+    if replicas and kind == "throughput" and candidates and not out_of_time():
+        replicated = _with_replicas(instance, cm, candidates)                  # Step 9
+        if replicated is not None:
+            candidates.append(replicated)
+    if not candidates:
         return Result(Status.INFEASIBLE, "route-aware", sense=sense, solve_time_s=elapsed(),
-                      message="infeasible: no cut between the origin and one partner, and no pipeline over the "
-                              "fleet, fits memory, SLOs and the accuracy budget",
+                      message="infeasible: no cut between the origin and one partner, no pipeline over the fleet, no "
+                              "expert-parallel group and no single device fits memory, SLOs and the accuracy budget",
                       stop_reason="no candidate")
-    best_obj, best_plan = chosen
+    order = sorted(range(len(candidates)), key=lambda i: (-candidates[i][0] if kind == "throughput" else candidates[i][0], i))
+    best_obj, best_plan = candidates[order[0]]
+    for found in _gate_variants(instance, cm, best_plan):                        # Step 10
+        if is_better(kind, found[0], best_obj):
+            best_obj, best_plan = found
+    if lns_moves and not out_of_time():
+        # Step 11: a deterministic local improvement (a fixed number of moves, a fixed seed).
+        improved = registry.get("local-search", problem="instance").func(
+            instance, initial_solution=best_plan, cost_model=cm, max_moves=lns_moves, seed=seed, time_budget_s=None)
+        if improved.solution is not None and is_better(kind, improved.objective, best_obj):
+            best_obj, best_plan = improved.objective, replace(improved.solution, solver="route-aware")
     if instance.constraints.accuracy_tradeoff > 0:
         # Step 6: the most accurate codec ranks within the trade-off of the plan's objective.
         def score(plan: Plan) -> float | None:

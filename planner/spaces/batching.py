@@ -81,3 +81,72 @@ def batching_sweep(instance: Instance, cm: CostModel, plan: Plan) -> tuple[Plan 
         if best is None or is_better(instance.objective, obj, best_obj):
             best, best_obj = cand, obj
     return best, best_obj, last
+
+
+def micro_batch_sizes(max_batch: int, exact_up_to: int = 32) -> list[int]:
+    """Micro-batch sizes worth trying: every size up to ``exact_up_to``, then about 12 per doubling,
+    and ``max_batch // m`` for every ``m`` (the sizes that fill the batch exactly)."""
+    sizes = set(range(1, min(max_batch, exact_up_to) + 1))
+    b = exact_up_to
+    while b < max_batch:
+        b = max(b + 1, int(b * 1.06))
+        sizes.add(min(b, max_batch))
+    sizes.update(max_batch // m for m in range(1, max_batch + 1))
+    return sorted(s for s in sizes if 1 <= s <= max_batch)
+
+
+def full_batching_sweep(instance: Instance, cm: CostModel, plan: Plan, index: int = 0,
+                        sizes: list[int] | None = None) -> tuple[Plan | None, float | None]:
+    """The best valid batching of pipeline ``index`` of ``plan`` over the whole grid
+    ``b x m <= max_batch``, its structure fixed: (plan, objective), or (None, None).
+
+    In the cost model the number of micro-batches ``m`` changes only the concurrency ``b m`` (the
+    latency loop) and the KV cache: for throughput and energy more is never worse while memory
+    lasts, for latency it changes nothing. So for each size ``b`` (``sizes``, by default
+    :func:`micro_batch_sizes`) only the largest ``m`` whose memory fits is priced (memory is cheap
+    to compute and grows with ``m``: found by bisection; for latency ``m = 1``), and the plan's own
+    batching too."""
+    if structure_violations(instance, plan):
+        return None, None
+    pipe = plan.pipelines[index]
+    kind = instance.objective
+    B = instance.workload.max_batch
+    capacity = {d.name: d.memory_bytes * (1 + 1e-9) for d in instance.devices}
+
+    def variant(b: int, m: int) -> Plan:
+        pipes = list(plan.pipelines)
+        pipes[index] = replace(pipe, micro_batch_size=b, num_micro_batches=m)
+        return replace(plan, pipelines=tuple(pipes))
+
+    def fits(cand: Plan) -> bool:
+        return all(used <= capacity[d] for d, used in cm.memory_bytes(cand).items())
+
+    best, best_obj = None, None
+
+    def consider(cand: Plan) -> None:
+        nonlocal best, best_obj
+        ev = cm.evaluate(cand)
+        if limit_violations(instance, ev):
+            return
+        obj = ev.objective(kind)
+        if best is None or is_better(kind, obj, best_obj):
+            best, best_obj = cand, obj
+
+    consider(variant(pipe.micro_batch_size, pipe.num_micro_batches))
+    for b in sizes if sizes is not None else micro_batch_sizes(B):
+        if kind == "latency":
+            consider(variant(b, 1))
+            continue
+        lo, hi = 1, B // b
+        if not fits(variant(b, lo)):
+            continue
+        if not fits(variant(b, hi)):
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if fits(variant(b, mid)):
+                    lo = mid
+                else:
+                    hi = mid
+            hi = lo
+        consider(variant(b, hi))
+    return best, best_obj

@@ -332,10 +332,11 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
 
 
 def _max_replicas(instance: Instance) -> int:
-    """The most pipelines the fleet's memory can hold copies of the model for (each pipeline has its own devices)."""
+    """The most pipelines the fleet can run at once: each has its own devices (at least one) and
+    holds a copy of the model's weights."""
     m = instance.model
     weights = m.total_params * m.dtype_bytes
-    return max(1, int(instance.total_memory_bytes // max(weights, 1.0)))
+    return max(1, min(len(instance.devices), int(instance.total_memory_bytes // max(weights, 1.0))))
 
 
 def micro_batch_intervals(max_batch: int, exact_up_to: int = 32, ratio: float = 1.25) -> list[tuple[int, int]]:

@@ -1,0 +1,99 @@
+"""Expert-parallel pipelines: one pipeline over a group of devices whose routed experts are spread
+(and replicated) over the whole group, the non-expert blocks split into contiguous stages.
+
+* Experts: every MoE layer's routed experts are placed over the group by a placement solver on the
+  instance's expert-placement problem (:mod:`planner.spaces.placement`): ``"eplb"`` is DeepSeek's
+  EPLB on identical devices with equal slots (``ceil(E / B)`` plus ``redundant`` per device, the
+  loads being the selection probabilities), as deployed by vLLM and SGLang; ``"greedy-placement"``
+  is speed- and memory-aware (:func:`solvers.placement.solve_greedy_placement`: slots from each
+  device's memory share, load over speed balanced).
+* Layers: the non-expert blocks are split into contiguous stages over the group in its order, in
+  proportion to the memory each device has left after its experts
+  (:func:`planner.spaces.batching.split_by_weights`); a device whose share rounds to no layer holds
+  experts only.
+* An expert that is not solely on its layer's stage device gets an
+  :class:`~planner.domain.plan.ExpertPlacement` with its devices and token shares.
+
+:func:`expert_parallel_pipeline` builds the pipeline (micro-batching left to the caller); the
+``eplb`` baseline and route-aware use it with their placement solver.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from models.assignment import ReplicatedAssignment
+from planner.cost.costmodel import CostModel
+from planner.domain.instance import Instance
+from planner.domain.plan import ExpertPlacement, Pipeline
+from planner.domain.units import GB
+from planner.spaces.batching import pipeline_from_ranges, split_by_weights
+from planner.spaces.placement import placement_problem
+from solvers.placement import solve_eplb
+from solvers.registry import get
+
+PLACEMENTS = ("eplb", "greedy-placement")
+
+
+def _placement_entries(instance: Instance, group: list[str], stages, replicas: np.ndarray, shares: np.ndarray):
+    """Placement entries [G, I, B] -> ExpertPlacement for every expert not solely at its layer's stage device."""
+    m = instance.model
+    home_of = {layer: group.index(s.device) for s in stages for layer in s.layers}
+    home = np.array([home_of[layer] for layer in m.moe_layers])
+    count = replicas.sum(axis=2)
+    solely_home = (count == 1) & replicas[np.arange(len(home)), :, home]  # [G, I]
+    g_idx, i_idx, b_idx = np.nonzero(replicas & ~solely_home[:, :, None])
+    out, start = [], 0
+    layers = m.moe_layers
+    while start < len(g_idx):
+        end = start + 1
+        while end < len(g_idx) and g_idx[end] == g_idx[start] and i_idx[end] == i_idx[start]:
+            end += 1
+        g, i, on = int(g_idx[start]), int(i_idx[start]), b_idx[start:end]
+        out.append(ExpertPlacement(layers[g], i, tuple(group[b] for b in on), tuple(float(x) for x in shares[g, i, on])))
+        start = end
+    return tuple(out)
+
+
+def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str], *, placement: str = "eplb",
+                             redundant: int = 1) -> tuple[Pipeline | None, str, dict]:
+    """(the pipeline, "" , details) of experts spread over ``group``, or (None, why not, details).
+
+    ``placement``: ``"eplb"`` (``redundant`` spare slots per device when ``B > 1``) or
+    ``"greedy-placement"``. The pipeline has micro-batch 1 x 1; its devices are ``group`` in order
+    (those that get layers run stages).
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    m = instance.model
+    L, E, B = m.num_layers, m.num_experts, len(group)
+    memory = np.array([instance.device(n).memory_bytes for n in group], dtype=float)
+    if placement == "eplb":
+        slots = math.ceil(E / B) + (redundant if B > 1 else 0)
+        # EPLB's global policy on B identical bins (speed 1, no memory limit); its solution holds
+        # every expert's devices (replicas) and equal shares per EPLB copy (copies / logcnt).
+        placed = solve_eplb(ReplicatedAssignment.build(np.asarray(cm.q, dtype=float), np.ones(B), slots=slots,
+                                                       max_replicas=B * slots))
+        details = {"slots_per_device": slots, "redundant_per_device": redundant if B > 1 else 0,
+                   "balancedness": placed.extra["balancedness"], "merged_duplicates": placed.extra["merged_duplicates"]}
+    else:
+        problem, _ = placement_problem(instance, devices=group, cost_model=cm)
+        placed = get("greedy-placement", problem="assignment").func(problem)
+        if placed.solution is None:
+            return None, f"infeasible: the speed-aware placement over {', '.join(group)} found none: {placed.message}", {}
+        details = {"balancedness": placed.extra.get("balancedness")}
+    replicas, shares = placed.solution.replicas, placed.solution.shares
+    experts_bytes = replicas.sum(axis=(0, 1)) * cm.expert_bytes
+    free = memory - experts_bytes
+    if (free <= 0).any():
+        b = int(np.argmin(free))
+        if placement == "eplb":
+            return None, (f"infeasible: EPLB gives each of the {B} edge and cloud devices {details['slots_per_device']} expert "
+                          f"slots per MoE layer; device {group[b]!r} then holds {experts_bytes[b] / GB:.2f} GB of experts "
+                          f"and has {memory[b] / GB:.2f} GB"), details
+        return None, (f"infeasible: the placement puts {experts_bytes[b] / GB:.2f} GB of experts on device {group[b]!r}, "
+                      f"which has {memory[b] / GB:.2f} GB"), details
+    stages = pipeline_from_ranges(group, split_by_weights(L, list(free))).stages
+    return Pipeline(stages, expert_placement=_placement_entries(instance, group, stages, replicas, shares)), "", details
