@@ -65,7 +65,7 @@ from planner.spaces.batching import batch_grid, full_batching_sweep
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
 from planner.spaces.codec_choice import prefer_accuracy
 from planner.spaces.expert_parallel import expert_parallel_pipeline
-from planner.spaces.replicas import fill_with_replicas
+from planner.spaces.replicas import fill_with_replicas, pipeline_devices
 from planner.spaces.twotier import instance_value, partner_candidates, plan_from_solution, two_tier_problem
 from solvers import dp, registry
 from solvers.registry import register
@@ -451,15 +451,23 @@ def _single_device_candidates(instance: Instance, cm: CostModel) -> list[tuple[f
 
 
 def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[float, Plan]]):
-    """Step 9: the best candidates copied over the devices they leave free (several pipelines), or None."""
-    kind = instance.objective
-    singles = sorted((c for c in candidates if len(c[1].pipelines) == 1),
-                     key=lambda c: -c[0] if kind == "throughput" else c[0])
-    plan = fill_with_replicas(instance, cm, [p for _, p in singles])
-    if plan is None:
-        return None
-    ev, bad = evaluate_checked(instance, plan, cm)
-    return None if bad else (ev.objective(kind), plan)
+    """Step 9 (throughput): candidates copied over the devices they leave free (several pipelines),
+    taken best first, and again most throughput per device first (a deep pipeline over many GPUs
+    may serve less than as many one-GPU copies); the better fill, or None."""
+    singles = [c for c in candidates if len(c[1].pipelines) == 1]
+    by_value = sorted(singles, key=lambda c: -c[0])
+    by_device = sorted(singles, key=lambda c: -c[0] / len(pipeline_devices(c[1].pipelines[0])))
+    best = None
+    for order in (by_value, by_device):
+        plan = fill_with_replicas(instance, cm, [p for _, p in order])
+        if plan is None:
+            continue
+        ev, bad = evaluate_checked(instance, plan, cm)
+        if not bad and (best is None or ev.objective("throughput") > best[0]):
+            best = (ev.objective("throughput"), plan)
+        if by_device == by_value:
+            break
+    return best
 
 
 def _gate_variants(instance: Instance, cm: CostModel, plan: Plan) -> list[tuple[float, Plan]]:
