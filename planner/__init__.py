@@ -9,7 +9,7 @@ The public API (:mod:`planner.api`), importable from here::
 
 Sub-packages, each importing only those before it (``docs/architecture.md``): ``domain``
 (instances, cards, plans, data files) <- ``cost`` (cost model, profiles, validator) <- ``spaces``
-(instances as the generic problems of :mod:`models`) <- ``solve`` (every registered solver, the
+(instances as the generic problems of :mod:`models`) <- ``planners`` (every registered solver, the
 re-planner) <- ``sim`` (simulator) <- ``api`` <- ``bench`` <- ``cli``; ``executor`` (the torch
 extra) imports ``domain`` and ``cost`` only.
 """

@@ -23,8 +23,8 @@ from planner.cost.evaluation import Evaluation
 from planner.cost.validator import Violation, evaluate_checked, structure_violations, validate
 from planner.domain.instance import Instance, load_instance
 from planner.domain.plan import Plan
+from planner.planners.replan import ReplanResult, replan
 from planner.sim import SimResult, simulate
-from planner.solve.replan import ReplanResult, replan
 from planner.spaces.infeasibility import capacity_check
 from solvers import registry
 from solvers.result import Result, Status

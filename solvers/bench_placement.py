@@ -22,6 +22,7 @@ import argparse
 import numpy as np
 
 from models.assignment import ReplicatedAssignment
+from solvers import placement  # noqa: F401  (registers the placement solvers)
 from solvers.registry import get
 
 SOLVERS = ("eplb", "greedy-placement", "local-search-placement")

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -362,24 +363,29 @@ def _replica_order(problem: ReplicatedAssignment, count: np.ndarray, per_replica
     return order
 
 
-def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bool) -> tuple:
-    """Step 2: (y [G, I, B] replicas; g, i, b the groups, items and bins of the replicas placed;
-    rcount [G, I] replicas per item); raises :class:`_NoPlacement` if an item gets none.
+class _Steps(NamedTuple):
+    """Step 2's placing order as per-step terms: step k places the k-th replica of every group
+    (``R`` steps, the most replicas of a group). Step-major arrays ([R, ...]) give step k's terms
+    as one row; [R, G, 1] ones broadcast over the bins."""
 
-    A bin's score for a replica of load w is ``(level + w + (free - 1) * fill) / speed``: its time
-    after taking the replica, plus the load its other free slots will still receive, estimated as
-    the load left to place spread evenly over the slots left (``fill``). Without that look-ahead
-    the last, smallest replicas are forced onto the slow bins' free slots and overload them.
-    Groups are placed in lockstep (the k-th replica of every group at once); only memory couples
-    them, and groups that pick the same bin in one step are then admitted in group order.
+    item_at: np.ndarray       # [G, R] item of each group's k-th replica (0 past its last)
+    active: np.ndarray        # [G, R] the group has a k-th replica
+    item_k: np.ndarray        # [R, G] item_at, step-major
+    w_k: np.ndarray           # [R, G] the replica's load (0 where inactive)
+    w_kb: np.ndarray | None   # [R, G, 1] w_k to broadcast; None with equal speeds (w then leaves the argmin unchanged)
+    fill_k: np.ndarray        # [R, G, 1] the load left after step k over the slots left
+    inv_speed: np.ndarray     # [B]
+    barred_row: np.ndarray    # [R, G] row (g, item) of ``barred`` [G * I, B]
+    barred_at: np.ndarray     # [R, G] barred's flat index of (g, item, b) less the flat index g * B + b
+    everyone: np.ndarray      # [R] bool: every group places a replica
+    set_barred: np.ndarray    # [R] bool: some item has other replicas: bar the bin it takes
+    use_barred: np.ndarray    # [R] bool: some bin may be barred (a mask, or an item's later replica)
+    check: np.ndarray         # [R] bool: some group may find no bin (see :func:`_run_steps`)
+    memory_binds: bool        # some capacity is finite and some item has weight
 
-    A step is a few whole-array operations on [G, B]: what blocks a bin lives in the score's own
-    terms (a full bin's level is +inf; ``barred`` [G * I, B] is +inf where a bin may not take the
-    item, being no candidate or holding it already, and 0 elsewhere, so adding it leaves the
-    formula's value unchanged), and the work a step cannot need is skipped: ``barred`` only for
-    items with several replicas or with a candidate mask, the check for a group with no bin left
-    only where one can arise (masks, memory, an item's second or later replica, groups done).
-    """
+
+def _step_terms(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bool) -> _Steps:
+    """The per-step terms of :func:`_run_steps` for replica counts ``count`` [G, I]."""
     G, I, B = problem.shape
     per_replica = problem.load / count
     order = _replica_order(problem, count, per_replica, mandatory_first)   # [G, R]
@@ -393,11 +399,9 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
     same_speed = bool(np.all(problem.speed == problem.speed[0]))  # then w and speed do not change the argmin
     any_mask = not problem.mask.all()
     memory_binds = bool(np.isfinite(problem.capacity).any() and problem.weight.any())
-    # step-major: step k's terms are row k, as [G, 1] columns to broadcast over the bins
     fill_k = np.ascontiguousarray(fill_at.T)[:, :, None]                  # [R, G, 1]
     w_k = np.ascontiguousarray(w_at.T)                                    # [R, G]
     w_kb = None if same_speed else w_k[:, :, None]
-    inv_speed = 1.0 / problem.speed
     item_k = np.ascontiguousarray(item_at.T)                              # [R, G]
     barred_row = item_k + rows[None, :] * I                               # [R, G] row (g, item at step k) of barred
     barred_at = barred_row * B - rows[None, :] * B                        # + flat index (g, b): barred's (g, i, b)
@@ -407,18 +411,60 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
     else:                                                                 # an item's replicas are consecutive
         again = several & np.concatenate([np.zeros((G, 1), dtype=bool), order[:, 1:] == order[:, :-1]], axis=1)
     everyone = active.all(axis=0)
-    set_barred = several.any(axis=0)
     use_barred = again.any(axis=0) | any_mask
-    check = use_barred | ~everyone | memory_binds
+    return _Steps(item_at, active, item_k, w_k, w_kb, fill_k, 1.0 / problem.speed, barred_row, barred_at, everyone,
+                  several.any(axis=0), use_barred, use_barred | ~everyone | memory_binds, memory_binds)
+
+
+def _empty_bins(problem: ReplicatedAssignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bins before Step 2: barred [G * I, B] (+inf where bin b is no candidate of (g, i), 0
+    elsewhere), level [G, B] (load placed; +inf on a bin without slots: full from the start) and
+    spare [G, B] (free slots - 1)."""
+    G, I, B = problem.shape
     barred = np.where(problem.mask, 0.0, np.inf).reshape(G * I, B)
-    barred_flat = barred.ravel()
     level = np.zeros((G, B))
-    level[:, problem.slots < 1] = np.inf                                  # no slot at all: full from the start
-    spare = np.broadcast_to(problem.slots - 1.0, (G, B)).copy()          # free slots - 1
-    level_flat, spare_flat = level.ravel(), spare.ravel()
-    placed = np.full((R, G), -1, dtype=np.int64)                          # flat (g, b) of step k's replica; -1: none
+    level[:, problem.slots < 1] = np.inf
+    spare = np.broadcast_to(problem.slots - 1.0, (G, B)).copy()
+    return barred, level, spare
+
+
+def _admit_memory(problem: ReplicatedAssignment, mem: np.ndarray, items: np.ndarray, flat: np.ndarray,
+                  row_start: np.ndarray, groups) -> np.ndarray:
+    """Admit the chosen bins' replicas in group order while memory lasts: groups of one step may pick
+    the same bin, each seeing only its own replica. ``items`` [G] the step's items, ``flat`` [G] the
+    flat (g, b) picked; ``mem`` [B] (bytes) gains the admitted weights. Returns retry [G]: the groups
+    turned away, which choose again."""
+    retry = np.zeros(row_start.size, dtype=bool)
+    for g in groups:
+        i, b = items[g], flat[g] - row_start[g]
+        if mem[b] + problem.weight[i, b] <= problem.capacity[b]:
+            mem[b] += problem.weight[i, b]
+        else:
+            retry[g] = True
+    return retry
+
+
+def _run_steps(problem: ReplicatedAssignment, steps: _Steps, barred: np.ndarray, level: np.ndarray,
+               spare: np.ndarray) -> np.ndarray:
+    """Step 2's lockstep loop; returns placed [R, G], the flat (g, b) of step k's replica (-1: none),
+    and leaves ``barred``, ``level`` and ``spare`` (see :func:`_empty_bins`) as the placement does.
+
+    A step is a few whole-array operations on [G, B]: what blocks a bin lives in the score's own
+    terms (a full bin's level is +inf; ``barred`` is +inf where a bin may not take the item, being no
+    candidate or holding it already, and 0 elsewhere, so adding it leaves the formula's value
+    unchanged), and the work a step cannot need is skipped: ``barred`` only for items with several
+    replicas or with a candidate mask, the check for a group with no bin left only where one can
+    arise (masks, memory, an item's second or later replica, groups done).
+    """
+    # Locals, not attributes: this loop is the hot path of the greedy.
+    (_, active, item_k, w_k, w_kb, fill_k, inv_speed, barred_row, barred_at, everyone, set_barred, use_barred, check,
+     memory_binds) = steps
+    G, _, B = problem.shape
+    R = item_k.shape[0]
+    barred_flat, level_flat, spare_flat = barred.ravel(), level.ravel(), spare.ravel()
+    placed = np.full((R, G), -1, dtype=np.int64)
     mem = np.zeros(B)
-    row_start = rows * B
+    row_start = np.arange(G) * B
     ones = np.ones(G)
     score = np.empty((G, B))
     score_flat = score.ravel()
@@ -441,24 +487,13 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
             w, r, retry = w_k[k], None, None
             if check[k] and not score_flat[flat].dot(ones) < np.inf:   # some group has no bin left
                 take = score_flat[flat] < np.inf       # a replica that fits nowhere is dropped
-                if memory_binds:  # groups of this step may compete for the same bin's memory
-                    retry = np.zeros(G, dtype=bool)
-                    for g in np.flatnonzero(take):
-                        i, b = item_k[k, g], flat[g] - row_start[g]
-                        if mem[b] + problem.weight[i, b] <= problem.capacity[b]:
-                            mem[b] += problem.weight[i, b]
-                        else:
-                            take[g], retry[g] = False, True
+                if memory_binds:
+                    retry = _admit_memory(problem, mem, item_k[k], flat, row_start, np.flatnonzero(take))
+                    take[retry] = False
                 r = np.flatnonzero(take)
                 flat, w = flat[r], w[r]
             elif memory_binds:
-                retry = np.zeros(G, dtype=bool)
-                for g in range(G):
-                    i, b = item_k[k, g], flat[g] - row_start[g]
-                    if mem[b] + problem.weight[i, b] <= problem.capacity[b]:
-                        mem[b] += problem.weight[i, b]
-                    else:
-                        retry[g] = True
+                retry = _admit_memory(problem, mem, item_k[k], flat, row_start, range(G))
                 if retry.any():
                     r = np.flatnonzero(~retry)
                     flat, w = flat[r], w[r]
@@ -478,8 +513,15 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
             if retry is None or not retry.any():
                 break
             todo = retry
+    return placed
+
+
+def _replicas(problem: ReplicatedAssignment, item_at: np.ndarray, placed: np.ndarray, spare: np.ndarray) -> tuple:
+    """Step 2's result from placed [R, G] (see :func:`_run_steps`): (y [G, I, B]; g, i, b of the
+    replicas placed; rcount [G, I]); raises :class:`_NoPlacement` if an item has no replica."""
+    G, I, B = problem.shape
     k, g = np.nonzero(placed >= 0)
-    i, b = item_at[g, k], placed[k, g] - row_start[g]
+    i, b = item_at[g, k], placed[k, g] - g * B
     y = np.zeros((G, I, B), dtype=bool)
     y[g, i, b] = True
     if np.count_nonzero(y) != k.size or spare.min(initial=0.0) < -1:
@@ -491,6 +533,23 @@ def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bo
         raise _NoPlacement(f"item ({g}, {i}) fits on no candidate bin (slots or memory are used up); "
                            f"{len(missing)} item(s) without a replica")
     return y, g, i, b, rcount
+
+
+def _place(problem: ReplicatedAssignment, count: np.ndarray, mandatory_first: bool) -> tuple:
+    """Step 2: (y [G, I, B] replicas; g, i, b the groups, items and bins of the replicas placed;
+    rcount [G, I] replicas per item); raises :class:`_NoPlacement` if an item gets none.
+
+    A bin's score for a replica of load w is ``(level + w + (free - 1) * fill) / speed``: its time
+    after taking the replica, plus the load its other free slots will still receive, estimated as
+    the load left to place spread evenly over the slots left (``fill``). Without that look-ahead
+    the last, smallest replicas are forced onto the slow bins' free slots and overload them.
+    Groups are placed in lockstep (the k-th replica of every group at once); only memory couples
+    them, and groups that pick the same bin in one step are then admitted in group order.
+    """
+    steps = _step_terms(problem, count, mandatory_first)
+    barred, level, spare = _empty_bins(problem)
+    placed = _run_steps(problem, steps, barred, level, spare)
+    return _replicas(problem, steps.item_at, placed, spare)
 
 
 def _greedy(problem: ReplicatedAssignment) -> _State:

@@ -1,7 +1,7 @@
 """Imports go one way, at module level and inside functions alike (docs/architecture.md):
 
 * packages: ``planner`` -> ``solvers`` -> ``models`` (-> numpy, pyomo, ortools);
-* inside ``planner``: domain <- cost <- spaces <- solve <- sim <- api <- bench <- cli; each
+* inside ``planner``: domain <- cost <- spaces <- planners <- sim <- api <- bench <- cli; each
   sub-package imports only itself and those before it; ``executor`` (the torch extra) imports
   ``domain`` and ``cost`` only, and nothing imports it but the CLI;
 * registered solvers find each other through the registry, never by importing each other;
@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"models": {"solvers", "planner"}, "solvers": {"planner"}}
-ORDER = ("domain", "cost", "spaces", "solve", "sim", "api", "bench", "cli")
+ORDER = ("domain", "cost", "spaces", "planners", "sim", "api", "bench", "cli")
 ALLOWED = {name: set(ORDER[: i + 1]) for i, name in enumerate(ORDER)}
 ALLOWED["executor"] = {"domain", "cost", "executor"}
 ALLOWED["cli"] = set(ORDER) | {"executor"}
@@ -83,7 +83,7 @@ def test_every_planner_module_lives_in_a_known_sub_package():
 
 
 @pytest.mark.parametrize("source, expected", [
-    ("from planner.solve.route_aware import route_aware\n", "planner.domain imports planner.solve.route_aware"),
+    ("from planner.planners.route_aware import route_aware\n", "planner.domain imports planner.planners.route_aware"),
     ("def f():\n    from planner import cli\n", "planner.domain imports planner.cli"),
     ("import planner.sim.engine\n", "planner.domain imports planner.sim.engine"),
     ("from . import plan\n", "relative import"),
@@ -96,14 +96,24 @@ def test_a_planted_import_against_the_order_is_found(source, expected):
 
 
 def test_registered_solvers_do_not_import_each_other():
-    solve = ROOT / "planner" / "solve"
-    solvers = {p.stem for p in solve.glob("*.py") if "@register(" in p.read_text(encoding="utf-8")}
+    planners = ROOT / "planner" / "planners"
+    solvers = {p.stem for p in planners.glob("*.py") if "@register(" in p.read_text(encoding="utf-8")}
     assert {"route_aware", "exact", "dp", "baselines"} <= solvers
     for name in sorted(solvers):
-        source = (solve / f"{name}.py").read_text(encoding="utf-8")
-        hits = [m for _, m in imported_modules(source) if m.startswith("planner.solve.")
+        source = (planners / f"{name}.py").read_text(encoding="utf-8")
+        hits = [m for _, m in imported_modules(source) if m.startswith("planner.planners.")
                 and m.split(".")[2] in solvers - {name}]
-        assert not hits, f"planner/solve/{name}.py imports the solver module(s) {hits}: use solvers.registry.get"
+        assert not hits, f"planner/planners/{name}.py imports the solver module(s) {hits}: use solvers.registry.get"
+
+
+def test_every_sub_package_is_importable_by_its_dotted_name():
+    """No sub-package hides behind a name of the API (``planner.solve`` is the function): each
+    ``import planner.X.module`` works in a fresh interpreter."""
+    modules = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in sorted((ROOT / "planner").glob("*/*.py"))
+               if p.stem != "__init__" and sub_package(p) in ALLOWED and sub_package(p) != "executor"]
+    code = "import importlib, sys\n" + "".join(f"import {m}\n" for m in modules)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_the_planner_runs_without_torch():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from planner import api
-from planner.solve.baselines import BASELINES
+from planner.planners.baselines import BASELINES
 
 INSTANCES = sorted((Path(__file__).resolve().parents[1] / "instances").glob("*.toml"))
 

@@ -20,7 +20,7 @@ import numpy as np
 from planner import api  # noqa: F401  (lns registers local-search)
 from planner.domain.changes import changed_instance
 from planner.domain.instance import instance_from_dict
-from planner.solve.replan import replan
+from planner.planners.replan import replan
 
 TIERS = ("end", "edge", "cloud")
 

@@ -20,8 +20,8 @@ from planner import api
 from planner.bench.inputs import BandwidthSeries, azure_requests
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
+from planner.planners.baselines import BASELINES
 from planner.sim import simulate as run_simulation
-from planner.solve.baselines import BASELINES
 from solvers import registry
 
 ROOT = Path(__file__).resolve().parents[2]

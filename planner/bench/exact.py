@@ -28,7 +28,7 @@ from pathlib import Path
 
 from models.assignment import bin_loads, violations
 from planner import api
-from planner.solve.placement import solve_placement
+from planner.planners.placement import solve_placement
 from solvers.bench_assignment import bench_instance
 from solvers.placement import mean_balancedness
 from solvers.registry import get

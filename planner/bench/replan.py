@@ -5,7 +5,7 @@ On the Mixtral-sized instances (``default.toml``, ``mixtral-orin-a100-lte.toml``
 fixed seed: reproducible) meets two changes: every link 4x slower, and a lost non-origin device
 (of those the plan uses, the one holding the most weights whose loss leaves the fleet enough
 memory for the model; if there is none, the plan's partner, which makes the row infeasible). For each,
-:func:`planner.solve.replan.replan` runs
+:func:`planner.planners.replan.replan` runs
 ``--runs`` times in this process: the table shows the median re-plan time, the status, whether the
 plan passes the validator, the objective before (current plan on the changed instance) and after,
 and the migration against the budget (the instance's, else ``--migration-budget-gb``). Then the
@@ -31,8 +31,8 @@ from planner.cost.costmodel import CostModel
 from planner.cost.validator import validate
 from planner.domain.changes import changed_instance
 from planner.domain.units import GB
-from planner.solve.migration import weight_map
-from planner.solve.replan import replan
+from planner.planners.migration import weight_map
+from planner.planners.replan import replan
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANCES = ("default.toml", "mixtral-orin-a100-lte.toml", "mixtral-orin-edge-cloud.toml", "a100-l4-t4-cluster.toml")

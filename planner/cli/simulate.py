@@ -9,7 +9,7 @@ with ``--trace-columns``), else the instance's own trace, else Poisson arrivals 
 ``arrival_rate_per_s`` (seeded by ``--seed``). ``--bandwidth-trace``: a CSV with a ``mbps``
 column, one row per simulated second (cycled), for the link ``--link A,B`` or, without it, for
 every link. ``--replan-every S``: every S simulated seconds the re-planner
-(:func:`planner.solve.replan.replan`) may replace the plan; its migration is charged.
+(:func:`planner.planners.replan.replan`) may replace the plan; its migration is charged.
 
 Output: a table, or with ``--json`` one object ``{"instance", "plan", "arrivals", "seed",
 "predicted", "metrics"}`` (``metrics``: :meth:`planner.sim.results.SimResult.metrics`;

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import Evaluation
 from planner.domain.instance import Instance
-from planner.domain.plan import Plan
+from planner.domain.plan import Pipeline, Plan
 from planner.domain.units import GB
 
 SHARE_TOL = 1e-6
@@ -84,7 +84,77 @@ class _Tag:
         return f"{self.where} expert ({self.entry.layer}, {self.entry.expert})"
 
 
-def _group_gate_violations(instance: Instance, pipe, where: str, out: list[Violation]) -> dict[int, str]:
+def _share_violations(plan: Plan) -> list[Violation]:
+    """Request shares: each >= 0, all summing to 1."""
+    total_share = sum(p.request_share for p in plan.pipelines)
+    if any(p.request_share < 0 for p in plan.pipelines) or abs(total_share - 1.0) > SHARE_TOL:
+        return [Violation("structure", f"request shares must be >= 0 and sum to 1, got {[p.request_share for p in plan.pipelines]}")]
+    return []
+
+
+def _stage_violations(instance: Instance, where: str, pipe: Pipeline) -> list[Violation]:
+    """Stages on known devices, each a non-empty layer range, together covering the model's layers
+    once, in order."""
+    out: list[Violation] = []
+    m = instance.model
+    known = instance.device_index
+    expected = 0
+    for si, s in enumerate(pipe.stages):
+        if s.device not in known:
+            out.append(Violation("structure", f"{where} stage {si}: unknown device {s.device!r}"))
+        if s.end_layer <= s.first_layer:
+            out.append(Violation("contiguity", f"{where} stage {si} on {s.device!r} is empty or reversed: "
+                                               f"layers [{s.first_layer}, {s.end_layer})"))
+        if s.first_layer != expected:
+            kind = "coverage" if s.first_layer > expected else "contiguity"
+            out.append(Violation(kind, f"{where} stage {si} starts at layer {s.first_layer}, expected {expected}"))
+        expected = max(expected, s.end_layer)
+    if expected != m.num_layers:
+        out.append(Violation("coverage", f"{where} ends at layer {expected}; the model has {m.num_layers} layers"))
+    return out
+
+
+def _device_violations(where: str, pi: int, pipe: Pipeline, used_by: dict[str, int]) -> list[Violation]:
+    """A device holds at most one stage of the pipeline, and no device (stage or expert) serves two
+    pipelines; ``used_by`` (device -> first pipeline using it) gains this pipeline's devices."""
+    out: list[Violation] = []
+    devs = pipe.devices
+    for d in set(devs):
+        if devs.count(d) > 1:
+            out.append(Violation("structure", f"{where}: device {d!r} holds {devs.count(d)} stages; merge them"))
+    for d in set(devs) | pipe.expert_devices():
+        if d in used_by and used_by[d] != pi:
+            out.append(Violation("structure", f"device {d!r} is used by pipelines {used_by[d]} and {pi}; "
+                                              "pipelines need disjoint devices"))
+        used_by.setdefault(d, pi)
+    return out
+
+
+def _rank_violations(instance: Instance, where: str, pipe: Pipeline) -> list[Violation]:
+    """At most one codec rank per cut, each one the constraints allow (None: no codec)."""
+    out: list[Violation] = []
+    if len(pipe.codec_ranks) > max(0, len(pipe.stages) - 1):
+        out.append(Violation("rank", f"{where} has {len(pipe.codec_ranks)} codec ranks for {len(pipe.stages) - 1} cuts"))
+    allowed = instance.constraints.codec.ranks
+    for ci, r in enumerate(pipe.codec_ranks):
+        if r is not None and r not in allowed:
+            shown = ", ".join(map(str, allowed)) if allowed else "none (no codec ranks in constraints)"
+            out.append(Violation("rank", f"{where} cut {ci}: rank {r} is not allowed (allowed: {shown})"))
+    return out
+
+
+def _batch_violations(instance: Instance, where: str, pipe: Pipeline) -> list[Violation]:
+    """Micro-batch size and count >= 1, and no more sequences in flight than ``max_batch``."""
+    seqs = pipe.micro_batch_size * pipe.num_micro_batches
+    if pipe.micro_batch_size < 1 or pipe.num_micro_batches < 1:
+        return [Violation("batch", f"{where}: micro-batch size and count must be >= 1")]
+    if seqs > instance.workload.max_batch:
+        return [Violation("batch", f"{where}: {pipe.micro_batch_size} x {pipe.num_micro_batches} = {seqs} sequences in "
+                                   f"flight exceed max_batch {instance.workload.max_batch}")]
+    return []
+
+
+def _group_gate_violations(instance: Instance, pipe: Pipeline, where: str, out: list[Violation]) -> dict[int, str]:
     """Check ``pipe``'s group gates (appending to ``out``); return its gated layers (layer -> device)."""
     m = instance.model
     if not pipe.group_gate:
@@ -109,99 +179,57 @@ def _group_gate_violations(instance: Instance, pipe, where: str, out: list[Viola
     return {layer: d for layer, d in pipe.gated_layers(m.is_moe_layer).items() if d in stage_of}
 
 
-def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
-    """Violations of the plan's shape: coverage, contiguity, devices, ranks, batching, placement, routes."""
+def _placement_violations(instance: Instance, where: str, pipe: Pipeline) -> list[Violation]:
+    """The group gates (:func:`_group_gate_violations`), then each placed expert: a routed expert of
+    an MoE layer, placed once, on distinct known devices with one share each, the shares >= 0 and
+    summing to 1. In a group-gated layer an expert is kept on the gate's device or dropped (no
+    devices, no shares), and at least one is kept."""
     out: list[Violation] = []
     m = instance.model
     known = instance.device_index
-    used_by: dict[str, int] = {}
-    if not plan.pipelines:
-        return [Violation("structure", "the plan has no pipeline")]
-    total_share = sum(p.request_share for p in plan.pipelines)
-    if any(p.request_share < 0 for p in plan.pipelines) or abs(total_share - 1.0) > SHARE_TOL:
-        out.append(Violation("structure", f"request shares must be >= 0 and sum to 1, got {[p.request_share for p in plan.pipelines]}"))
-    for pi, pipe in enumerate(plan.pipelines):
-        where = f"pipeline {pi}"
-        if not pipe.stages:
-            out.append(Violation("structure", f"{where} has no stage"))
-            continue
-        # Coverage and contiguity.
-        expected = 0
-        for si, s in enumerate(pipe.stages):
-            if s.device not in known:
-                out.append(Violation("structure", f"{where} stage {si}: unknown device {s.device!r}"))
-            if s.end_layer <= s.first_layer:
-                out.append(Violation("contiguity", f"{where} stage {si} on {s.device!r} is empty or reversed: "
-                                                   f"layers [{s.first_layer}, {s.end_layer})"))
-            if s.first_layer != expected:
-                kind = "coverage" if s.first_layer > expected else "contiguity"
-                out.append(Violation(kind, f"{where} stage {si} starts at layer {s.first_layer}, expected {expected}"))
-            expected = max(expected, s.end_layer)
-        if expected != m.num_layers:
-            out.append(Violation("coverage", f"{where} ends at layer {expected}; the model has {m.num_layers} layers"))
-        devs = pipe.devices
-        for d in set(devs):
-            if devs.count(d) > 1:
-                out.append(Violation("structure", f"{where}: device {d!r} holds {devs.count(d)} stages; merge them"))
-        for d in set(devs) | pipe.expert_devices():
-            if d in used_by and used_by[d] != pi:
-                out.append(Violation("structure", f"device {d!r} is used by pipelines {used_by[d]} and {pi}; "
-                                                  "pipelines need disjoint devices"))
-            used_by.setdefault(d, pi)
-        # Codec ranks.
-        if len(pipe.codec_ranks) > max(0, len(pipe.stages) - 1):
-            out.append(Violation("rank", f"{where} has {len(pipe.codec_ranks)} codec ranks for {len(pipe.stages) - 1} cuts"))
-        allowed = instance.constraints.codec.ranks
-        for ci, r in enumerate(pipe.codec_ranks):
-            if r is not None and r not in allowed:
-                shown = ", ".join(map(str, allowed)) if allowed else "none (no codec ranks in constraints)"
-                out.append(Violation("rank", f"{where} cut {ci}: rank {r} is not allowed (allowed: {shown})"))
-        # Batching.
-        seqs = pipe.micro_batch_size * pipe.num_micro_batches
-        if pipe.micro_batch_size < 1 or pipe.num_micro_batches < 1:
-            out.append(Violation("batch", f"{where}: micro-batch size and count must be >= 1"))
-        elif seqs > instance.workload.max_batch:
-            out.append(Violation("batch", f"{where}: {pipe.micro_batch_size} x {pipe.num_micro_batches} = {seqs} sequences in "
-                                          f"flight exceed max_batch {instance.workload.max_batch}"))
-        # Group gates, then expert placement (a gated layer's other experts may be dropped: no devices).
-        gated = _group_gate_violations(instance, pipe, where, out)
-        seen, dropped = set(), {}
-        for e in pipe.expert_placement:
-            tag = _Tag(where, e)
-            if e.layer in gated:
-                if e.devices and tuple(e.devices) != (gated[e.layer],):
-                    out.append(Violation("placement", f"{tag}: layer {e.layer} is group-gated on {gated[e.layer]!r}, "
-                                                      "so this expert is never called elsewhere; drop it (devices: [])"))
-                elif not e.devices and e.shares:
-                    out.append(Violation("placement", f"{tag}: a dropped expert has no shares"))
-                elif not e.devices:
-                    dropped[e.layer] = dropped.get(e.layer, 0) + 1
-                if (e.layer, e.expert) in seen:
-                    out.append(Violation("placement", f"{tag} is placed twice"))
-                seen.add((e.layer, e.expert))
-                continue
-            if not (0 <= e.layer < m.num_layers) or not m.is_moe_layer(e.layer):
-                out.append(Violation("placement", f"{tag}: layer {e.layer} is not an MoE layer"))
-            if not (0 <= e.expert < m.num_experts):
-                out.append(Violation("placement", f"{tag}: expert {e.expert} out of range 0..{m.num_experts - 1}"))
+    gated = _group_gate_violations(instance, pipe, where, out)
+    seen, dropped = set(), {}
+    for e in pipe.expert_placement:
+        tag = _Tag(where, e)
+        if e.layer in gated:
+            if e.devices and tuple(e.devices) != (gated[e.layer],):
+                out.append(Violation("placement", f"{tag}: layer {e.layer} is group-gated on {gated[e.layer]!r}, "
+                                                  "so this expert is never called elsewhere; drop it (devices: [])"))
+            elif not e.devices and e.shares:
+                out.append(Violation("placement", f"{tag}: a dropped expert has no shares"))
+            elif not e.devices:
+                dropped[e.layer] = dropped.get(e.layer, 0) + 1
             if (e.layer, e.expert) in seen:
                 out.append(Violation("placement", f"{tag} is placed twice"))
             seen.add((e.layer, e.expert))
-            if not e.devices:
-                out.append(Violation("placement", f"{tag}: has no devices, but only a group-gated layer may drop experts"))
-            elif len(e.devices) != len(e.shares) or len(set(e.devices)) != len(e.devices):
-                out.append(Violation("placement", f"{tag}: needs distinct devices with one share each"))
-            elif any(s < 0 for s in e.shares) or abs(sum(e.shares) - 1.0) > SHARE_TOL:
-                out.append(Violation("placement", f"{tag}: shares must be >= 0 and sum to 1, got {list(e.shares)}"))
-            for d in e.devices:
-                if d not in known:
-                    out.append(Violation("placement", f"{tag}: unknown device {d!r}"))
-        for layer, count in sorted(dropped.items()):
-            if count >= m.num_experts:
-                out.append(Violation("gate", f"{where}: the group gate on {gated[layer]!r} keeps no expert of layer {layer}"))
-    if out:
-        return out
-    # Routes: every hop the plan uses must exist (the fleet may be connected through other devices).
+            continue
+        if not (0 <= e.layer < m.num_layers) or not m.is_moe_layer(e.layer):
+            out.append(Violation("placement", f"{tag}: layer {e.layer} is not an MoE layer"))
+        if not (0 <= e.expert < m.num_experts):
+            out.append(Violation("placement", f"{tag}: expert {e.expert} out of range 0..{m.num_experts - 1}"))
+        if (e.layer, e.expert) in seen:
+            out.append(Violation("placement", f"{tag} is placed twice"))
+        seen.add((e.layer, e.expert))
+        if not e.devices:
+            out.append(Violation("placement", f"{tag}: has no devices, but only a group-gated layer may drop experts"))
+        elif len(e.devices) != len(e.shares) or len(set(e.devices)) != len(e.devices):
+            out.append(Violation("placement", f"{tag}: needs distinct devices with one share each"))
+        elif any(s < 0 for s in e.shares) or abs(sum(e.shares) - 1.0) > SHARE_TOL:
+            out.append(Violation("placement", f"{tag}: shares must be >= 0 and sum to 1, got {list(e.shares)}"))
+        for d in e.devices:
+            if d not in known:
+                out.append(Violation("placement", f"{tag}: unknown device {d!r}"))
+    for layer, count in sorted(dropped.items()):
+        if count >= m.num_experts:
+            out.append(Violation("gate", f"{where}: the group gate on {gated[layer]!r} keeps no expert of layer {layer}"))
+    return out
+
+
+def _route_violations(instance: Instance, plan: Plan) -> list[Violation]:
+    """Every hop the plan uses must exist (the fleet may be connected through other devices): origin
+    to the first stage and the last stage back, stage to stage, and each layer's stage to its
+    experts' devices (but group-gated layers'). Needs a plan whose other structure is valid (stages, devices, layers)."""
+    out: list[Violation] = []
     origin = instance.workload.origin
     component = instance.component_of
     for pi, pipe in enumerate(plan.pipelines):
@@ -209,9 +237,31 @@ def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
         home = {layer: s.device for s in pipe.stages for layer in s.layers}
         gated = pipe.gated_layers(instance.model.is_moe_layer)
         for e in pipe.expert_placement:
-            if e.layer not in gated:
+            if e.layer not in gated:  # a gated layer's experts are on its own device
                 hops.update((home[e.layer], d) for d in e.devices)
         for a, b in sorted(hops):
             if component.get(a) != component.get(b):
                 out.append(Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}"))
     return out
+
+
+def structure_violations(instance: Instance, plan: Plan) -> list[Violation]:
+    """Violations of the plan's shape: coverage, contiguity, devices, ranks, batching, placement, routes."""
+    if not plan.pipelines:
+        return [Violation("structure", "the plan has no pipeline")]
+    out = _share_violations(plan)
+    used_by: dict[str, int] = {}
+    for pi, pipe in enumerate(plan.pipelines):
+        where = f"pipeline {pi}"
+        if not pipe.stages:
+            out.append(Violation("structure", f"{where} has no stage"))
+            continue
+        out += _stage_violations(instance, where, pipe)
+        out += _device_violations(where, pi, pipe, used_by)
+        out += _rank_violations(instance, where, pipe)
+        out += _batch_violations(instance, where, pipe)
+        out += _placement_violations(instance, where, pipe)
+    if out:
+        # Routes are read off the stages and placements: only once those are sound.
+        return out
+    return _route_violations(instance, plan)

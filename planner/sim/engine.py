@@ -51,7 +51,7 @@ What is simulated
   their present value, lost devices dropped, arrival rate scaled) and the current plan, and
   returns a new plan or None. The new plan is ready ``decision_s`` later (default: the hook's time
   budget, so that runs are reproducible); then its weights are copied
-  (:func:`planner.solve.migration.migration`): each copy goes over the route from the device holding the
+  (:func:`planner.planners.migration.migration`): each copy goes over the route from the device holding the
   weights (holding those links like any transfer, FIFO with request traffic, so a large migration
   stalls requests that cross the same links) or, when no surviving device holds them, from the
   destination's model store at ``store_bytes_per_s`` (one copy at a time per destination). The

@@ -4,7 +4,7 @@ what it observes, decides and migrates meanwhile (:class:`Replanning`).
 The hook gets the instance as observed now (:func:`planner.domain.changes.changed_instance`: link
 bandwidths scaled to their present value, lost devices dropped, arrival rate scaled) and the
 current plan, and returns a new plan or None. The new plan is ready ``decision_s`` later; then its
-weights are copied (:func:`planner.solve.migration.migration`) over the routes from the devices
+weights are copied (:func:`planner.planners.migration.migration`) over the routes from the devices
 holding them, or from the destination's model store, and the plan takes effect when the last copy
 is done.
 """
@@ -20,9 +20,9 @@ from planner.cost.validator import structure_violations
 from planner.domain.changes import changed_instance
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
+from planner.planners.migration import migration
+from planner.planners.replan import replan
 from planner.sim.resources import Resources
-from planner.solve.migration import migration
-from planner.solve.replan import replan
 
 MIN_PERIOD_S = 1e-3  # shortest period of periodic re-planning calls (s)
 # Violations that make a plan impossible to run (memory, SLO, batch or accuracy ones do not).
@@ -36,7 +36,7 @@ class ReplanHook:
     link's observed bandwidth moved by more than this fraction since the last call (None: never).
     ``on_device_change``: call when a device goes down or comes back. ``policy``: a callable
     ``(observed_instance, current_plan) -> Plan | None``; the default runs
-    :func:`planner.solve.replan.replan` with ``time_budget_s``, ``migration_budget_bytes`` (None: the
+    :func:`planner.planners.replan.replan` with ``time_budget_s``, ``migration_budget_bytes`` (None: the
     instance's) and ``max_moves`` local moves per start (a fixed count keeps runs reproducible).
     ``decision_s``: simulated seconds between the call and the start of the migration (default
     ``time_budget_s``). ``bandwidth_window_s``: the re-planner sees each link's bandwidth as the

@@ -11,7 +11,7 @@ latency and energy) is preferred. With a good link a larger rank is within ``t``
 the link slows down only smaller ranks are, which is what online re-planning then switches to.
 
 Route-aware applies :func:`prefer_accuracy` to its plan, with its plan's objective as reference;
-the re-planner (:mod:`planner.solve.replan`) adds :func:`codec_variants` of its starts to its candidates
+the re-planner (:mod:`planner.planners.replan`) adds :func:`codec_variants` of its starts to its candidates
 and, with ``t > 0``, picks the least accuracy loss among the candidates within ``t`` of the best.
 The exact solvers and the baselines ignore the trade-off: they optimise the objective alone.
 

@@ -3,7 +3,7 @@
 
 :func:`placement_problem` builds it; :func:`lower_bound` bounds it; :func:`candidate_mask` and
 :func:`layer_problems` restrict it around a reference placement (for exact solvers on large
-problems, :mod:`planner.solve.placement`).
+problems, :mod:`planner.planners.placement`).
 
 The problem (one decode step of a batch of ``tokens`` = ``workload.max_batch`` sequences):
 
@@ -46,7 +46,7 @@ The problem (one decode step of a batch of ``tokens`` = ``workload.max_batch`` s
   bandwidth over the route, both ways), divided by the per-token time of the representative op on
   the fastest device, i.e. in the same units as ``load / speed``.
 
-Solving it, restricted on large problems: :mod:`planner.solve.placement`.
+Solving it, restricted on large problems: :mod:`planner.planners.placement`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from the shared grid (:func:`planner.spaces.batching.batch_grid`).
 :class:`models.twotier.TwoTierProblem` whose coefficients are the cost model's own terms, so that the
 problem's objective equals :class:`planner.cost.costmodel.CostModel`'s evaluation of the plan
 :func:`plan_from_solution` builds (tests check this); :func:`solution_from_plan` maps a plan of this
-space back (a warm start). The exact solvers (:mod:`planner.solve.exact`) and route-aware's Steps
-1-4 (:mod:`planner.solve.route_aware`) search it.
+space back (a warm start). The exact solvers (:mod:`planner.planners.exact`) and route-aware's Steps
+1-4 (:mod:`planner.planners.route_aware`) search it.
 """
 
 from __future__ import annotations

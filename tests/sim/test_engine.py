@@ -15,8 +15,8 @@ from planner.domain.changes import changed_instance
 from planner.domain.data_files import RequestTrace
 from planner.domain.instance import load_instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+from planner.planners.migration import migration
 from planner.sim import ReplanHook, SimEvent, SimResult, simulate
-from planner.solve.migration import migration
 from tests.helpers import LINE, REPO, build
 
 # Compute-bound devices (slow FLOP/s, fast memory) joined by a fast link: the work of a decode step

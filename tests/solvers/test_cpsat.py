@@ -92,6 +92,17 @@ def test_cpsat_time_limit_without_incumbent():
     assert out.status == Status.TIME_LIMIT and out.native_status == "UNKNOWN" and not out.has_solution
 
 
+@pytest.mark.parametrize("time_limit", [0.005, 0.02, 0.05])
+def test_cpsat_stopping_just_short_of_a_tight_time_limit_is_a_time_limit(time_limit):
+    """CP-SAT stops before its limit when its next step would overrun it (often at 80 % of a 20 ms
+    limit): with no other stopping parameter that is the time limit, never an error."""
+    for _ in range(5):
+        _, out = solve_cpsat(market_split_cpsat(slack=False), time_limit=time_limit)
+        assert out.status == Status.TIME_LIMIT, out.stop_reason
+        _, out = solve_cpsat(market_split_cpsat(slack=True), time_limit=time_limit)
+        assert out.status in (Status.TIME_LIMIT, Status.OPTIMAL), out.stop_reason
+
+
 def test_cpsat_same_seed_same_result():
     m = market_split_cpsat(slack=True)
     runs = [solve_cpsat(m, seed=3, parameters={"max_deterministic_time": 0.05})[1] for _ in range(2)]

@@ -257,3 +257,15 @@ def test_bench_runs_small():
 
     rows = main(["--layers", "2", "--experts", "16", "--devices", "4", "--redundant", "4", "--repeat", "1"])
     assert {r["solver"] for r in rows} == {"eplb", "greedy-placement", "local-search-placement"}
+
+
+def test_bench_runs_as_a_module():
+    """``python -m solvers.bench_placement`` in a fresh interpreter finds its solvers (it registers them)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "solvers.bench_placement", "--layers", "2", "--experts", "16",
+                          "--devices", "4", "--redundant", "4", "--repeat", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "greedy-placement under 50 ms" in out.stdout

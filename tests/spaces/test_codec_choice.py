@@ -16,7 +16,7 @@ from planner.cost.validator import validate
 from planner.domain.changes import changed_instance
 from planner.domain.errors import InputError
 from planner.domain.instance import Codec
-from planner.solve.replan import replan
+from planner.planners.replan import replan
 from planner.spaces.codec_choice import MAX_COMBINATIONS, codec_variants, plan_accuracy_loss, prefer_accuracy
 from tests.helpers import REPO
 

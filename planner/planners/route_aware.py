@@ -2,7 +2,7 @@
 
 Two spaces, and the better plan of the two:
 
-* the joint end-cloud space of :mod:`planner.solve.exact` (the origin keeps a prefix of layers and a
+* the joint end-cloud space of :mod:`planner.planners.exact` (the origin keeps a prefix of layers and a
   choice of local experts; one partner runs the rest; one codec option at the cut), so ``moeplan
   compare`` measures the heuristic's gap against ``milp``'s exact optimum directly (Steps 1-4);
 * pipelines over several devices (Step 5): the cut(s) and stage-to-device mapping along the path

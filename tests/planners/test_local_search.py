@@ -12,7 +12,7 @@ import pytest
 from planner import api
 from planner.cost.validator import validate
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
-from planner.solve import local_search as lns
+from planner.planners import local_search as lns
 from tests.helpers import FLEET, REPO, build
 
 
@@ -68,7 +68,7 @@ def test_reproducible_across_processes():
     """Nothing iterates over a set of names: another hash seed gives the same plan."""
     code = ("import json, sys; sys.path.insert(0, '.')\n"
             "from tests.helpers import FLEET, build\n"
-            "from planner import api\nfrom planner.solve import local_search\n"
+            "from planner import api\nfrom planner.planners import local_search\n"
             "inst = build(FLEET)\nstart = api.solve(inst, 'single-cut').solution\n"
             "print(json.dumps(local_search.improve(inst, start, max_moves=60, seed=11).plan.to_dict()['pipelines']))\n")
     outs = []

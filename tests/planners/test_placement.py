@@ -8,7 +8,7 @@ import math
 import pytest
 
 from models.assignment import objective_value, violations
-from planner.solve.placement import solve_placement
+from planner.planners.placement import solve_placement
 from planner.spaces.placement import (
     placement_problem,
 )

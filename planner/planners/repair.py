@@ -20,7 +20,7 @@ from planner.cost.costmodel import CostModel
 from planner.domain.errors import InputError, Problem
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
-from planner.solve.local_search import Scorer
+from planner.planners.local_search import Scorer
 from planner.spaces.batching import batch_grid
 
 

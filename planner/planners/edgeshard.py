@@ -57,7 +57,7 @@ time; exact over that restricted space (DeepSeek-V3 on 32 devices: ``2^31`` subs
 
 Batching. Memory and the per-request terms depend on the batching, so the DP runs once per point
 ``(b, m)`` of ``batch_grid(max_batch, D)``; every distinct shard plan found is then given its best
-batching by :func:`planner.solve.baselines.best_batching` (the real cost model, the validator with every
+batching by :func:`planner.planners.baselines.best_batching` (the real cost model, the validator with every
 SLO), and the best valid plan is returned. EdgeShard does not know SLOs: when none of its plans
 meets them the result is infeasible, with the violations.
 """
@@ -75,7 +75,7 @@ from planner.cost.evaluation import is_better
 from planner.domain.instance import Instance
 from planner.domain.plan import Stage
 from planner.domain.units import GB
-from planner.solve.outcome import baseline_result
+from planner.planners.outcome import baseline_result
 from planner.spaces.batching import batch_grid, best_batching
 from planner.spaces.chain import ChainTerms, chain_terms
 from planner.spaces.infeasibility import explain_violations

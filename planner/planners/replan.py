@@ -15,11 +15,11 @@ Candidates:
   micro-batching is clamped to ``max_batch``; devices over memory shed boundary layers to a
   neighbour with room, else their least popular experts to the device with the most free memory;
   the batching is kept if valid, else lowered along the shared grid until it fits;
-* the route-aware plan on the new instance (:mod:`planner.solve.route_aware`);
+* the route-aware plan on the new instance (:mod:`planner.planners.route_aware`);
 * the current (or repaired) plans with other allowed codec ranks at their cuts
   (:func:`planner.spaces.codec_choice.codec_variants`): a migration of codec matrices only, the cheap
   answer to a bandwidth change;
-* local moves (:mod:`planner.solve.local_search`) from the best start within the migration budget and from the
+* local moves (:mod:`planner.planners.local_search`) from the best start within the migration budget and from the
   least-migrating valid start, vetoing every move whose plan would exceed the migration budget.
 
 Choice: among the valid candidates whose migration fits the budget (the argument, else the
@@ -68,9 +68,9 @@ from planner.cost.validator import validate
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.domain.units import GB
-from planner.solve import local_search
-from planner.solve.migration import MigrationStep, migration, weight_map
-from planner.solve.repair import check_plan_matches_model, repair
+from planner.planners import local_search
+from planner.planners.migration import MigrationStep, migration, weight_map
+from planner.planners.repair import check_plan_matches_model, repair
 from planner.spaces.codec_choice import codec_variants, plan_accuracy_loss
 from solvers import registry
 from solvers.result import Status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from planner import api
 from planner.cost.validator import validate
-from planner.solve.route_aware import route_aware
+from planner.planners.route_aware import route_aware
 from tests.helpers import load
 
 

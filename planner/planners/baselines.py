@@ -24,7 +24,7 @@ from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.domain.units import GB
-from planner.solve.outcome import baseline_result
+from planner.planners.outcome import baseline_result
 from planner.spaces.batching import best_batching, pipeline_from_ranges, split_by_weights
 from planner.spaces.infeasibility import explain_violations
 from planner.spaces.twotier import partner_candidates

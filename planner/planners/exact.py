@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from models.twotier import TwoTierProblem, TwoTierSolution, evaluate, violations
 from planner.cost.costmodel import CostModel
@@ -27,7 +27,7 @@ from planner.spaces.bounds import plan_space_bound
 from planner.spaces.twotier import instance_value, plan_from_solution, solution_from_plan, two_tier_problem
 from solvers import registry
 from solvers.registry import register
-from solvers.result import Result, Status
+from solvers.result import Result, SolveOutcome, Status
 
 
 def _cases(p: TwoTierProblem):
@@ -116,93 +116,151 @@ def explain_infeasible(instance: Instance, cm: CostModel, time_limit: float | No
     return "infeasible: memory binds: no split of the model between the origin and one partner fits both devices"
 
 
-def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, rel_gap=None, threads=None,
-                initial_solution: Plan | None = None, cost_model: CostModel | None = None, progress=None,
-                solver_name: str = "milp", export: str | None = None, explain: bool = True, **_) -> Result:
-    t0 = time.perf_counter()
-    cm = cost_model or CostModel(instance)
+@dataclass
+class _Found:
+    """What the search over the subproblems found."""
+
+    best: tuple | None = None  # (two-tier value, plan, (partner, micro-batch, micro-batches)); value and triple None for the warm start
+    bound: float = math.inf  # least dual bound on the two-tier objective over every subproblem examined
+    all_optimal: bool = True
+    timed_out: bool = False
+    versions: set = field(default_factory=set)  # the backends' version strings
+    failed: SolveOutcome | None = None  # the solve of a subproblem that failed (the search stopped there)
+
+
+def _subproblems(instance: Instance, cm: CostModel, warm: tuple | None):
+    """Every (partner, micro-batch, micro-batches, problem, warm start or None, case) in the order
+    they are solved: partners in fleet order, then the batching grid, then the cases."""
     origin = instance.workload.origin
-    sense = "max" if instance.objective == "throughput" else "min"
-    deadline = None if time_limit is None else t0 + time_limit
-    best = None  # (value, plan, (partner, micro-batch, micro-batches))
-    bound = math.inf  # lower bound on the two-tier objective over everything examined
-    all_optimal, timed_out, versions = True, False, set()
-    solve = _solve_milp if solver_name == "milp" else _solve_cpsat
-    # Exact by default: prove optimality, not a 1e-4 gap (HiGHS's default).
-    rel_gap = 0.0 if rel_gap is None else rel_gap
-    warm = solution_from_plan(instance, initial_solution) if initial_solution is not None else None
     for far in [d.name for d in instance.devices if d.name != origin]:
         for b, mb in batch_grid(instance.workload.max_batch, 2):
             p = two_tier_problem(cm, origin, far, b, mb)
             start = warm[3] if warm is not None and warm[:3] == (far, b, mb) else None
             for case in _cases(p):
-                remaining = None if deadline is None else deadline - time.perf_counter()
-                if remaining is not None and remaining <= 0:
-                    timed_out, all_optimal = True, False
-                    bound = -math.inf
-                    continue
-                out, sol = solve(p, case, remaining, rel_gap, threads, seed, start, backend, progress)
-                versions.add(out.solver_version)
-                if progress is not None:
-                    progress(f"{solver_name}: partner {far}, batch {b} x {mb}{'' if case is None else f', case {case}'}: "
-                             f"{out.status.value}, objective {out.objective:.6g}, bound {out.bound:.6g} "
-                             f"({time.perf_counter() - t0:.1f} s)")
-                if out.status == Status.INFEASIBLE:
-                    continue
-                if out.status == Status.ERROR:
-                    return Result(Status.ERROR, solver_name, sense=sense, message=out.stop_reason,
-                                  solve_time_s=time.perf_counter() - t0)
-                if out.status != Status.OPTIMAL:
-                    all_optimal = False
-                    timed_out = timed_out or out.status == Status.TIME_LIMIT
-                bound = min(bound, out.bound if math.isfinite(out.bound) else -math.inf)
-                if sol is None:
-                    continue
-                if violations(p, sol):
-                    # Within the solver's tolerances but not the reference's: not a plan we return.
-                    continue
-                value = evaluate(p, sol).objective(p.objective)
-                if best is None or value < best[0]:
-                    best = (value, plan_from_solution(instance, origin, far, b, mb, sol, solver_name), (far, b, mb))
+                yield far, b, mb, p, start, case
+
+
+def _search(instance: Instance, cm: CostModel, backend: str, *, solver_name: str, t0: float, deadline: float | None,
+            rel_gap: float, threads, seed, warm: tuple | None, progress) -> _Found:
+    """Solve every subproblem within the deadline (one past it is skipped, and the bound given up)
+    and keep the best plan."""
+    found = _Found()
+    solve = _solve_milp if solver_name == "milp" else _solve_cpsat
+    for far, b, mb, p, start, case in _subproblems(instance, cm, warm):
+        remaining = None if deadline is None else deadline - time.perf_counter()
+        if remaining is not None and remaining <= 0:
+            found.timed_out, found.all_optimal = True, False
+            found.bound = -math.inf
+            continue
+        out, sol = solve(p, case, remaining, rel_gap, threads, seed, start, backend, progress)
+        found.versions.add(out.solver_version)
+        if progress is not None:
+            progress(f"{solver_name}: partner {far}, batch {b} x {mb}{'' if case is None else f', case {case}'}: "
+                     f"{out.status.value}, objective {out.objective:.6g}, bound {out.bound:.6g} "
+                     f"({time.perf_counter() - t0:.1f} s)")
+        if out.status == Status.INFEASIBLE:
+            continue
+        if out.status == Status.ERROR:
+            found.failed = out
+            return found
+        if out.status != Status.OPTIMAL:
+            found.all_optimal = False
+            found.timed_out = found.timed_out or out.status == Status.TIME_LIMIT
+        found.bound = min(found.bound, out.bound if math.isfinite(out.bound) else -math.inf)
+        if sol is None:
+            continue
+        if violations(p, sol):
+            # Within the solver's tolerances but not the reference's: not a plan we return.
+            continue
+        value = evaluate(p, sol).objective(p.objective)
+        if found.best is None or value < found.best[0]:
+            found.best = (value, plan_from_solution(instance, instance.workload.origin, far, b, mb, sol, solver_name), (far, b, mb))
+    return found
+
+
+def _warm_start_value(instance: Instance, cm: CostModel, initial_solution: Plan, found: _Found) -> float | None:
+    """The warm start's objective (instance units) if it beats the space's best plan or the space
+    has none; None otherwise."""
+    warm_value = cm.evaluate(initial_solution).objective(instance.objective)
+    if found.best is None or is_better(instance.objective, warm_value, instance_value(instance, found.best[0])):
+        return warm_value
+    return None
+
+
+def _outside_space_result(instance: Instance, solver_name: str, found: _Found, initial_solution: Plan, warm_value: float,
+                          sense: str, elapsed: float, version: str) -> Result:
+    """A plan outside the two-tier space (e.g. route-aware's pipeline over several devices) beats
+    the space's optimum: return it, without claiming a bound for the instance."""
+    space = ("the two-tier space has no feasible plan" if found.best is None else
+             f"the two-tier space's best is {instance_value(instance, found.best[0]):.6g}"
+             + (" (proven optimal)" if found.all_optimal else ""))
+    return Result(Status.FEASIBLE, solver_name, objective=warm_value, bound=math.nan, sense=sense,
+                  solve_time_s=elapsed, solution=initial_solution, solver_version=version,
+                  message=f"returned the warm start, a plan outside the two-tier space: {space}",
+                  stop_reason="the warm start beats the two-tier space")
+
+
+def _no_plan_result(instance: Instance, cm: CostModel, solver_name: str, found: _Found, explain: bool, sense: str,
+                    elapsed: float, version: str) -> Result:
+    """No plan: out of time, or every subproblem infeasible (explained when asked)."""
+    status = Status.TIME_LIMIT if found.timed_out else Status.INFEASIBLE
+    if found.timed_out:
+        why = "time limit reached before any plan was found"
+    elif explain:
+        why = explain_infeasible(instance, cm)
+    else:
+        why = "infeasible: no split between the origin and one partner fits memory, SLOs and the accuracy budget"
+    return Result(status, solver_name, sense=sense, solve_time_s=elapsed, message=why, solver_version=version,
+                  stop_reason="all subproblems infeasible" if not found.timed_out else "time limit")
+
+
+def _plan_result(instance: Instance, cm: CostModel, solver_name: str, found: _Found, sense: str,
+                 elapsed: float, version: str) -> Result:
+    """The best plan, its objective by the cost model and the bound over the two-tier space."""
+    plan = found.best[1]
+    objective = cm.evaluate(plan).objective(instance.objective)
+    # ``bound`` is the least dual bound over every subproblem examined: a bound on the two-tier space.
+    bound_value = instance_value(instance, found.bound) if math.isfinite(found.bound) and found.bound > 0 else math.nan
+    status = Status.OPTIMAL if found.all_optimal else (Status.TIME_LIMIT if found.timed_out else Status.FEASIBLE)
+    return Result(status, solver_name, objective=objective, bound=bound_value, sense=sense, solve_time_s=elapsed,
+                  solution=plan, solver_version=version,
+                  stop_reason="every subproblem solved to optimality" if found.all_optimal else "time limit or gap")
+
+
+def solve_joint(instance: Instance, backend: str, *, time_limit=None, seed=0, rel_gap=None, threads=None,
+                initial_solution: Plan | None = None, cost_model: CostModel | None = None, progress=None,
+                solver_name: str = "milp", export: str | None = None, explain: bool = True, **_) -> Result:
+    """The best plan of the two-tier space over every partner, batching and case (``backend``: a
+    Pyomo solver for ``milp``, ignored for ``cpsat``); ``initial_solution`` is a warm start, and is
+    returned if it beats the space (it may lie outside it)."""
+    t0 = time.perf_counter()
+    cm = cost_model or CostModel(instance)
+    sense = "max" if instance.objective == "throughput" else "min"
+    deadline = None if time_limit is None else t0 + time_limit
+    # Exact by default: prove optimality, not a 1e-4 gap (HiGHS's default).
+    rel_gap = 0.0 if rel_gap is None else rel_gap
+    warm = solution_from_plan(instance, initial_solution) if initial_solution is not None else None
+    found = _search(instance, cm, backend, solver_name=solver_name, t0=t0, deadline=deadline, rel_gap=rel_gap,
+                    threads=threads, seed=seed, warm=warm, progress=progress)
+    if found.failed is not None:
+        return Result(Status.ERROR, solver_name, sense=sense, message=found.failed.stop_reason,
+                      solve_time_s=time.perf_counter() - t0)
     elapsed = time.perf_counter() - t0
-    version = ", ".join(sorted(v for v in versions if v))
+    version = ", ".join(sorted(v for v in found.versions if v))
     if export is not None:
         if solver_name != "milp":
             raise ValueError("--export writes the MILP (.lp or .mps): use --solver milp")
-        if best is not None:  # the model of the best two-tier subproblem, whatever plan is returned
-            export_subproblem(instance, cm, *best[2], export)
+        if found.best is not None:  # the model of the best two-tier subproblem, whatever plan is returned
+            export_subproblem(instance, cm, *found.best[2], export)
     if initial_solution is not None:
-        warm_value = cm.evaluate(initial_solution).objective(instance.objective)
-        if best is None or is_better(instance.objective, warm_value, instance_value(instance, best[0])):
+        warm_value = _warm_start_value(instance, cm, initial_solution, found)
+        if warm_value is not None:
             if warm is None:
-                # A plan outside the two-tier space (e.g. route-aware's pipeline over several devices)
-                # beats the space's optimum: return it, without claiming a bound for the instance.
-                space = ("the two-tier space has no feasible plan" if best is None else
-                         f"the two-tier space's best is {instance_value(instance, best[0]):.6g}"
-                         + (" (proven optimal)" if all_optimal else ""))
-                return Result(Status.FEASIBLE, solver_name, objective=warm_value, bound=math.nan, sense=sense,
-                              solve_time_s=elapsed, solution=initial_solution, solver_version=version,
-                              message=f"returned the warm start, a plan outside the two-tier space: {space}",
-                              stop_reason="the warm start beats the two-tier space")
-            best = (None, initial_solution, None)
-    if best is None:
-        status = Status.TIME_LIMIT if timed_out else Status.INFEASIBLE
-        if timed_out:
-            why = "time limit reached before any plan was found"
-        elif explain:
-            why = explain_infeasible(instance, cm)
-        else:
-            why = "infeasible: no split between the origin and one partner fits memory, SLOs and the accuracy budget"
-        return Result(status, solver_name, sense=sense, solve_time_s=elapsed, message=why, solver_version=version,
-                      stop_reason="all subproblems infeasible" if not timed_out else "time limit")
-    plan = best[1]
-    objective = cm.evaluate(plan).objective(instance.objective)
-    # ``bound`` is the least dual bound over every subproblem examined: a bound on the whole space.
-    bound_value = instance_value(instance, bound) if math.isfinite(bound) and bound > 0 else math.nan
-    status = Status.OPTIMAL if all_optimal else (Status.TIME_LIMIT if timed_out else Status.FEASIBLE)
-    return Result(status, solver_name, objective=objective, bound=bound_value, sense=sense, solve_time_s=elapsed,
-                  solution=plan, solver_version=version,
-                  stop_reason="every subproblem solved to optimality" if all_optimal else "time limit or gap")
+                return _outside_space_result(instance, solver_name, found, initial_solution, warm_value, sense, elapsed, version)
+            found.best = (None, initial_solution, None)
+    if found.best is None:
+        return _no_plan_result(instance, cm, solver_name, found, explain, sense, elapsed, version)
+    return _plan_result(instance, cm, solver_name, found, sense, elapsed, version)
 
 
 def _with_warm_start(instance: Instance, options: dict) -> dict:

@@ -4,4 +4,4 @@ A new solver is one module here plus one line below. Solvers find each other thr
 registry (``registry.get("route-aware", problem="instance")``), never by importing each other.
 """
 
-from planner.solve import baselines, dp, edgeshard, eplb, exact, local_search, route_aware  # noqa: F401  (registers them)
+from planner.planners import baselines, dp, edgeshard, eplb, exact, local_search, route_aware  # noqa: F401  (registers them)

@@ -19,11 +19,11 @@ treating every GPU as identical:
   share of an expert is its copies over the expert's replica count (``logcnt``).
 * **Layers**: the non-expert blocks (attention, router, shared experts) are split into contiguous
   stages over the ``B`` devices in that order, in proportion to the memory each device has left
-  after its expert slots (:func:`planner.solve.baselines.split_by_weights`); a device whose share rounds
+  after its expert slots (:func:`planner.planners.baselines.split_by_weights`); a device whose share rounds
   to no layer holds experts only.
 * **Plan**: one pipeline; every expert that is not solely on its layer's stage device gets an
   :class:`~planner.domain.plan.ExpertPlacement` (its devices and shares); no codec, no local experts on an
-  end device; micro-batching from :func:`planner.solve.baselines.best_batching`.
+  end device; micro-batching from :func:`planner.planners.baselines.best_batching`.
 
 Infeasible, with the binding resource named: no edge or cloud device; a model without routed
 experts (nothing for EPLB to place); weights beyond the expert devices' memory; a device whose
@@ -41,7 +41,7 @@ import time
 from planner.cost.costmodel import CostModel
 from planner.domain.instance import Instance
 from planner.domain.units import GB
-from planner.solve.outcome import baseline_result
+from planner.planners.outcome import baseline_result
 from planner.spaces.batching import best_batching
 from planner.spaces.chain import default_path
 from planner.spaces.expert_parallel import expert_parallel_pipeline

@@ -14,7 +14,7 @@ cost model's objective strictly improves. The moves, all scored with
 * ``codec``: another rank at a cut (allowed ranks or none, within the accuracy-loss budget);
 * ``expert``: send routed experts away from their layer's device (popular experts first, to devices
   with fast memory first: hot experts to fast devices), bring one back, or move one elsewhere;
-* ``batch``: another micro-batching (the shared grid of :func:`planner.solve.baselines.batch_grid` and
+* ``batch``: another micro-batching (the shared grid of :func:`planner.planners.baselines.batch_grid` and
   its neighbours, within ``max_batch``);
 * ``share``: shift request share between pipelines (plans with several pipelines).
 

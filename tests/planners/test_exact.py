@@ -30,7 +30,7 @@ def brute_force(p):
 def test_milp_cpsat_and_brute_force_agree(objective, experts, b, m, budget):
     inst = build(SMALL, objective=objective, model={**SMALL["model"], "num_experts": experts},
                  constraints={**SMALL["constraints"], "accuracy_loss_budget": budget})
-    from planner.solve.exact import _cases, _solve_cpsat, _solve_milp
+    from planner.planners.exact import _cases, _solve_cpsat, _solve_milp
 
     p = two_tier_problem(CostModel(inst), "phone", "gpu", b, m)
     expected = brute_force(p)

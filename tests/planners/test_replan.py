@@ -19,9 +19,9 @@ from planner.domain.errors import InputError
 from planner.domain.instance import Link
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.domain.units import GB
-from planner.solve import local_search as lns
-from planner.solve.migration import migration, weight_map
-from planner.solve.replan import replan
+from planner.planners import local_search as lns
+from planner.planners.migration import migration, weight_map
+from planner.planners.replan import replan
 from tests.helpers import FLEET, LINE, REPO, TINY, build
 
 

@@ -1,4 +1,4 @@
-"""Solver ``dp`` (planner/solve/dp.py over planner/spaces/chain.py): the chain problem carries the cost model's exact terms, the
+"""Solver ``dp`` (planner/planners/dp.py over planner/spaces/chain.py): the chain problem carries the cost model's exact terms, the
 throughput bisection is exact, and the result equals brute force over every contiguous split."""
 
 from __future__ import annotations

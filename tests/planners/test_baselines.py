@@ -13,7 +13,7 @@ from planner import api
 from planner.cli.main import main
 from planner.cost.costmodel import CostModel
 from planner.cost.validator import evaluate_checked
-from planner.solve.baselines import BASELINES
+from planner.planners.baselines import BASELINES
 from planner.spaces.batching import batch_grid, split_by_weights
 from solvers.registry import get
 from solvers.result import Status

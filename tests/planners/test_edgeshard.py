@@ -9,7 +9,7 @@ import pytest
 
 from planner import api
 from planner.cost.costmodel import CostModel
-from planner.solve.edgeshard import capability_order, shard_dp, uniform_instance
+from planner.planners.edgeshard import capability_order, shard_dp, uniform_instance
 from planner.spaces.batching import batch_grid
 from planner.spaces.chain import chain_terms
 from solvers.result import Status
