@@ -39,6 +39,8 @@ def prepare_out(out: str) -> Path:
     if not out.strip():
         raise InputError(Problem(out, "--out", "must name a folder"))
     path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(Problem(out, "--out", "is a file; --out names a folder (created if missing) for the CSVs and plots"))
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".moeplan-bench-write-test"

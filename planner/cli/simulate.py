@@ -88,8 +88,6 @@ def cmd_simulate(args) -> int:
     for value, option, integer in ((args.requests, "--requests", True), (args.duration, "--duration", False),
                                    (args.replan_every, "--replan-every", False), (args.timeout, "--timeout", False)):
         _positive(value, option, integer)
-    if args.seed < 0:
-        raise InputError(Problem("--seed", "", f"must be an integer >= 0, got {args.seed}"))
     if args.requests is not None and args.requests > MAX_REQUESTS:
         raise InputError(Problem("--requests", "", f"at most {MAX_REQUESTS:,} requests are simulated, got {args.requests:,}"))
     hook = None
@@ -128,7 +126,8 @@ def cmd_simulate(args) -> int:
                                                    f"requests/s is more than {MAX_REQUESTS:,} requests"))
     if violations:
         if args.json:
-            emit_json({"instance": instance.name, "plan": args.plan, "plan_ok": False,
+            emit_json({"status": "invalid", "stop_reason": None, "message": f"{len(violations)} violation(s)",
+                       "instance": instance.name, "plan": args.plan, "plan_ok": False,
                        "violations": [{"kind": v.kind, "message": v.message} for v in violations]})
         else:
             log(f"plan {args.plan} is not valid for {args.instance}: {len(violations)} violation(s)")
@@ -143,7 +142,8 @@ def cmd_simulate(args) -> int:
                  if k in ("throughput_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "latency_ms", "bottleneck")}
     metrics = res.metrics()
     if args.json:
-        emit_json({"instance": instance.name, "plan": args.plan, "arrivals": arrivals, "seed": args.seed,
+        emit_json({"status": "simulated", "stop_reason": None, "message": "",
+                   "instance": instance.name, "plan": args.plan, "arrivals": arrivals, "seed": args.seed,
                    "predicted": predicted, "metrics": metrics})
     else:
         print(_table(instance.name, args.plan, arrivals, args.seed, predicted, metrics))

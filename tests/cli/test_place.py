@@ -93,7 +93,7 @@ def test_place_rejects_bad_loads(capsys, monkeypatch, tmp_path, text, where):
     path = tmp_path / "loads.json"
     path.write_text(text)
     code, out, err = run(capsys, monkeypatch, "place", path, "--devices", "2", "--json")
-    assert code == 2 and out == ""
+    assert code == 2 and json.loads(out)["error"]["file"] == str(path)
     assert str(path) in err and where in err and "Traceback" not in err
 
 
