@@ -4,8 +4,10 @@
                      [--bandwidth-trace F [--link A,B]] [--duration S] [--requests N] [--seed N]
                      [--replan-every S] [--timeout S] [--progress] [--json]
 
-Arrivals: ``--trace`` (the Azure LLM trace CSV columns by default, another CSV or a ``.jsonl``
-with ``--trace-columns``), else the instance's own trace, else Poisson arrivals at the instance's
+Arrivals: ``--trace`` (a CSV or ``.jsonl``; its timestamp, prompt and output columns are
+recognised by their common names, as the Azure LLM trace's ``TIMESTAMP``, ``ContextTokens``,
+``GeneratedTokens`` or ``arrival_time``, ``input_tokens``, ``output_tokens``, and the command says
+which it used; ``--trace-columns`` names them), else the instance's own trace, else Poisson arrivals at the instance's
 ``arrival_rate_per_s`` (seeded by ``--seed``). ``--bandwidth-trace``: a CSV with a ``mbps``
 column, one row per simulated second (cycled), for the link ``--link A,B`` or, without it, for
 every link. ``--replan-every S``: every S simulated seconds the re-planner
@@ -47,7 +49,8 @@ def add_parser(subparsers) -> None:
     arrivals.add_argument("--trace", metavar="F", help="request trace (CSV or .jsonl); default: the instance's trace, "
                                                        "else Poisson arrivals at its rate")
     arrivals.add_argument("--trace-columns", metavar="timestamp=C,prompt=C,output=C",
-                          help="column names of the trace (default: the Azure LLM trace's)")
+                          help="column names of the trace (default: recognised by their common names, "
+                               "e.g. TIMESTAMP / arrival_time, ContextTokens / input_tokens, GeneratedTokens / output_tokens)")
     arrivals.add_argument("--requests", type=int, default=None, metavar="N", help="requests to simulate")
     arrivals.add_argument("--duration", type=float, default=None, metavar="S",
                           help="arrivals during the first S seconds (with --requests: whichever ends first)")
@@ -99,6 +102,8 @@ def cmd_simulate(args) -> int:
     if args.trace is not None:
         trace = read_request_trace(Path(args.trace), columns=_columns(args.trace_columns), label=args.trace)
         arrivals = f"trace {args.trace}"
+        log(f"trace {args.trace}: {len(trace.arrival_s):,} requests; columns "
+            + ", ".join(f"{k} = {v!r}" for k, v in trace.columns.items()))
     else:
         if args.trace_columns is not None:
             raise InputError(Problem("--trace-columns", "", "needs --trace"))
