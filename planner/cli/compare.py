@@ -38,7 +38,11 @@ def cmd_compare(args) -> int:
     results = api.compare(instance, names, time_limit=args.time_limit, seed=args.seed,
                           progress=lambda name: log(f"solving with {name} ..."))
     if args.json:
-        emit_json({"instance": instance.name, "objective": instance.objective, "results": [result_json(r) for r in results]})
+        best = report.best_result(results)
+        emit_json({"status": best.status.value if best is not None else "infeasible", "stop_reason": None,
+                   "message": f"best: {best.solver}" if best is not None else "no solver found a plan",
+                   "best": best.solver if best is not None else None,
+                   "instance": instance.name, "objective": instance.objective, "results": [result_json(r) for r in results]})
     else:
         print(report.instance_summary(instance))
         print(report.compare_table(results))

@@ -48,7 +48,8 @@ def cmd_solve(args) -> int:
         emit_json(result_json(result))
     else:
         print(report.instance_summary(instance))
-        print(f"solver {result.solver}: {result.status.value} in {result.solve_time_s:.3f} s")
+        stopped = f" (stopped: {result.stop_reason})" if result.stop_reason else ""
+        print(f"solver {result.solver}: {report.status_text(result)} in {result.solve_time_s:.3f} s{stopped}")
         if result.solution is not None:
             print(report.plan_summary(instance, result.solution))
             if args.output:

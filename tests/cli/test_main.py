@@ -268,3 +268,27 @@ def test_solve_help_lists_the_solvers(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for name in api.available_solvers():
         assert name in out
+
+
+def test_solve_says_why_the_solver_stopped(capsys, line_file):
+    code, out, _ = run(capsys, "solve", line_file, "--solver", "dp")
+    assert code == 0 and "solver dp: optimal in dp's space in " in out and "(stopped: " in out
+
+
+def test_the_readme_commands_block_lists_every_option_of_every_command():
+    """Each option --help shows appears in the README's Commands block, under its command."""
+    import re
+
+    from planner.cli.main import build_parser
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Commands", 1)[1].split("```", 2)[1]
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, parser in sub.choices.items():
+        lines = re.findall(rf"^moeplan {name} .*(?:\n {{10,}}.*)*", block, flags=re.M)
+        assert lines, f"moeplan {name} is not in the README's Commands block"
+        for action in parser._actions:
+            option = max(action.option_strings, key=len, default=None)
+            if option and option not in ("--help",):
+                assert option in lines[0], f"README: moeplan {name} lacks {option}"
