@@ -108,16 +108,24 @@ def _bottleneck_meaning(bottleneck: str) -> str:
 
 
 def best_result(results: list[Result]) -> Result | None:
-    """The result with the best objective among those with a plan (the first of equals), or None."""
+    """The result with the best objective among those with a plan (the fastest of equals), or None."""
     ranked = _ranked(results)
     return ranked[0] if ranked and ranked[0].solution is not None else None
 
 
 def _ranked(results: list[Result]) -> list[Result]:
-    """Results with a plan by objective, best first (ties in the given order), then those without."""
+    """Results with a plan by objective, best first, equal objectives (within 1e-9) fastest first;
+    then those without a plan, in the given order."""
     with_plan = [r for r in results if r.solution is not None and not math.isnan(r.objective)]
     sign = -1.0 if any(r.sense == "max" for r in with_plan) else 1.0
-    return sorted(with_plan, key=lambda r: sign * r.objective) + [r for r in results if r not in with_plan]
+    groups: list[list[Result]] = []
+    for r in sorted(with_plan, key=lambda r: sign * r.objective):
+        if groups and math.isclose(r.objective, groups[-1][0].objective, rel_tol=1e-9):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    ranked = [r for group in groups for r in sorted(group, key=lambda r: r.solve_time_s)]
+    return ranked + [r for r in results if r not in with_plan]
 
 
 def status_text(r: Result) -> str:

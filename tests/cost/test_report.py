@@ -30,8 +30,8 @@ def test_the_plan_summary_explains_itself():
     assert "a100 at 100 % is allowed: a plan may fill a device's memory_gb, which is its usable memory" in text
 
 
-def _result(solver, status, objective, message="", stop="done"):
-    return Result(status, solver, objective=objective, sense="max", message=message, stop_reason=stop,
+def _result(solver, status, objective, message="", stop="done", time_s=1.0):
+    return Result(status, solver, objective=objective, sense="max", message=message, stop_reason=stop, solve_time_s=time_s,
                   solution=None if math.isnan(objective) else object.__new__(_Plan))
 
 
@@ -42,10 +42,11 @@ class _Plan:
 def test_compare_ranks_marks_qualifies_and_keeps_notes_whole():
     note = "infeasible: the model's weights need 93.4 GB, origin 'orin' has 64.0 GB: " + "memory: " * 20 + "the end"
     results = [_result("end-only", Status.INFEASIBLE, math.nan, note, "no valid plan"),
-               _result("dp", Status.OPTIMAL, 68.31), _result("route-aware", Status.FEASIBLE, 71.79, stop="move cap"),
-               _result("milp", Status.OPTIMAL, 71.79)]
+               _result("dp", Status.OPTIMAL, 68.31), _result("milp", Status.OPTIMAL, 71.79, time_s=8.0),
+               _result("route-aware", Status.FEASIBLE, 71.79, stop="move cap", time_s=0.01)]
     text = report.compare_table(results)
     rows = text.splitlines()[2:6]  # under the header and its rule
+    # best first, the fastest of equals first, no plan last
     assert [r.split()[1] if r.startswith("*") else r.split()[0] for r in rows] == ["route-aware", "milp", "dp", "end-only"]
     assert rows[0].startswith("*") and rows[1].startswith("*") and not rows[2].startswith("*")
     assert "optimal in dp's space" in text and "optimal in milp's space" in text and "move cap" in text
