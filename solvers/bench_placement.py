@@ -22,8 +22,7 @@ import argparse
 import numpy as np
 
 from models.assignment import ReplicatedAssignment
-from solvers import assignment as _assignment  # noqa: F401 - registers the exact placement solvers
-from solvers import placement as _placement  # noqa: F401 - registers the placement heuristics and eplb
+from solvers import placement  # noqa: F401  (registers the placement solvers)
 from solvers.registry import get
 
 SOLVERS = ("eplb", "greedy-placement", "local-search-placement")
