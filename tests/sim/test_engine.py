@@ -396,6 +396,8 @@ def test_cli_table_with_a_trace(capsys, files, tmp_path):
     code, out, _ = run(capsys, "simulate", inst, plan, "--trace", trace, "--trace-columns",
                        "timestamp=t,prompt=in,output=out", "--replan-every", 1.0)
     assert code == 0 and "tokens/s" in out and "30 requests" in out and "re-plans" in out
+    # the predicted column is capacity; the trace offers 30 requests over 2.9 s x 5 tokens = 50 tokens/s
+    assert "predicted tokens/s is the plan's capacity at saturation; these arrivals offer about 50 tokens/s" in out
 
 
 def test_cli_invalid_plan_exits_1_listing_violations(capsys, files, tmp_path):
