@@ -21,6 +21,7 @@ from dataclasses import replace
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import Evaluation
 from planner.cost.validator import Violation, evaluate_checked, structure_violations, validate
+from planner.domain.fields import seed_error
 from planner.domain.instance import Instance, load_instance
 from planner.domain.plan import Plan
 from planner.planners.replan import ReplanResult, replan
@@ -73,12 +74,11 @@ def solve(instance: Instance, solver: str = DEFAULT_SOLVER, *, time_limit: float
     Raises
     ------
     ValueError
-        An unknown solver name (the message lists the known ones) or a time limit that is not a
-        positive number of seconds.
+        An unknown solver name (the message lists the known ones), a time limit that is not a
+        positive number of seconds, or a seed that is not an integer from 0 to 2**31 - 1.
     """
     info = registry.get(solver, problem="instance")
-    if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
-        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    _check_options(time_limit, seed)
     t0 = time.perf_counter()
     sense = "max" if instance.objective == "throughput" else "min"
     why = capacity_check(instance)
@@ -110,8 +110,8 @@ def compare(instance: Instance, solvers: Iterable[str] | None = None, *, time_li
     instance
         The instance.
     solvers
-        Solver names; default every solver of :func:`available_solvers`. Unknown names raise
-        ``ValueError`` before any solver runs.
+        Solver names; default every solver of :func:`available_solvers`. Unknown names, an empty
+        list, a bad time limit or seed raise ``ValueError`` before any solver runs.
     time_limit, seed
         As in :func:`solve`, for every solver.
     progress
@@ -123,14 +123,25 @@ def compare(instance: Instance, solvers: Iterable[str] | None = None, *, time_li
         One per solver, in the order of ``solvers``.
     """
     names = list(solvers) if solvers is not None else available_solvers()
+    if not names:
+        raise ValueError("no solver named: give at least one name, or None for every solver")
     for name in names:
         registry.get(name, problem="instance")  # unknown names fail before any work
+    _check_options(time_limit, seed)
     results = []
     for name in names:
         if progress is not None:
             progress(name)
         results.append(solve(instance, name, time_limit=time_limit, seed=seed))
     return results
+
+
+def _check_options(time_limit: float | None, seed: int) -> None:
+    if time_limit is not None and not (time_limit > 0 and math.isfinite(time_limit)):
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    why = seed_error(seed)
+    if why:
+        raise ValueError(f"seed {why}")
 
 
 def evaluate(instance: Instance, plan: Plan, cost_model: CostModel | None = None) -> Evaluation:

@@ -11,8 +11,10 @@
     warm-started from it (a restricted problem, see :mod:`planner.spaces.placement`);
 (d) route-aware against ``milp`` on every ``instances/*.toml`` but DeepSeek-V3.
 
-Numbers are printed, never asserted (they depend on the machine); progress goes to stderr.
-``--quick``: (c) under 10 s instead of 60 s and (d) under 30 s per instance instead of 120 s.
+Numbers are printed, never asserted (they depend on the machine); progress goes to stderr. It
+needs nothing outside the repository and prints, first, the most it can take (every solve run to
+its limit): about 33 min, or 11 min with ``--quick`` ((c) under 10 s instead of 60 s, (a) and (d)
+under 30 s per solve instead of 120 s).
 ``--full-milp`` adds the unrestricted DeepSeek-V3 MILP (475,136 replica variables) to (c), to
 measure its formulation time and memory: minutes and gigabytes.
 """
@@ -175,6 +177,14 @@ def part_c(time_limit: float, full_milp: bool) -> None:
           + ", ".join(f"{k} {v:.3f}" for k, v in balanced.items()))
 
 
+def worst_case_s(parts: str, c_limit: float, d_limit: float) -> float:
+    """Seconds the run takes when every solve runs to its time limit: (a) milp and cpsat on the two
+    joint instances, (b) two placement MILPs of 120 s, (c) one MILP, (d) milp on each instance."""
+    instances = sum(1 for p in INSTANCES.glob("*.toml") if "deepseek-v3" not in p.name)
+    per_part = {"a": 2 * len(JOINT) * d_limit, "b": 2 * 120.0, "c": c_limit, "d": instances * d_limit}
+    return sum(t for part, t in per_part.items() if part in parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="(c) 10 s and (d) 30 s per instance")
@@ -190,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     cache: dict = {}
     print(f"planner.bench.exact: (c) time limit {c_limit:g}s, (a)/(d) {d_limit:g}s per solve; measured, not asserted")
+    print(f"needs only this repository; runs at most {worst_case_s(args.parts, c_limit, d_limit) / 60:.0f} min "
+          "(every solve to its limit; most finish sooner)" + (", plus minutes for --full-milp" if args.full_milp else ""))
     if "a" in args.parts:
         part_a(d_limit, cache)
     if "b" in args.parts:

@@ -42,7 +42,6 @@ PAPER_SERIES = {
     "dsv2lite-m2-a100-cellular": "Verizon-LTE-short.up",
 }
 QUICK_PAPER = ("dsv2lite-phone-l4-lte", "olmoe-laptop-h100-cellular")
-CDF_SCENARIOS = ("mixtral-orin-h100-cellular", "qwen3-laptop-a100-wifi")
 GANTT_SCENARIO = "dsv2lite-phone-l4-lte"  # moeplan's plan there: two stages, a codec at the cut, two micro-batches
 GANTT_REQUESTS = 8
 ARRIVALS = "Azure LLM conv 2023 excerpt, rescaled to the rate and mean token counts"
@@ -92,8 +91,9 @@ def run_paper(settings: Settings, progress: Progress) -> SuiteOutput:
             plans[solver] = (res.solution, head)
             clock.say(f"{i}/{len(files)} {name}: {solver} solved in {res.solve_time_s:.2f} s")
         figures = {"sat": {}, "slo": {}, "latency_p50": {}}
+        about = {"scenario": name, "objective": inst.objective, "slo_ms": slo_ms(inst)}
         if not plans:
-            scenarios.append({"scenario": name, **figures})
+            scenarios.append({**about, **figures})
             continue
         capacity = max(h["pred_requests_per_s"] for _, h in plans.values())
         runs = {"load": requests_for(inst, settings.load_requests, inst.workload.arrival_rate_per_s, settings.seed),
@@ -113,15 +113,40 @@ def run_paper(settings: Settings, progress: Progress) -> SuiteOutput:
                 else:
                     figures["latency_p50"][solver] = row["sim_latency_p50_ms"]
                     figures["slo"][solver] = row["sim_slo_attainment"]
-                    if name in CDF_SCENARIOS or (settings.quick and i == 1):
-                        cdf.setdefault(name, {})[solver] = request_latency_ms(res)
+                    cdf.setdefault(name, {})[solver] = request_latency_ms(res)
             clock.say(f"{i}/{len(files)} {name}: {solver} simulated (2 runs) in {time.perf_counter() - t0:.2f} s")
         if name == GANTT_SCENARIO and MOEPLAN in plans:
             few = requests_for(inst, GANTT_REQUESTS, SATURATION_FACTOR * capacity, settings.seed)
-            gantt = {"scenario": name, "timeline": simulate(inst, plans[MOEPLAN][0], few, seed=settings.seed, timeline=True).timeline}
-        scenarios.append({"scenario": name, **figures})
+            gantt = {"scenario": name, "plan": readable_plan(plans[MOEPLAN][0]),
+                     "timeline": simulate(inst, plans[MOEPLAN][0], few, seed=settings.seed, timeline=True).timeline}
+        scenarios.append({**about, **figures})
     table, notes = paper_table(scenarios)
     return SuiteOutput("paper", rows, table, notes, {"scenarios": scenarios, "cdf": cdf, "gantt": gantt})
+
+
+def readable_plan(plan: Plan) -> str:
+    """A plan in words for a plot title: "phone layers 0-6 -> codec rank 256 -> l4 layers 7-26,
+    micro-batches 4 x 2" (pipelines joined by " + ")."""
+    parts = []
+    for pipe in plan.pipelines:
+        text = ""
+        for si, st in enumerate(pipe.stages):
+            if si:
+                rank = pipe.codec_ranks[si - 1] if si - 1 < len(pipe.codec_ranks) else None
+                text += " -> uncompressed -> " if rank is None else f" -> codec rank {rank} -> "
+            text += f"{st.device} layers {st.first_layer}-{st.end_layer - 1}"
+        if pipe.expert_placement:
+            text += f", {len(pipe.expert_placement)} experts placed elsewhere"
+        parts.append(f"{text}, micro-batches {pipe.micro_batch_size} x {pipe.num_micro_batches}")
+    return " + ".join(parts)
+
+
+def slo_ms(instance: Instance) -> dict:
+    """The instance's latency SLOs in ms: ``latency``, ``ttft``, ``tpot`` (those it sets) and
+    ``mean_output_tokens`` (to bound a mean request's end-to-end latency by TTFT + TPOT SLOs)."""
+    c = instance.constraints
+    out = {k: v * 1e3 for k, v in (("latency", c.latency_slo_s), ("ttft", c.ttft_slo_s), ("tpot", c.tpot_slo_s)) if v}
+    return {**out, "mean_output_tokens": instance.workload.output_tokens}
 
 
 def best_baseline(values: dict[str, float], better: Callable[[float, float], bool]) -> tuple[str | None, float | None]:

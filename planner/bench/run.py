@@ -39,6 +39,8 @@ def prepare_out(out: str) -> Path:
     if not out.strip():
         raise InputError(Problem(out, "--out", "must name a folder"))
     path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InputError(Problem(out, "--out", "is a file; --out names a folder (created if missing) for the CSVs and plots"))
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".moeplan-bench-write-test"
@@ -73,11 +75,13 @@ def write_plots(out: Path, result) -> list[Path]:
     if result.name == "paper":
         if any(sc["sat"] for sc in figs["scenarios"]):
             paths.append(bench_plots.throughput_bars(figs["scenarios"], instance_solvers(), out / "paper_throughput.png"))
-        for scenario, lat in figs["cdf"].items():
-            paths.append(bench_plots.latency_cdf(scenario, lat, out / f"paper_latency_cdf_{scenario}.png"))
+        if figs["cdf"]:
+            slos = {sc["scenario"]: sc.get("slo_ms", {}) for sc in figs["scenarios"]}
+            paths.append(bench_plots.latency_cdfs(figs["cdf"], slos, instance_solvers(), out / "paper_latency_cdf.png"))
         if figs["gantt"] and figs["gantt"]["timeline"]:
             g = figs["gantt"]
-            paths.append(bench_plots.pipeline_gantt(g["scenario"], g["timeline"], out / f"paper_timeline_{g['scenario']}.png"))
+            paths.append(bench_plots.pipeline_gantt(g["scenario"], g["timeline"], out / f"paper_timeline_{g['scenario']}.png",
+                                                    plan=g.get("plan", "")))
     elif result.name == "scale":
         paths.append(bench_plots.solve_time_scatter(result.rows, figs["solvers"], out / "scale_solve_time.png"))
     elif result.name == "dynamic":

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from planner.cli.output import EXIT_OK, emit_json, log
 from planner.domain.errors import InputError, Problem
-from planner.domain.files import read_json
+from planner.domain.files import check_writable, read_json
 from planner.domain.hf_import import card_from_hf_config, write_card
 
 
@@ -21,13 +21,14 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_import_hf(args) -> int:
+    check_writable(args.output, what="the model card", option="--output")
     config = read_json(Path(args.config), args.config)
     if not isinstance(config, dict):
         raise InputError(Problem(args.config, "", "must hold a JSON object"))
     card = card_from_hf_config(config, name=args.name, file=args.config)
     write_card(card, args.output)
     if args.json:
-        emit_json(card)
+        emit_json({"status": "written", "output": args.output, **card})
     else:
         m = card["model"]
         log(f"wrote {args.output}: {m['name']} ({m.get('family', '?')}), {m['num_layers']} layers, "

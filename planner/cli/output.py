@@ -1,7 +1,9 @@
 """What every ``moeplan`` command shares: exit codes, JSON on stdout, logs on stderr.
 
-``--json`` prints exactly one JSON object on stdout (:func:`emit_json`); logs and progress go to
-stderr (:func:`log`). Files are written atomically with :func:`planner.domain.files.write_atomic`.
+``--json`` prints exactly one JSON object on stdout (:func:`emit_json`), whatever happens: every
+object has a ``status``; a run that fails prints ``{"status": "error", "error": {"kind", "file",
+"field", "message", "problems"}}`` (:func:`error_json`). Logs and progress go to stderr
+(:func:`log`). Files are written atomically with :func:`planner.domain.files.write_atomic`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ import json
 import math
 import sys
 
-EXIT_OK, EXIT_NO_PLAN, EXIT_BAD_INPUT = 0, 1, 2
+# 0 success, 1 infeasible / no plan / invalid plan, 2 bad input, 3 an internal error (a bug in moeplan).
+EXIT_OK, EXIT_NO_PLAN, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+# The kinds of ``error.kind`` in a failed run's JSON.
+ERROR_KINDS = ("bad_input", "no_plan", "internal")
 
 
 def json_safe(x):
@@ -34,6 +40,15 @@ def emit_json(obj) -> None:
 def log(msg: str) -> None:
     """A line for the user on stderr."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def error_json(kind: str, message: str, problems=()) -> dict:
+    """The JSON object of a failed run: ``kind`` one of :data:`ERROR_KINDS`; ``file``, ``field`` and
+    ``message`` of the first problem (``file`` null for a command-line option, ``field`` null for a
+    whole file), every problem under ``problems``."""
+    listed = [{"file": p.file or None, "field": p.field or None, "message": p.message} for p in problems]
+    first = listed[0] if listed else {"file": None, "field": None, "message": message}
+    return {"status": "error", "error": {"kind": kind, **first, "problems": listed}}
 
 
 def result_json(result) -> dict:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-from planner.cli.output import log
+from planner.cli.output import emit_json, log
 from planner.cost.profiling import check_profile_against_expert_ffn, measure
-from planner.domain.errors import InputError, Problem
+from planner.domain.files import check_writable
+from planner.domain.profile import HardwareProfile
 
 
 def add_parser(subparsers) -> None:
@@ -17,25 +17,15 @@ def add_parser(subparsers) -> None:
     pr.add_argument("--backend", choices=("numpy", "torch"), default=None)
     pr.add_argument("--quick", action="store_true", help="fewer sizes (a few seconds)")
     pr.add_argument("-o", "--output", required=True, metavar="PROFILE.json")
+    pr.add_argument("--json", action="store_true", help="one JSON object on stdout: the profile written")
     pr.set_defaults(func=cmd_profile)
 
 
 def cmd_profile(args) -> int:
-    return run_profile_command(device=args.device, output=args.output, quick=args.quick, backend=args.backend, log=log)
-
-
-def _check_writable(output: str) -> None:
-    """Raise :class:`InputError` naming ``output`` when a profile cannot be written there."""
-    folder = os.path.dirname(os.path.abspath(output))
-    if os.path.isdir(output):
-        reason = "is a folder; give a file name such as NAME.json"
-    elif not os.path.isdir(folder):
-        reason = f"the folder {folder} does not exist"
-    elif not os.access(folder, os.W_OK):
-        reason = f"the folder {folder} is not writable"
-    else:
-        return
-    raise InputError(Problem(output, "", f"cannot write the profile: {reason}"))
+    code = run_profile_command(device=args.device, output=args.output, quick=args.quick, backend=args.backend, log=log)
+    if args.json:
+        emit_json({"status": "written", "output": args.output, "profile": HardwareProfile.load(args.output).to_dict()})
+    return code
 
 
 def run_profile_command(device: str, output: str, quick: bool, backend: str | None,
@@ -46,7 +36,7 @@ def run_profile_command(device: str, output: str, quick: bool, backend: str | No
     ``output`` when it cannot be written (checked before measuring), :class:`ProfileError` when the
     backend or device is missing.
     """
-    _check_writable(output)
+    check_writable(output, what="the profile", option="--output")
     backend = backend or ("numpy" if device == "cpu" else "torch")
     profile = measure(backend=backend, device=device, quick=quick, progress=log)
     profile.save(output)

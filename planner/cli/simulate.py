@@ -4,8 +4,10 @@
                      [--bandwidth-trace F [--link A,B]] [--duration S] [--requests N] [--seed N]
                      [--replan-every S] [--timeout S] [--progress] [--json]
 
-Arrivals: ``--trace`` (the Azure LLM trace CSV columns by default, another CSV or a ``.jsonl``
-with ``--trace-columns``), else the instance's own trace, else Poisson arrivals at the instance's
+Arrivals: ``--trace`` (a CSV or ``.jsonl``; its timestamp, prompt and output columns are
+recognised by their common names, as the Azure LLM trace's ``TIMESTAMP``, ``ContextTokens``,
+``GeneratedTokens`` or ``arrival_time``, ``input_tokens``, ``output_tokens``, and the command says
+which it used; ``--trace-columns`` names them), else the instance's own trace, else Poisson arrivals at the instance's
 ``arrival_rate_per_s`` (seeded by ``--seed``). ``--bandwidth-trace``: a CSV with a ``mbps``
 column, one row per simulated second (cycled), for the link ``--link A,B`` or, without it, for
 every link. ``--replan-every S``: every S simulated seconds the re-planner
@@ -47,7 +49,8 @@ def add_parser(subparsers) -> None:
     arrivals.add_argument("--trace", metavar="F", help="request trace (CSV or .jsonl); default: the instance's trace, "
                                                        "else Poisson arrivals at its rate")
     arrivals.add_argument("--trace-columns", metavar="timestamp=C,prompt=C,output=C",
-                          help="column names of the trace (default: the Azure LLM trace's)")
+                          help="column names of the trace (default: recognised by their common names, "
+                               "e.g. TIMESTAMP / arrival_time, ContextTokens / input_tokens, GeneratedTokens / output_tokens)")
     arrivals.add_argument("--requests", type=int, default=None, metavar="N", help="requests to simulate")
     arrivals.add_argument("--duration", type=float, default=None, metavar="S",
                           help="arrivals during the first S seconds (with --requests: whichever ends first)")
@@ -88,8 +91,6 @@ def cmd_simulate(args) -> int:
     for value, option, integer in ((args.requests, "--requests", True), (args.duration, "--duration", False),
                                    (args.replan_every, "--replan-every", False), (args.timeout, "--timeout", False)):
         _positive(value, option, integer)
-    if args.seed < 0:
-        raise InputError(Problem("--seed", "", f"must be an integer >= 0, got {args.seed}"))
     if args.requests is not None and args.requests > MAX_REQUESTS:
         raise InputError(Problem("--requests", "", f"at most {MAX_REQUESTS:,} requests are simulated, got {args.requests:,}"))
     hook = None
@@ -101,6 +102,8 @@ def cmd_simulate(args) -> int:
     if args.trace is not None:
         trace = read_request_trace(Path(args.trace), columns=_columns(args.trace_columns), label=args.trace)
         arrivals = f"trace {args.trace}"
+        log(f"trace {args.trace}: {len(trace.arrival_s):,} requests; columns "
+            + ", ".join(f"{k} = {v!r}" for k, v in trace.columns.items()))
     else:
         if args.trace_columns is not None:
             raise InputError(Problem("--trace-columns", "", "needs --trace"))
@@ -128,7 +131,8 @@ def cmd_simulate(args) -> int:
                                                    f"requests/s is more than {MAX_REQUESTS:,} requests"))
     if violations:
         if args.json:
-            emit_json({"instance": instance.name, "plan": args.plan, "plan_ok": False,
+            emit_json({"status": "invalid", "stop_reason": None, "message": f"{len(violations)} violation(s)",
+                       "instance": instance.name, "plan": args.plan, "plan_ok": False,
                        "violations": [{"kind": v.kind, "message": v.message} for v in violations]})
         else:
             log(f"plan {args.plan} is not valid for {args.instance}: {len(violations)} violation(s)")
@@ -143,10 +147,13 @@ def cmd_simulate(args) -> int:
                  if k in ("throughput_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "latency_ms", "bottleneck")}
     metrics = res.metrics()
     if args.json:
-        emit_json({"instance": instance.name, "plan": args.plan, "arrivals": arrivals, "seed": args.seed,
+        emit_json({"status": "simulated", "stop_reason": None, "message": "",
+                   "instance": instance.name, "plan": args.plan, "arrivals": arrivals, "seed": args.seed,
                    "predicted": predicted, "metrics": metrics})
     else:
-        print(_table(instance.name, args.plan, arrivals, args.seed, predicted, metrics))
+        w = instance.workload
+        offered = trace.rate_per_s * float(trace.output_tokens.mean()) if trace is not None else w.arrival_rate_per_s * w.output_tokens
+        print(_table(instance.name, args.plan, arrivals, args.seed, predicted, metrics, offered))
     return EXIT_OK
 
 
@@ -154,11 +161,13 @@ def _fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _table(name: str, plan_file: str, arrivals: str, seed: int, predicted: dict, m: dict) -> str:
+def _table(name: str, plan_file: str, arrivals: str, seed: int, predicted: dict, m: dict, offered_tokens_per_s: float) -> str:
     lines = [f"{name}: plan {plan_file}, {m['requests_total']:,} requests ({arrivals}, seed {seed}), "
              f"{m['sim_time_s']:,.1f} s simulated in {m['wall_time_s']:.2f} s ({m['events_processed']:,} events)",
              f"{'':<18} {'simulated':>12} {'predicted':>12}",
              f"{'tokens/s':<18} {m['throughput_tokens_per_s']:>12.2f} {predicted['throughput_tokens_per_s']:>12.2f}",
+             f"  predicted tokens/s is the plan's capacity at saturation; these arrivals offer about "
+             f"{offered_tokens_per_s:.4g} tokens/s, so below capacity the simulated figure follows the offered load",
              f"{'requests/s':<18} {m['requests_per_s']:>12.4f} {predicted['requests_per_s']:>12.4f}",
              f"{'':<18} {'mean':>10} {'p50':>10} {'p95':>10} {'p99':>10} {'predicted':>10}"]
     for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("latency_ms", "latency ms")):

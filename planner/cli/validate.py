@@ -23,7 +23,7 @@ def cmd_validate(args) -> int:
     why = api.capacity_check(instance)
     if args.plan is None:
         if args.json:
-            emit_json({**out, "capacity": why})
+            emit_json({"status": "valid", "stop_reason": None, "message": why or "instance OK", **out, "capacity": why})
         else:
             print(report.instance_summary(instance))
             print("instance OK" + (f" (but {why})" if why else ""))
@@ -31,7 +31,9 @@ def cmd_validate(args) -> int:
     plan = Plan.load(args.plan)
     violations = api.validate(instance, plan)
     if args.json:
-        emit_json({**out, "plan_ok": not violations, "violations": [{"kind": v.kind, "message": v.message} for v in violations]})
+        emit_json({"status": "invalid" if violations else "valid", "stop_reason": None,
+                   "message": f"{len(violations)} violation(s)" if violations else "plan valid", **out,
+                   "plan_ok": not violations, "violations": [{"kind": v.kind, "message": v.message} for v in violations]})
     elif violations:
         print(f"plan {args.plan}: {len(violations)} violation(s)")
         for v in violations:

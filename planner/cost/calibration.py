@@ -4,7 +4,10 @@ For each measured row whose device has a card and whose model has a card, predic
 tokens/s of the model alone on that device (weights at the quantization's bits per weight) and
 report predicted / measured. These ratios check the model; they are not tuning targets.
 
-Run: ``python -m planner.cost.calibration [--csv PATH] [--json]``.
+Run: ``python -m planner.cost.calibration [--csv PATH] [--json]``. It needs the measured CSV: by
+default ``../shared/data/hardware/measured_decode_tps.csv``, reference data kept beside the
+repository (a clone does not have it; give any CSV with the same columns through ``--csv``). It
+takes about a second.
 """
 
 from __future__ import annotations
@@ -105,12 +108,17 @@ def compare(csv_path: Path = DEFAULT_CSV) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m planner.cost.calibration", description=__doc__.split("\n")[0])
-    p.add_argument("--csv", default=str(DEFAULT_CSV))
+    p = argparse.ArgumentParser(prog="python -m planner.cost.calibration",
+                                description=__doc__.split("\n")[0] + " About a second.")
+    p.add_argument("--csv", default=str(DEFAULT_CSV),
+                   help="measured decode speeds (default: ../shared/data/hardware/measured_decode_tps.csv, beside the "
+                        "repository, not in a clone)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if not Path(args.csv).is_file():
-        print(f"error: {args.csv}: file not found (the measured figures live in ../shared/data)", file=sys.stderr)
+        print(f"error: {args.csv}: file not found: the measured figures are reference data kept beside the "
+              "repository (../shared/data/hardware/), not in a clone; give a CSV with the same columns with --csv",
+              file=sys.stderr)
         return 2
     rows = compare(Path(args.csv))
     ratios = [r.ratio for r in rows if r.ratio is not None]

@@ -86,7 +86,7 @@ def load_profile_field(table: dict, table_path: str, base_dir: Path, col: Collec
     try:
         return HardwareProfile.load(base_dir / ref)
     except InputError as exc:
-        col.extend(exc.problems)
+        col.extend_referenced(exc.problems, f"{table_path}.profile", ref)
         return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +21,36 @@ from planner.domain.units import MBPS
 
 # Column names of the Azure LLM inference trace (2023).
 AZURE_COLUMNS = {"timestamp": "TIMESTAMP", "prompt": "ContextTokens", "output": "GeneratedTokens"}
+# Names the common traces and benchmark logs give each column (Azure LLM trace, BurstGPT, Mooncake,
+# vLLM and SGLang benchmark outputs, ...), compared lower-case without spaces, dashes or underscores;
+# the first that a file's header holds is used.
+COLUMN_NAMES = {
+    "timestamp": ("timestamp", "arrivaltime", "arrivaltimestamp", "arrivaltimes", "arrival", "time", "ts",
+                  "requesttime", "createdat", "starttime"),
+    "prompt": ("contexttokens", "prompttokens", "inputtokens", "requesttokens", "numprompttokens", "numinputtokens",
+               "promptlen", "promptlength", "inputlen", "inputlength", "inputlens", "prompttokencount", "contextlength"),
+    "output": ("generatedtokens", "outputtokens", "completiontokens", "responsetokens", "numoutputtokens",
+               "numgeneratedtokens", "outputlen", "outputlength", "outputlens", "generatedlength", "decodetokens"),
+}
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def trace_columns(header, given: dict[str, str] | None = None) -> dict[str, str]:
+    """The column of each of timestamp, prompt and output: the one ``given`` names, else the first
+    of :data:`COLUMN_NAMES` that ``header`` holds, else the Azure trace's name (reported missing)."""
+    by_squashed = {}
+    for name in header or []:
+        by_squashed.setdefault(_squash(str(name)), str(name))
+    out = {}
+    for key, names in COLUMN_NAMES.items():
+        if given and key in given:
+            out[key] = given[key]
+        else:
+            out[key] = next((by_squashed[n] for n in names if n in by_squashed), AZURE_COLUMNS[key])
+    return out
 MAX_TOKENS = 10_000_000
 # Selection counts above this are not measurements (and their sums would overflow).
 MAX_COUNT = 1e15
@@ -33,6 +63,8 @@ class RequestTrace:
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    # The file's column (CSV) or key (JSONL) read for timestamp, prompt and output.
+    columns: dict = field(default_factory=dict, compare=False)
 
     @property
     def duration_s(self) -> float:
@@ -59,13 +91,15 @@ def _parse_time(value: str) -> float:
 
 
 def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, label: str | None = None) -> RequestTrace:
-    """A request trace: CSV (Azure LLM trace columns by default) or JSONL (``.jsonl``).
+    """A request trace: CSV or JSONL (``.jsonl``).
 
-    ``columns`` maps ``timestamp``, ``prompt``, ``output`` to the file's column names.
+    ``columns`` maps ``timestamp``, ``prompt``, ``output`` to the file's column names; a column it
+    does not name is recognised by its common names (:func:`trace_columns`: the Azure trace's
+    ``TIMESTAMP``, ``ContextTokens``, ``GeneratedTokens``, or ``arrival_time``, ``input_tokens``,
+    ``output_tokens``, ...). The trace's ``columns`` say which were read.
     """
     label = label or str(path)
     cols = dict(AZURE_COLUMNS)
-    cols.update(columns or {})
     times, prompts, outputs = [], [], []
     try:
         with open_text(path, label) as fh:
@@ -83,11 +117,16 @@ def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, lab
                     if not isinstance(obj, dict):
                         raise InputError(Problem(label, f"line {i}", "must be a JSON object"))
                     rows.append((i, obj))
+                cols = trace_columns(rows[0][1] if rows else [], columns)
             else:
                 reader = csv.DictReader(fh)
+                cols = trace_columns(reader.fieldnames, columns)
                 missing = [c for c in cols.values() if c not in (reader.fieldnames or [])]
                 if missing:
-                    raise InputError(Problem(label, "header", f"missing column(s) {', '.join(missing)}; found {reader.fieldnames}"))
+                    keys = [k for k, c in cols.items() if c in missing]
+                    raise InputError(Problem(label, "header", f"missing column(s) {', '.join(missing)}; found {reader.fieldnames}. "
+                                                              f"No column has a known name for {', '.join(keys)}: name them "
+                                                              "with --trace-columns (or workload.trace_columns)"))
                 rows = list(enumerate(reader, start=2))
     except UnicodeDecodeError:
         raise InputError(Problem(label, "", "is not UTF-8 text")) from None
@@ -118,7 +157,7 @@ def read_request_trace(path: Path, *, columns: dict[str, str] | None = None, lab
         raise InputError(Problem(label, "", "holds no requests"))
     order = np.argsort(np.asarray(times), kind="stable")
     t = np.asarray(times)[order]
-    return RequestTrace(t - t[0], np.asarray(prompts)[order], np.asarray(outputs)[order])
+    return RequestTrace(t - t[0], np.asarray(prompts)[order], np.asarray(outputs)[order], cols)
 
 
 def read_bandwidth_series(path: Path, *, label: str | None = None) -> np.ndarray:

@@ -17,6 +17,16 @@ _MISSING = object()
 
 # Anything above this is a typo or a unit mix-up (1e18 bytes is an exabyte, 1e21 FLOP/s a zettaflop).
 ABSURD = 1e21
+# Seeds go to numpy, Python's random and CP-SAT, whose random_seed is a 32-bit signed integer.
+SEED_MAX = 2**31 - 1
+
+
+def seed_error(value) -> str | None:
+    """Why ``value`` is not a seed (an integer from 0 to :data:`SEED_MAX`), or None: the one check
+    of every ``--seed`` and of the API's ``seed=``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        return f"must be an integer from 0 to {SEED_MAX:,}, got {value!r}"
+    return None
 
 
 def _path(table_path: str, key) -> str:
@@ -73,9 +83,18 @@ def number(
         if limit <= 1.0:
             col.add(field, f"must be a fraction between 0 and {limit:g}, got {_short(value)}")
         else:
-            col.add(field, f"is absurdly large ({_short(value)} > {limit:g}); check the unit in the field name")
+            hint = "; check the unit in the field name" if _has_unit(field) else ""
+            col.add(field, f"is absurdly large ({_short(value)} > {limit:g}){hint}")
         return default
     return int(value) if integer else float(value)
+
+
+# Endings of field names that carry a unit (memory_gb, rtt_ms, arrival_rate_per_s, peak_tflops.fp16, ...).
+_UNIT_ENDINGS = ("_gb", "_mb", "_ms", "_s", "_mbps", "_gbps", "_w", "_tflops", "_bytes")
+
+
+def _has_unit(field: str) -> bool:
+    return any(part.split("[")[0].endswith(_UNIT_ENDINGS) for part in field.split("."))
 
 
 def _short(value) -> str:

@@ -63,18 +63,48 @@ def read_toml(path: Path, *, label: str | None = None) -> dict:
         raise InputError(Problem(name, "", "is nested too deeply to be an instance or card")) from None
 
 
-def write_atomic(path: str | os.PathLike, text: str, *, what: str = "") -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename it.
-
-    The file gets an ordinary file's mode (``0o666`` less the umask). Raises :class:`InputError`
-    naming ``path`` when its folder is missing or it cannot be written; ``what`` (e.g. "the
-    profile") words the message.
-    """
+def check_writable(path: str | os.PathLike, *, what: str = "", option: str = "") -> None:
+    """Raise :class:`InputError` naming ``path`` (and ``option``, the command-line option that gave
+    it) unless a file can be written there: its folder exists, is a folder and takes new files, and
+    ``path`` is not itself a folder. Commands call it before any long work; nothing is left behind.
+    ``what`` (e.g. "the profile") words the message."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     subject = f"cannot write {what}" if what else "cannot be written"
+
+    def fail(reason: str) -> InputError:
+        return InputError(Problem(str(path), option, f"{subject}: {reason}"))
+
+    if target.is_dir():
+        raise fail("it is a folder; give the name of a file")
+    missing = folder
+    while not missing.exists() and missing.parent != missing:
+        missing = missing.parent
+    if missing != folder and missing.exists() and not missing.is_dir():
+        raise fail(f"{str(missing)!r} is a file, not a folder")
+    if not folder.exists():
+        raise fail(f"folder {str(folder)!r} does not exist")
     if not folder.is_dir():
-        raise InputError(Problem(str(path), "", f"{subject}: folder {str(folder)!r} does not exist"))
+        raise fail(f"{str(folder)!r} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".probe")
+    except OSError as exc:
+        raise fail(f"no file can be created in {str(folder)!r}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_atomic(path: str | os.PathLike, text: str, *, what: str = "", option: str = "") -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename it.
+
+    The file gets an ordinary file's mode (``0o666`` less the umask). Raises :class:`InputError`
+    naming ``path`` (and ``option``) when it cannot be written (:func:`check_writable`); ``what``
+    (e.g. "the profile") words the message.
+    """
+    check_writable(path, what=what, option=option)
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    subject = f"cannot write {what}" if what else "cannot be written"
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
@@ -89,4 +119,4 @@ def write_atomic(path: str | os.PathLike, text: str, *, what: str = "") -> None:
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise InputError(Problem(str(path), "", f"{subject}: {exc.strerror or exc}")) from None
+        raise InputError(Problem(str(path), option, f"{subject}: {exc.strerror or exc}")) from None

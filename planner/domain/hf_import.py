@@ -57,11 +57,9 @@ Command line: ``python -m planner.domain.hf_import CONFIG.json OUT.toml [--name 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +67,7 @@ from typing import Any
 import tomli_w
 
 from planner.domain.errors import Collector, InputError, Problem
+from planner.domain.files import write_atomic
 from planner.domain.moe_model import OPTIONAL_INT_DEFAULTS, model_from_dict
 
 _REQUIRED = object()
@@ -162,6 +161,9 @@ def _decoder_attention(r: _Reader) -> Fields:
     hidden = r.get("hidden_size", _HIDDEN)
     heads = r.get("num_attention_heads", _HEADS)
     derived = hidden // heads if hidden and heads else None
+    if derived is not None and hidden % heads and all(r.config.get(k) is None for k in _HEAD_DIM):
+        r.col.add("head_dim", f"is needed: hidden_size {hidden} is not a multiple of num_attention_heads {heads}, "
+                              "so the head width cannot be derived (card field head_dim)")
     return {
         "num_layers": r.get("num_layers", _LAYERS),
         "hidden_size": hidden,
@@ -474,19 +476,10 @@ def card_from_hf_config(config: dict, *, name: str | None = None, file: str = "<
 
 
 def write_card(card: dict, path: str | os.PathLike) -> None:
-    """Write ``card`` as TOML to ``path`` atomically (a temporary file in the same folder, then
-    :func:`os.replace`), so a reader never sees half a card."""
-    path = Path(path)
+    """Write ``card`` as TOML to ``path`` atomically (:func:`planner.domain.files.write_atomic`), so
+    a reader never sees half a card; :class:`InputError` naming ``path`` when it cannot be written."""
     text = "# Model card (moeplan): see planner/domain/moe_model.py for the fields.\n" + tomli_w.dumps(card)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text, what="the model card")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from planner.domain.data_files import RequestTrace, read_bandwidth_series, read_
 from planner.domain.device import Device, device_fields
 from planner.domain.errors import Collector, InputError
 from planner.domain.files import read_toml
-from planner.domain.moe_model import MoEModel, model_from_dict
+from planner.domain.moe_model import MoEModel, model_from_dict, read_dtype_bytes
 from planner.domain.units import GBPS, MBPS
 
 OBJECTIVES = ("throughput", "latency", "energy")
@@ -241,14 +241,14 @@ def _read_model(data: dict, file: str, base_dir: Path, col: Collector) -> MoEMod
             card = catalog.model(cat_name, file=file, field="model.catalog")
             if "dtype_bytes" in table:
                 # A quantized deployment of a catalog model: 1 = int8/fp8, 0.5 = int4.
-                db = F.number(table, "dtype_bytes", "model", col, positive=True, maximum=16)
+                db = read_dtype_bytes(table, "model", col)
                 return replace(card, dtype_bytes=db) if db is not None else None
             return card
         if "file" in table:
             ref = F.string(table, "file", "model", col)
             return catalog.load_model_card(base_dir / ref) if ref else None
     except InputError as exc:
-        col.extend(exc.problems)
+        col.extend_referenced(exc.problems, "model.file", str(table.get("file", "")))
         return None
     return model_from_dict(table, "model", col)
 
@@ -358,7 +358,7 @@ def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path,
                 try:
                     series = read_bandwidth_series(base_dir / ref, label=str(base_dir / ref))
                 except InputError as exc:
-                    col.extend(exc.problems)
+                    col.extend_referenced(exc.problems, f"{tp}.bandwidth_trace", ref)
         if len(col.problems) > before:
             continue
         for x in ends[0]:
@@ -394,7 +394,7 @@ def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], de
             try:
                 trace = read_request_trace(base_dir / ref, columns=cols, label=trace_path)
             except InputError as exc:
-                col.extend(exc.problems)
+                col.extend_referenced(exc.problems, f"{tp}.trace", ref)
     rate = F.number(table, "arrival_rate_per_s", tp, col, required=trace is None and "trace" not in table,
                     positive=True, maximum=1e9)
     if rate is None and trace is not None:
@@ -445,7 +445,7 @@ def _read_popularity(table: dict, model: MoEModel | None, base_dir: Path, col: C
         try:
             weights = read_popularity_counts(base_dir / ref, layers, experts, label=str(base_dir / ref))
         except InputError as exc:
-            col.extend(exc.problems)
+            col.extend_referenced(exc.problems, f"{tp}.file", ref)
             return None, kind
     return routing_probabilities(weights, k), kind
 
@@ -474,7 +474,7 @@ def _read_accuracy_table(table: dict, model: MoEModel | None, base_dir: Path, co
     try:
         measured = read_accuracy_table(base_dir / ref)
     except InputError as exc:
-        col.extend(exc.problems)
+        col.extend_referenced(exc.problems, "constraints.accuracy_table", ref)
         return None
     if model is not None and (measured.hidden_size, measured.num_experts) != (model.hidden_size, model.num_experts):
         col.add("constraints.accuracy_table", f"{ref} was measured on {measured.model!r} (hidden {measured.hidden_size}, "

@@ -14,6 +14,8 @@ from planner.domain import fields as F
 from planner.domain.errors import Collector
 
 ATTENTION_KINDS = ("gqa", "mla")
+# Bytes of one weight in the formats models ship in: 2- to 6-bit quantization, int8/fp8, bf16/fp16, fp32, fp64.
+DTYPE_BYTES = (0.25, 0.375, 0.5, 0.625, 0.75, 1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,17 @@ KNOWN_FIELDS = (
 )
 
 
+def read_dtype_bytes(table: dict, table_path: str, col: Collector) -> float | None:
+    """``dtype_bytes`` (default 2): the bytes of one weight, one of :data:`DTYPE_BYTES`."""
+    value = F.number(table, "dtype_bytes", table_path, col, required=False, default=2.0, positive=True, maximum=16)
+    if value is not None and value not in DTYPE_BYTES:
+        col.add(f"{table_path}.dtype_bytes" if table_path else "dtype_bytes",
+                f"must be the bytes of one weight: 0.5 (int4), 1 (int8, fp8), 2 (bf16, fp16), 4 (fp32), "
+                f"8 (fp64), or 0.25 / 0.375 / 0.625 / 0.75 (2, 3, 5, 6 bits); got {value:g}")
+        return None
+    return value
+
+
 def model_from_dict(table: dict, table_path: str, col: Collector, source: dict | None = None) -> MoEModel | None:
     """Check a ``[model]`` table and build the card; records every problem in ``col``."""
     before = len(col.problems)
@@ -218,8 +231,7 @@ def model_from_dict(table: dict, table_path: str, col: Collector, source: dict |
     for key, default in OPTIONAL_INT_DEFAULTS.items():
         values[key] = F.number(table, key, table_path, col, integer=True, required=False,
                                default=default, nonnegative=True, maximum=10_000_000)
-    values["dtype_bytes"] = F.number(table, "dtype_bytes", table_path, col, required=False,
-                                     default=2.0, positive=True, maximum=16)
+    values["dtype_bytes"] = read_dtype_bytes(table, table_path, col)
     values["attention"] = F.string(table, "attention", table_path, col, required=False,
                                    default="gqa", choices=ATTENTION_KINDS)
     values["tie_word_embeddings"] = F.boolean(table, "tie_word_embeddings", table_path, col, default=False)

@@ -158,6 +158,7 @@ class Plan:
 
         if not isinstance(data, dict):
             raise InputError(Problem(file, "", "a plan must be a JSON object"))
+        _unknown_keys(data, _PLAN_KEYS, "", bad)
         if data.get("schema") != SCHEMA:
             raise InputError(Problem(file, "schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}"))
         pipes = data.get("pipelines")
@@ -169,6 +170,7 @@ class Plan:
             if not isinstance(p, dict):
                 bad(tp, "must be an object")
                 continue
+            _unknown_keys(p, _PIPELINE_KEYS, tp, bad)
             stages = []
             for j, s in enumerate(p.get("stages") or []):
                 sp = f"{tp}.stages[{j}]"
@@ -176,6 +178,7 @@ class Plan:
                         and _is_int(s.get("first_layer")) and _is_int(s.get("end_layer"))):
                     bad(sp, "must be {device: string, first_layer: int, end_layer: int}")
                     continue
+                _unknown_keys(s, _STAGE_KEYS, sp, bad)
                 stages.append(Stage(s["device"], s["first_layer"], s["end_layer"]))
             if not stages:
                 bad(f"{tp}.stages", "must be a non-empty list")
@@ -191,8 +194,8 @@ class Plan:
                 bad(f"{tp}.num_micro_batches", "must be an integer >= 1")
                 nmb = 1
             share = p.get("request_share", 1.0)
-            if isinstance(share, bool) or not isinstance(share, (int, float)):
-                bad(f"{tp}.request_share", "must be a number")
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                bad(f"{tp}.request_share", f"must be a number from 0 to 1, got {share!r}")
                 share = 1.0
             placement = []
             for j, e in enumerate(p.get("expert_placement") or []):
@@ -200,10 +203,11 @@ class Plan:
                 ok = (isinstance(e, dict) and _is_int(e.get("layer")) and _is_int(e.get("expert"))
                       and isinstance(e.get("devices"), list) and all(isinstance(d, str) for d in e["devices"])
                       and isinstance(e.get("shares"), list)
-                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e["shares"]))
+                      and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in e["shares"]))
                 if not ok:
-                    bad(ep, "must be {layer: int, expert: int, devices: [string], shares: [number]}")
+                    bad(ep, "must be {layer: int, expert: int, devices: [string], shares: [number from 0 to 1]}")
                     continue
+                _unknown_keys(e, _PLACEMENT_KEYS, ep, bad)
                 placement.append(ExpertPlacement(e["layer"], e["expert"], tuple(e["devices"]), tuple(float(x) for x in e["shares"])))
             gates = []
             raw_gates = p.get("group_gate", [])
@@ -270,6 +274,20 @@ def with_pipeline(plan: Plan, index: int, pipe: Pipeline) -> Plan:
     pipes = list(plan.pipelines)
     pipes[index] = pipe
     return replace(plan, pipelines=tuple(pipes))
+
+
+_PLAN_KEYS = ("schema", "instance", "solver", "pipelines", "metrics", "certificate")
+_PIPELINE_KEYS = ("stages", "codec_ranks", "micro_batch_size", "num_micro_batches", "request_share", "expert_placement",
+                  "group_gate")
+_STAGE_KEYS = ("device", "first_layer", "end_layer")
+_PLACEMENT_KEYS = ("layer", "expert", "devices", "shares")
+
+
+def _unknown_keys(obj: dict, known: tuple[str, ...], where: str, bad) -> None:
+    """A key a plan does not define is most often a typo (``request_shares``): name it and the known ones."""
+    for key in obj:
+        if key not in known:
+            bad(f"{where}.{key}" if where else str(key), f"is not a field of a plan here (known: {', '.join(known)})")
 
 
 def _is_int(x) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from planner.cli import profile as profile_cli
@@ -37,7 +39,8 @@ def test_run_profile_command_defaults_to_torch_on_cuda(tmp_path, monkeypatch):
 
 def test_run_profile_command_unwritable_output_fails_before_measuring(tmp_path, monkeypatch):
     monkeypatch.setattr(profile_cli, "measure", lambda **kw: pytest.fail("measured although the output is unwritable"))
-    for target in (tmp_path / "missing" / "p.json", tmp_path):
+    # /proc/x: a folder that exists and that even root cannot create a file in
+    for target in (tmp_path / "missing" / "p.json", tmp_path, Path("/proc/x")):
         with pytest.raises(InputError) as exc:
             run_profile_command("cpu", str(target), True, None, lambda line: None)
         assert str(target) in str(exc.value)

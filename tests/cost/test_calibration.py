@@ -30,3 +30,5 @@ def test_prediction_is_bandwidth_bound_for_a_dense_model_at_batch_one():
 
 def test_cli_without_data_is_bad_input(tmp_path, capsys):
     assert calibration.main(["--csv", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "not in a clone" in err and "--csv" in err  # says what it needs and where to get it

@@ -103,7 +103,8 @@ def test_an_instance_rejects_a_table_of_another_model(tmp_path):
     with pytest.raises(InputError, match=r"constraints.accuracy_table: acc.json was measured on 'line-moe' \(hidden 128"):
         instance_from_dict(data, file="<test>", base_dir=_write(tmp_path, other))
     data["constraints"] = {"accuracy_table": "missing.json"}
-    with pytest.raises(InputError, match="missing.json: file not found"):
+    missing = r"<test>: constraints.accuracy_table: names 'missing.json' \(looked for at .*missing.json\): file not found"
+    with pytest.raises(InputError, match=missing):
         instance_from_dict(data, file="<test>", base_dir=tmp_path)
 
 

@@ -276,6 +276,16 @@ def test_dense_layers_need_a_dense_width():
     assert problem.field == "intermediate_size" and "dense_intermediate_size" in problem.message
 
 
+def test_head_dim_is_not_guessed_from_an_uneven_split():
+    """hidden 4097 over 32 heads has no whole head width: the config must give head_dim."""
+    config = {k: v for k, v in MIXTRAL_8X7B.items() if k != "head_dim"} | {"hidden_size": 4097}
+    with pytest.raises(InputError) as err:
+        card_from_hf_config(config)
+    [problem] = err.value.problems
+    assert problem.field == "head_dim" and "4097 is not a multiple of num_attention_heads 32" in problem.message
+    assert card_from_hf_config(config | {"head_dim": 128})["model"]["head_dim"] == 128
+
+
 def test_invalid_card_is_reported():
     with pytest.raises(InputError) as err:
         card_from_hf_config(MIXTRAL_8X7B | {"num_experts_per_tok": 9})

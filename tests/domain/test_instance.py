@@ -12,6 +12,7 @@ deep nesting, overflowing counts) or slipped through it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -74,8 +75,11 @@ EXPECT: dict[str, Expect] = {
     "unknown_device_catalog.toml": E(None, "devices[1].catalog", "no-such-gpu-9000"),
     "unknown_model_catalog.toml": E(None, "model.catalog", "no-such-moe-1x1b"),
     "model_catalog_with_fields.toml": E(None, "model", "num_layers"),
-    "model_file_missing.toml": E("no_such_model_card.toml", "", "not found"),
-    "profile_missing.toml": E("no_such_profile.json", "", "profile"),
+    # a referenced file that cannot be opened: the instance and the field that names it
+    "model_file_missing.toml": E(None, "model.file", "names 'no_such_model_card.toml' (looked for at"),
+    "profile_missing.toml": E(None, "devices[0].profile", "names 'no_such_profile.json'"),
+    "pop_missing_file.toml": E(None, "workload.popularity.file", "names 'no_such_popularity.json'"),
+    "dtype_bytes_3.toml": E(None, "model.dtype_bytes", "must be the bytes of one weight"),
     # links and fleet
     "link_missing_device.toml": E(None, "links[0].b", "names no device: 'h100'"),
     "link_self.toml": E(None, "links[1].b", "two different devices"),
@@ -85,8 +89,8 @@ EXPECT: dict[str, Expect] = {
     "duplicate_via_count.toml": E(None, "devices[2].name", "'gpu-1' is used twice"),
     "origin_missing_device.toml": E(None, "workload.origin", "names no device: 'phone'"),
     # request traces
-    "trace_is_directory.toml": E("trace_dir.csv", "", "directory"),
-    "trace_missing_file.toml": E("no_such_trace.csv", "", "not found"),
+    "trace_is_directory.toml": E(None, "workload.trace", "names 'trace_dir.csv' (looked for at"),
+    "trace_missing_file.toml": E(None, "workload.trace", "names 'no_such_trace.csv' (looked for at"),
     "trace_bad_csv.toml": E("trace_bad_csv.csv", "line 2", "bad value"),
     "trace_missing_columns.toml": E("trace_missing_columns.csv", "header", "GeneratedTokens"),
     "trace_negative_tokens.toml": E("trace_negative_tokens.csv", "line 3", "-396"),
@@ -104,7 +108,7 @@ EXPECT: dict[str, Expect] = {
     "bw_negative.toml": E("bw_negative.csv", "line 3", "-20"),
     "bw_all_zero.toml": E("bw_all_zero.csv", "mbps", "zero everywhere"),
     "bw_non_numeric.toml": E("bw_non_numeric.csv", "line 2", "fast"),
-    "bw_missing_file.toml": E("no_such_bandwidth.csv", "", "not found"),
+    "bw_missing_file.toml": E(None, "links[0].bandwidth_trace", "names 'no_such_bandwidth.csv' (looked for at"),
     # popularity
     "pop_wrong_shape.toml": E("pop_31x8.json", "", "[31][8]"),
     "pop_ragged.toml": E("pop_ragged.json", "", "[32][7, 8]"),
@@ -117,9 +121,9 @@ EXPECT: dict[str, Expect] = {
     "pop_zipf_without_exponent.toml": E(None, "workload.popularity.zipf_exponent", "is required"),
     "pop_unknown_kind.toml": E(None, "workload.popularity.kind", "gaussian"),
     # absurdly large numbers
-    "absurd_memory.toml": E(None, "devices[0].memory_gb", "absurdly large"),
+    "absurd_memory.toml": E(None, "devices[0].memory_gb", "absurdly large (1e+30 > 1e+07); check the unit in the field name"),
     "absurd_top_k.toml": E(None, "model.top_k", "num_experts"),
-    "absurd_num_layers.toml": E(None, "model.num_layers", "absurdly large"),
+    "absurd_num_layers.toml": E(None, "model.num_layers", "absurdly large (1000000000 > 10000)"),
     "absurd_arrival_rate.toml": E(None, "workload.arrival_rate_per_s", "absurdly large"),
     # codec constraints
     "codec_ranks_without_loss.toml": E(None, "constraints.codec_accuracy_loss", "go together"),
@@ -294,6 +298,22 @@ DEVICE_ONLY_DEFECTS = ["zero_memory.toml", "bad_tier.toml", "unknown_device_cata
 def test_invalid_device_is_not_also_reported_missing(name):
     problems = _load_problems(DATA / name)
     assert not [p for p in problems if "names no device" in p.message], [str(p) for p in problems]
+
+
+def test_a_unitless_field_gets_no_unit_hint():
+    """num_layers has no unit to mix up: "check the unit in the field name" would send the user looking for one."""
+    [problem] = [p for p in _load_problems(DATA / "absurd_num_layers.toml") if p.field == "model.num_layers"]
+    assert "unit" not in problem.message
+
+
+def test_a_missing_referenced_file_names_the_instance_the_field_and_the_path(capsys):
+    path = DATA / "pop_missing_file.toml"
+    [problem] = _load_problems(path)
+    assert (Path(problem.file), problem.field) == (path, "workload.popularity.file")
+    assert str(DATA / "no_such_popularity.json") in problem.message and problem.message.endswith("file not found")
+    assert main(["validate", str(path), "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["kind"], error["file"], error["field"]) == ("bad_input", str(path), "workload.popularity.file")
 
 
 def test_bandwidth_series_with_huge_field(tmp_path):

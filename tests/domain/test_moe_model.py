@@ -58,6 +58,7 @@ def test_dense_layers_need_a_dense_ffn_size():
     (dict(num_layers="32"), "model.num_layers"),
     (dict(attention="mla"), "model.kv_lora_rank"),
     (dict(dtype_bytes=-2), "model.dtype_bytes"),
+    (dict(dtype_bytes=3), "model.dtype_bytes"),  # no format has 3-byte weights
 ])
 def test_bad_fields_are_named(change, field):
     _, problems = make(**change)

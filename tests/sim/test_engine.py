@@ -396,6 +396,8 @@ def test_cli_table_with_a_trace(capsys, files, tmp_path):
     code, out, _ = run(capsys, "simulate", inst, plan, "--trace", trace, "--trace-columns",
                        "timestamp=t,prompt=in,output=out", "--replan-every", 1.0)
     assert code == 0 and "tokens/s" in out and "30 requests" in out and "re-plans" in out
+    # the predicted column is capacity; the trace offers 30 requests over 2.9 s x 5 tokens = 50 tokens/s
+    assert "predicted tokens/s is the plan's capacity at saturation; these arrivals offer about 50 tokens/s" in out
 
 
 def test_cli_invalid_plan_exits_1_listing_violations(capsys, files, tmp_path):
@@ -428,7 +430,40 @@ def test_cli_bad_input_exits_2_naming_it(capsys, files, tmp_path, bad):
         "replan-too-often": (["--replan-every", 1e-300], "--replan-every"),
     }[bad]
     code, out, err = run(capsys, "simulate", inst, plan, *argv, "--json")
-    assert code == 2 and out == "" and named in err
+    assert code == 2 and json.loads(out)["status"] == "error" and named in err
+
+
+@pytest.mark.parametrize("header,used", [
+    ("TIMESTAMP,ContextTokens,GeneratedTokens", "timestamp = 'TIMESTAMP', prompt = 'ContextTokens', output = 'GeneratedTokens'"),
+    ("arrival_time,input_tokens,output_tokens", "timestamp = 'arrival_time', prompt = 'input_tokens', output = 'output_tokens'"),
+    ("Timestamp,Request tokens,Response tokens", "timestamp = 'Timestamp', prompt = 'Request tokens', output = 'Response tokens'"),
+    ("created_at,prompt_len,completion_tokens", "timestamp = 'created_at', prompt = 'prompt_len', output = 'completion_tokens'"),
+])
+def test_cli_trace_columns_are_recognised_and_named(capsys, files, tmp_path, header, used):
+    inst, plan = files
+    trace = tmp_path / "trace.csv"
+    trace.write_text(header + "\n" + "".join(f"{i * 0.5},{20 + i},5\n" for i in range(10)))
+    code, out, err = run(capsys, "simulate", inst, plan, "--trace", trace)
+    assert code == 0 and "10 requests" in out
+    assert f"trace {trace}: 10 requests; columns {used}" in err
+
+
+def test_cli_trace_jsonl_keys_are_recognised(capsys, files, tmp_path):
+    inst, plan = files
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"timestamp": i * 0.1, "prompt_tokens": 20, "output_tokens": 5}) + "\n" for i in range(8)))
+    code, _, err = run(capsys, "simulate", inst, plan, "--trace", trace)
+    assert code == 0 and "columns timestamp = 'timestamp', prompt = 'prompt_tokens', output = 'output_tokens'" in err
+
+
+def test_cli_trace_with_unknown_columns_says_what_to_do(capsys, files, tmp_path):
+    inst, plan = files
+    trace = tmp_path / "odd.csv"
+    trace.write_text("t,p,o\n0,10,2\n")
+    code, _, err = run(capsys, "simulate", inst, plan, "--trace", trace)
+    assert code == 2 and "No column has a known name for timestamp, prompt, output: name them with --trace-columns" in err
+    code, _, err = run(capsys, "simulate", inst, plan, "--trace", trace, "--trace-columns", "timestamp=t,prompt=p,output=o")
+    assert code == 0 and "columns timestamp = 't', prompt = 'p', output = 'o'" in err
 
 
 def test_bench_runs_on_a_few_requests(capsys):
