@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from planner.cli import bench, compare, import_hf, place, profile, simulate, solve, validate
+from planner.cli import bench, compare, import_hf, place, profile, run, simulate, solve, validate
 from planner.cli.output import EXIT_BAD_INPUT, EXIT_NO_PLAN, log
 from planner.domain.errors import InputError, MoeplanError
 from planner.executor import calibrate  # the command parses without torch; running it needs the extra
 
-COMMANDS = (solve, compare, validate, import_hf, profile, place, bench, simulate, calibrate)
+COMMANDS = (solve, compare, validate, import_hf, profile, place, bench, simulate, calibrate, run)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import importlib
 _EXPORTS = {
     "RunOptions": "launch", "RunResult": "launch", "run": "launch", "RunMeasurement": "report", "compare": "fidelity",
     "fidelity_table": "fidelity", "measured_table": "report", "make_requests": "inputs", "load_model": "inputs",
-    "fit_codecs": "inputs", "topology": "topology", "check_capacity": "topology",
+    "prepare": "inputs", "topology": "topology", "check_capacity": "topology",
 }
 __all__ = sorted(_EXPORTS)
 

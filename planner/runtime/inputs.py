@@ -82,9 +82,11 @@ def calibration_ids(vocab_size: int, count: int = 32, length: int = 128, seed: i
     return np.random.default_rng(seed).integers(0, vocab_size, size=(count, length))
 
 
-def fit_codecs(model, instance: Instance, plan: Plan, calibration: np.ndarray, codec_steps: int = 0) -> dict:
-    """``{pipeline: {cut layer: {"mean", "encoder", "decoder", "bias": ndarray}}}`` for the plan's
-    compressed cuts (empty dicts where a pipeline has none)."""
+def prepare(model, instance: Instance, plan: Plan, calibration: np.ndarray, codec_steps: int = 0) -> dict:
+    """Check ``model`` against the instance's card and the plan (every pipeline through
+    :func:`planner.executor.apply_plan`, which raises :class:`InputError` naming the field), and fit
+    the codecs of the plan's compressed cuts: ``{pipeline: {cut layer: {"mean", "encoder", "decoder",
+    "bias": ndarray}}}`` (empty where a pipeline compresses no cut)."""
     import torch
 
     from planner.executor.apply import apply_plan
@@ -94,8 +96,6 @@ def fit_codecs(model, instance: Instance, plan: Plan, calibration: np.ndarray, c
     ids = torch.from_numpy(np.asarray(calibration, dtype=np.int64))
     for p, pipe in enumerate(plan.pipelines):
         out[p] = {}
-        if not any(r is not None for r in pipe.codec_ranks):
-            continue
         planned = apply_plan(model, instance, plan, pipeline=p, calibration_ids=ids, codec_steps=codec_steps, gate_mode="renormalise")
         for cut, codec in enumerate(planned.codecs):
             if isinstance(codec, LowRankCodec):
@@ -105,7 +105,7 @@ def fit_codecs(model, instance: Instance, plan: Plan, calibration: np.ndarray, c
 
 
 def codecs_from_arrays(arrays: dict) -> dict:
-    """:class:`~planner.executor.codec.LowRankCodec` s from :func:`fit_codecs` arrays of one pipeline."""
+    """:class:`~planner.executor.codec.LowRankCodec` s from :func:`prepare` arrays of one pipeline."""
     import torch
 
     from planner.executor.codec import LowRankCodec

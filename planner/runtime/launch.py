@@ -49,6 +49,8 @@ class RunOptions:
     delivering; ``series``: ``{(a, b): bytes/s per second}`` bandwidth series."""
 
     model: str = "reference"
+    model_module: str | None = None  # the model class's module, preloaded by the fork server
+    calibration: object = None  # token ids [N, S] for group gates (see WorkerSpec)
     threads: int = 1
     slowdown: dict = field(default_factory=dict)
     timeout_s: float = 10.0
@@ -65,13 +67,14 @@ class RunOptions:
 
 @dataclass
 class Generation:
-    """One run of one plan: its processes' devices, run second 0 (``t0``, monotonic), the
+    """One run of one plan: its processes' devices and process ids, run second 0 (``t0``, monotonic), the
     measurements gathered at its end (``stats``, per rank; None if it did not end normally), the
     requests it finished, and the fault that ended it (None: it finished its requests)."""
 
     plan: Plan
     instance: Instance
     devices: tuple[str, ...]
+    pids: list = field(default_factory=list)
     t0: float | None = None
     started_s: float = 0.0
     ended_s: float = 0.0
@@ -107,14 +110,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _context(method: str):
+def _context(method: str, preload: list[str]):
     import torch.multiprocessing as tmp
 
     ctx = tmp.get_context(method)
     if method == "forkserver":
-        # Processes fork from a server that imported torch and the runtime once: a start costs
-        # ~0.1 s instead of seconds of imports (the first run of a launcher pays for the server).
-        ctx.set_forkserver_preload(PRELOAD)
+        # Processes fork from a server that imported torch, the runtime and the model's modeling
+        # code once: a start then costs a fork instead of seconds of imports (the first run of a
+        # launcher starts the server; later runs of the same launcher reuse it).
+        ctx.set_forkserver_preload(PRELOAD + preload)
     return ctx
 
 
@@ -131,14 +135,15 @@ def _generation(instance: Instance, plan: Plan, pending: list[RequestSpec], code
                 options: RunOptions, log, deadline: float) -> Generation:
     topo = topology(instance, plan)
     gen = Generation(plan, instance, topo.devices, started_s=time.monotonic())
-    ctx = _context(options.start_method)
+    ctx = _context(options.start_method, [options.model_module] if options.model_module else [])
     init = f"tcp://127.0.0.1:{_free_port()}"
     procs, readers = [], {}
     try:
         for rank in range(topo.world):
             spec = WorkerSpec(rank, topo.devices, instance, plan.to_dict(), model=options.model, init_method=init,
                               threads=options.threads, slowdown=options.slowdown, timeout_s=options.timeout_s,
-                              heartbeat_s=options.timeout_s / 4.0, codecs=codecs, requests=pending if rank == 0 else [],
+                              heartbeat_s=options.timeout_s / 4.0, codecs=codecs, calibration=options.calibration,
+                              requests=pending if rank == 0 else [],
                               run_t0=run_t0, series=options.series, link_down=options.link_down,
                               emulate_links=options.emulate_links, record_logits=options.record_logits,
                               launcher_pid=os.getpid())
@@ -147,6 +152,7 @@ def _generation(instance: Instance, plan: Plan, pending: list[RequestSpec], code
             p.start()
             writer.close()
             procs.append(p)
+            gen.pids.append(p.pid)
             readers[reader] = rank
         _watch(gen, procs, readers, options, log, deadline)
     finally:
@@ -186,6 +192,8 @@ def _watch(gen: Generation, procs, readers: dict, options: RunOptions, log, dead
                 ready.add(rank)
                 if rank == 0:
                     gen.t0 = payload["t0"]
+                if len(ready) == len(procs):
+                    log("processes ready: " + ", ".join(f"{d} (pid {p.pid})" for d, p in zip(names, procs)))
             elif kind == "done":
                 gen.done.append(payload)
             elif kind == "stats":
@@ -253,12 +261,13 @@ def _without(instance: Instance, fault: dict) -> Instance:
 
 
 def run(instance: Instance, plan: Plan, requests: list[RequestSpec], options: RunOptions, codecs: dict,
-        *, fit_codecs_for=None, log=lambda _msg: None) -> RunResult:
+        *, prepare_for=None, log=lambda _msg: None) -> RunResult:
     """Serve ``requests`` with ``plan`` on processes of this machine, surviving faults by re-planning.
 
-    ``codecs``: :func:`planner.runtime.inputs.fit_codecs` arrays of ``plan``; ``fit_codecs_for(plan)``
-    fits those of a re-planned plan (None: re-planned plans must not compress a cut that
-    ``codecs`` lacks). Ctrl-C ends every process and reports the unfinished requests as interrupted.
+    ``codecs``: :func:`planner.runtime.inputs.prepare` arrays of ``plan``; ``prepare_for(instance,
+    plan)`` gives those of a re-planned plan (None: each process fits the codecs a re-planned plan
+    needs itself, on the same calibration text). Ctrl-C ends every process and reports the
+    unfinished requests as interrupted.
     """
     outcomes = {r.rid: {"status": "pending", "reason": "", "record": None, "attempts": 0} for r in requests}
     by_id = {r.rid: r for r in requests}
@@ -288,7 +297,7 @@ def run(instance: Instance, plan: Plan, requests: list[RequestSpec], options: Ru
                 _fail(outcomes, left, gen.fault["reason"] if gen.fault.get("replan") is False
                       else f"{gen.fault['reason']}; no restarts left (--max-restarts {options.max_restarts})")
                 break
-            nxt = _replanned(current_inst, current_plan, gen, codecs, fit_codecs_for, log)
+            nxt = _replanned(current_inst, current_plan, gen, codecs, prepare_for, log)
             if nxt is None:
                 _fail(outcomes, left, f"{gen.fault['reason']}; {gen.replan['reason']}")
                 break
@@ -301,7 +310,7 @@ def run(instance: Instance, plan: Plan, requests: list[RequestSpec], options: Ru
     return RunResult(requests, outcomes, gens, run_t0, interrupted)
 
 
-def _replanned(instance: Instance, plan: Plan, gen: Generation, codecs: dict, fit_codecs_for, log):
+def _replanned(instance: Instance, plan: Plan, gen: Generation, codecs: dict, prepare_for, log):
     """(instance, plan, codecs) to run next after ``gen``'s fault, or None (``gen.replan`` says why)."""
     try:
         changed = _without(instance, gen.fault)
@@ -319,7 +328,7 @@ def _replanned(instance: Instance, plan: Plan, gen: Generation, codecs: dict, fi
         return None
     log(f"re-planned over {', '.join(d.name for d in changed.devices)}: {res.reason}; predicted "
         f"{res.objective_after:.4g} ({changed.objective})" if math.isfinite(res.objective_after) else "re-planned")
-    new_codecs = fit_codecs_for(res.plan) if fit_codecs_for is not None else codecs
+    new_codecs = prepare_for(changed, res.plan) if prepare_for is not None else {}
     return changed, res.plan, new_codecs
 
 

@@ -44,7 +44,7 @@ FAULT_EXIT_CODE = 3
 class WorkerSpec:
     """Everything one process needs (picklable: the launcher hands it to each process).
 
-    ``codecs``: :func:`planner.runtime.inputs.fit_codecs` arrays (None: rank 0 fits them and sends
+    ``codecs``: :func:`planner.runtime.inputs.prepare` arrays (None: rank 0 fits them and sends
     them to the others). ``requests`` and ``run_t0`` (monotonic time of run second 0, None: this
     run's own start) matter on rank 0 only. ``slowdown``: device -> factor (see
     :mod:`planner.runtime.device`). ``series``: ``{(a, b): bytes/s per second}`` overriding links'
@@ -63,6 +63,7 @@ class WorkerSpec:
     heartbeat_s: float = 1.0
     codecs: dict | None = None
     codec_steps: int = 0
+    calibration: object = None  # token ids [N, S] to fit group gates on (None: this process reads them if it needs them)
     requests: list = field(default_factory=list)
     run_t0: float | None = None
     series: dict = field(default_factory=dict)
@@ -133,14 +134,16 @@ class Worker:
     # ----- building ---------------------------------------------------------------------------
     def build(self) -> None:
         import torch
+        from transformers.utils import logging as hf_logging
 
         from planner.executor.apply import apply_plan
         from planner.executor.codec import LowRankCodec
         from planner.runtime.device import DeviceClock
-        from planner.runtime.inputs import calibration_ids, codecs_from_arrays, fit_codecs, load_model
+        from planner.runtime.inputs import calibration_ids, codecs_from_arrays, load_model, prepare
         from planner.runtime.kv import check_batchable
         from planner.runtime.stage import DistributedExperts
 
+        hf_logging.disable_progress_bar()
         spec, inst = self.spec, self.spec.instance
         model = load_model(spec.model, inst)
         vocab = int(model.config.vocab_size)
@@ -149,7 +152,7 @@ class Worker:
             # One fit for every process: rank 0 fits, the others receive its arrays.
             import torch.distributed as dist
 
-            box = [fit_codecs(model, inst, self.plan, calibration_ids(vocab), spec.codec_steps) if self.rank == 0 else None]
+            box = [prepare(model, inst, self.plan, calibration_ids(vocab), spec.codec_steps) if self.rank == 0 else None]
             dist.broadcast_object_list(box, src=0)
             codecs = box[0]
         self.device = DeviceClock(float(spec.slowdown.get(self.me, 1.0)))
@@ -157,8 +160,12 @@ class Worker:
         self.stage = self.experts = None
         p = self.topo.pipeline_of.get(self.me)
         if p is not None:
+            # Calibration text is read only for what the codecs handed over leave to fit: group gates.
+            calibration = spec.calibration
+            if calibration is None and any(getattr(self.plan.pipelines[p], "group_gate", ()) or ()):
+                calibration = calibration_ids(vocab)
             planned = apply_plan(model, inst, self.plan, pipeline=p, codecs=codecs_from_arrays(codecs.get(p, {})),
-                                 remote=self.remote, calibration_ids=torch.from_numpy(calibration_ids(vocab)))
+                                 remote=self.remote, calibration_ids=None if calibration is None else torch.from_numpy(calibration))
             if self.me in self.topo.stages:
                 from planner.runtime.stage import StageRole
 
