@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fault-timeout", type=float, default=10.0)
     p.add_argument("--no-link-emulation", action="store_true", help="real links between hosts: emulate nothing")
+    p.add_argument("--compare", action="store_true", help="the cost model's and the simulator's predictions beside the measured")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     from planner import api
@@ -404,11 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     except _Broken:
         os._exit(FAULT_EXIT_CODE)
     if rank == 0:
+        from planner.runtime import fidelity
+
         run = rreport.RunMeasurement.from_stats(gathered, instance, plan)
+        compared = fidelity.compare(run, requests) if args.compare else None
         if args.json:
-            print(json.dumps(run.summary(), indent=2))
+            print(json.dumps({"measured": run.summary(), "fidelity": compared}, indent=2, default=float))
         else:
             print(rreport.measured_table(run))
+            if compared is not None:
+                print(fidelity.fidelity_table(compared))
     os._exit(0)
 
 
