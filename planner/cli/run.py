@@ -210,7 +210,7 @@ def _run(args) -> int:
                 entry["fidelity"] = fidelity.compare(measured, requests)
                 entry["fidelity_table"] = fidelity.fidelity_table(entry["fidelity"])
         elif gen.done:
-            entry["measured"] = report.request_figures(gen.done)
+            entry["measured"] = report.request_figures(gen.done, since=gen.t0)
         runs.append(entry)
     failed = result.failed
     summary = {"instance": instance.name, "plan": args.plan, "model": args.model, "arrivals": arrivals,

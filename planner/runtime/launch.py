@@ -86,7 +86,8 @@ class Generation:
 
 @dataclass
 class RunResult:
-    """``outcomes[rid]``: ``{"status": "finished" | "failed", "reason", "record", "attempts"}``;
+    """``outcomes[rid]``: ``{"status": "finished" | "failed", "reason", "record", "attempts"}``
+    (``attempts``: runs that broke after the request had arrived, so that it started over);
     ``run_t0``: monotonic time of run second 0 (the first generation's)."""
 
     requests: list[RequestSpec]
@@ -302,8 +303,10 @@ def run(instance: Instance, plan: Plan, requests: list[RequestSpec], options: Ru
                 _fail(outcomes, left, f"{gen.fault['reason']}; {gen.replan['reason']}")
                 break
             current_inst, current_plan, codecs = nxt
-            for rid in left:
-                outcomes[rid]["attempts"] += 1
+            at = gen.fault.get("at_run_s")
+            for rid in left:  # those that had arrived were in flight or queued: they start over
+                if at is None or by_id[rid].arrival_s <= at:
+                    outcomes[rid]["attempts"] += 1
     except KeyboardInterrupt:
         interrupted = True
         _fail(outcomes, [rid for rid, o in outcomes.items() if o["status"] == "pending"], "interrupted (Ctrl-C)")

@@ -29,8 +29,10 @@ def stats_ms(values_s) -> dict:
     return {"mean": float(v.mean() * 1e3), "p50": float(p50 * 1e3), "p95": float(p95 * 1e3), "p99": float(p99 * 1e3)}
 
 
-def request_figures(records: list[dict]) -> dict:
-    """TTFT, TPOT and latency statistics (ms), tokens/s and counts of finished request ``records``."""
+def request_figures(records: list[dict], since: float | None = None) -> dict:
+    """TTFT, TPOT and latency statistics (ms), tokens/s and counts of finished request ``records``;
+    tokens/s over ``span_s``, from the first arrival (or ``since``, if later: a re-planned run's
+    start) to the last finish."""
     if not records:
         return {"requests": 0, "output_tokens": 0, "tokens_per_s": 0.0, "span_s": 0.0,
                 "ttft_ms": stats_ms([]), "tpot_ms": stats_ms([]), "latency_ms": stats_ms([])}
@@ -38,7 +40,8 @@ def request_figures(records: list[dict]) -> dict:
     tpot = [(r["finish_s"] - r["first_token_s"]) / (r["output_tokens"] - 1) for r in records if r["output_tokens"] > 1]
     latency = [r["finish_s"] - r["arrival_s"] for r in records]
     tokens = sum(r["output_tokens"] for r in records)
-    span = max(r["finish_s"] for r in records) - min(r["arrival_s"] for r in records)
+    start = min(r["arrival_s"] for r in records)
+    span = max(r["finish_s"] for r in records) - (max(start, since) if since is not None else start)
     return {"requests": len(records), "output_tokens": tokens, "tokens_per_s": tokens / span if span > 0 else 0.0,
             "span_s": span, "ttft_ms": stats_ms(ttft), "tpot_ms": stats_ms(tpot), "latency_ms": stats_ms(latency)}
 
@@ -137,7 +140,7 @@ class RunMeasurement:
 
     def summary(self) -> dict:
         return {"devices": self.devices_summary(), "links": self.links_summary(), "pass_latency_ms": self.pass_latencies(),
-                **request_figures(self.requests)}
+                **request_figures(self.requests, since=self.t0)}
 
 
 def _f(x, spec: str = ".2f") -> str:
