@@ -25,7 +25,7 @@ import math
 import multiprocessing.connection as mpc
 import os
 import signal
-import socket
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 
@@ -105,12 +105,6 @@ class RunResult:
         return {rid: o["reason"] for rid, o in self.outcomes.items() if o["status"] != "finished"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _context(method: str, preload: list[str]):
     import torch.multiprocessing as tmp
 
@@ -137,7 +131,10 @@ def _generation(instance: Instance, plan: Plan, pending: list[RequestSpec], code
     topo = topology(instance, plan)
     gen = Generation(plan, instance, topo.devices, started_s=time.monotonic())
     ctx = _context(options.start_method, [options.model_module] if options.model_module else [])
-    init = f"tcp://127.0.0.1:{_free_port()}"
+    # The processes meet through a file (no listening socket for the rendezvous) and gloo talks over
+    # the loopback interface only.
+    store = tempfile.TemporaryDirectory(prefix="moeplan-run-")
+    init = f"file://{store.name}/store"
     procs, readers = [], {}
     try:
         for rank in range(topo.world):
@@ -160,6 +157,7 @@ def _generation(instance: Instance, plan: Plan, pending: list[RequestSpec], code
         _end(procs)
         for r in readers:
             r.close()
+        store.cleanup()
     gen.ended_s = time.monotonic()
     return gen
 

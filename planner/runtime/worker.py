@@ -260,7 +260,9 @@ class Worker:
                                    shared_clock=spec.shared_clock)
         self.transport.create_groups()
         self.warm_up()
-        self.remote.bind({d: r for r, d in enumerate(self.topo.devices)}, self.send, self.replies, self.device, spec.timeout_s)
+        # Answers and passes get twice the channel timeout: a silent channel is reported first, by
+        # its receiver, which names the link.
+        self.remote.bind({d: r for r, d in enumerate(self.topo.devices)}, self.send, self.replies, self.device, 2 * spec.timeout_s)
         dist.barrier()
         t0 = time.monotonic()
         self.transport.start(t0)
@@ -277,7 +279,7 @@ class Worker:
                      for p in self.plan.pipelines]
             base = spec.run_t0 if spec.run_t0 is not None else t0
             self.scheduler = Scheduler([RequestSpec(**r) if isinstance(r, dict) else r for r in spec.requests], pipes,
-                                       send=self.send, inbox=self.sched_inbox, t0=base, timeout_s=spec.timeout_s,
+                                       send=self.send, inbox=self.sched_inbox, t0=base, timeout_s=2 * spec.timeout_s,
                                        on_done=lambda rec: (done.append(rec), self.report("done", rec)))
 
             def serve():
@@ -332,6 +334,8 @@ def serve(spec: WorkerSpec, report: Callable[[str, object], None]) -> dict | Non
 def process_main(spec: WorkerSpec, conn) -> None:
     """Entry of a process the local launcher starts: reports go to the launcher through ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it ends every process
+    if os.path.exists("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one machine: gloo on the loopback interface only
     if spec.launcher_pid is not None:
         threading.Thread(target=_watch_launcher, args=(spec.launcher_pid,), daemon=True).start()
     lock = threading.Lock()
