@@ -3,7 +3,8 @@
 * packages: ``planner`` -> ``solvers`` -> ``models`` (-> numpy, pyomo, ortools);
 * inside ``planner``: domain <- cost <- spaces <- planners <- sim <- api <- bench <- cli; each
   sub-package imports only itself and those before it; ``executor`` (the torch extra) imports
-  ``domain`` and ``cost`` only, and nothing imports it but the CLI;
+  ``domain`` and ``cost`` only, and nothing imports it but the CLI and the runtime; ``runtime``
+  imports everything up to ``api`` and ``executor``, and nothing imports it but the CLI;
 * registered solvers find each other through the registry, never by importing each other;
 * torch stays optional: the planner imports and solves with torch blocked.
 """
@@ -20,7 +21,8 @@ FORBIDDEN = {"models": {"solvers", "planner"}, "solvers": {"planner"}}
 ORDER = ("domain", "cost", "spaces", "planners", "sim", "api", "bench", "cli")
 ALLOWED = {name: set(ORDER[: i + 1]) for i, name in enumerate(ORDER)}
 ALLOWED["executor"] = {"domain", "cost", "executor"}
-ALLOWED["cli"] = set(ORDER) | {"executor"}
+ALLOWED["runtime"] = set(ORDER[: ORDER.index("api") + 1]) | {"executor", "runtime"}
+ALLOWED["cli"] = set(ORDER) | {"executor", "runtime"}
 # planner/__init__.py re-exports the API; planner/__main__.py runs the CLI.
 TOP_LEVEL = {"__init__": "api", "__main__": "cli", "api": "api"}
 
@@ -87,6 +89,7 @@ def test_every_planner_module_lives_in_a_known_sub_package():
     ("def f():\n    from planner import cli\n", "planner.domain imports planner.cli"),
     ("import planner.sim.engine\n", "planner.domain imports planner.sim.engine"),
     ("from . import plan\n", "relative import"),
+    ("from planner.runtime import launch\n", "planner.domain imports planner.runtime.launch"),
 ])
 def test_a_planted_import_against_the_order_is_found(source, expected):
     """The check reads imports at module level and inside functions (what a cycle hides behind)."""
@@ -123,3 +126,16 @@ def test_the_planner_runs_without_torch():
             "assert planner.solve(inst).solution is not None\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("here, ok", [("runtime", True), ("cli", True), ("bench", False), ("executor", False), ("api", False)])
+def test_only_the_cli_imports_the_runtime(here, ok):
+    found = layer_violations(ROOT / "planner" / here / "planted.py", "from planner.runtime import launch\n")
+    assert (not found) == ok, found
+
+
+def test_the_runtime_imports_the_layers_up_to_the_api_and_the_executor():
+    source = "import planner.api\nfrom planner.executor import apply\nfrom planner.sim import simulate\n"
+    assert not layer_violations(ROOT / "planner" / "runtime" / "planted.py", source)
+    found = layer_violations(ROOT / "planner" / "runtime" / "planted.py", "from planner.bench import run\n")
+    assert len(found) == 1 and "planner.bench" in found[0]

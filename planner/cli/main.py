@@ -15,13 +15,13 @@ import re
 import sys
 from importlib import metadata
 
-from planner.cli import bench, compare, import_hf, place, profile, simulate, solve, validate
+from planner.cli import bench, compare, import_hf, place, profile, run, simulate, solve, validate
 from planner.cli.output import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_NO_PLAN, emit_json, error_json, log
 from planner.domain.errors import InputError, MoeplanError, Problem, option_error
 from planner.domain.fields import seed_error
 from planner.executor import calibrate  # the command parses without torch; running it needs the extra
 
-COMMANDS = (solve, compare, validate, import_hf, profile, place, bench, simulate, calibrate)
+COMMANDS = (solve, compare, validate, import_hf, profile, place, bench, simulate, calibrate, run)
 
 
 class _UsageError(Exception):

@@ -103,12 +103,20 @@ class ExpertShard(nn.Module):
         return torch.stack(outs, dim=1)
 
 
+class PendingExperts(Protocol):
+    """A remote holder's answer still on its way: :meth:`result` waits for it ([N, H])."""
+
+    def result(self) -> torch.Tensor: ...
+
+
 class RemoteExperts(Protocol):
     """Serve slots of layer ``layer`` at ``device``: ``(hidden [N, H], expert_ids [N, k] global ids, -1 =
-    not this device's, weights [N, k]) -> [N, H]``. The seam the multi-process runtime replaces."""
+    not this device's, weights [N, k]) -> [N, H]``, or a :class:`PendingExperts` whose ``result()``
+    gives it later (the remote holders of a layer are called before its local experts run, and their
+    pending results are collected after). The seam the multi-process runtime replaces."""
 
     def __call__(self, device: str, layer: int, hidden: torch.Tensor, expert_ids: torch.Tensor,
-                 weights: torch.Tensor) -> torch.Tensor: ...
+                 weights: torch.Tensor) -> torch.Tensor | PendingExperts: ...
 
 
 class InProcessExperts(nn.Module):
@@ -254,14 +262,22 @@ class PlacedExperts(nn.Module):
                 top_k_index[rows], top_k_weights[rows], holder[rows] = idx, w.to(top_k_weights.dtype), 0
                 self.regated_tokens += int(rows.numel())
         self.slot_counts += torch.bincount(holder.reshape(-1), minlength=len(self.holders)).cpu()
-        out = torch.zeros_like(hidden)
-        for h, device in enumerate(self.holders):
+        calls = []
+        for h in range(len(self.holders)):
             mine = holder == h
             rows = mine.any(dim=1).nonzero().squeeze(1)
             if rows.numel() == 0:
                 continue
             ids = torch.where(mine[rows], top_k_index[rows], -1)
             w = torch.where(mine[rows], top_k_weights[rows], 0.0)
-            part = self.local(hidden[rows], ids, w) if h == 0 else self._remote(device, self.layer, hidden[rows], ids, w)
+            calls.append((h, rows, ids, w))
+        # Remote holders are called first: a remote that answers with a pending result (see
+        # RemoteExperts) works while the local experts run. Parts are added in holder order.
+        remote = {h: self._remote(self.holders[h], self.layer, hidden[rows], ids, w) for h, rows, ids, w in calls if h != 0}
+        out = torch.zeros_like(hidden)
+        for h, rows, ids, w in calls:
+            part = self.local(hidden[rows], ids, w) if h == 0 else remote[h]
+            if not isinstance(part, torch.Tensor):
+                part = part.result()
             out.index_add_(0, rows, part.to(out.dtype))
         return out

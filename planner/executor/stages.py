@@ -7,8 +7,8 @@ masks. Masks are sized from the stage's own first layer of each attention kind
 (``layer_idx=`` of ``create_causal_mask``): the library's default, the model's first layer, is empty
 in the cache of any stage after the first and would size decode masks wrongly.
 
-The runtime of the next issue runs one :class:`StageRunner` per process and sends what
-:meth:`PlannedModel.cross_cut` returns.
+The runtime (:mod:`planner.runtime`) runs one :class:`StageRunner` per process, with the codec's
+encoder on the sending side of a cut and its decoder on the receiving side.
 """
 
 from __future__ import annotations
