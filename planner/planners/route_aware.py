@@ -38,8 +38,9 @@ partners whose memory together with the origin's cannot hold the weights are ski
   (:func:`planner.spaces.codec_choice.prefer_accuracy`; at most 64 rank combinations per pipeline).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
-partner and batching; ``time_budget_s`` (default 1 s) is only a safety net, and ``stop_reason``
-says when it was hit (then the plan may depend on the machine's speed).
+partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
+raise or lower the budget), else ``time_budget_s`` (1 s). ``stop_reason`` says when it was hit
+(then the plan may depend on the machine's speed; the CLI prints it too).
 
 Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored
 exactly, vectorised), O(moves x L E) for Step 3; Step 5: O(L^2 D + L D^2) per DP, a few DPs per
@@ -524,13 +525,17 @@ def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int
     return None if broken else (ev.objective(instance.objective), plan)
 
 
+_BUDGET_STOP = "time budget (the plan may depend on machine speed; raise it with time_limit)"
+
+
 @register("route-aware", kind="heuristic", problem="instance")
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
                 time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
                 replicas: bool = True, **_) -> Result:
     """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
     t0 = time.perf_counter()
-    budget = time_budget_s if time_limit is None else min(time_budget_s, time_limit)
+    # ``time_limit`` is the budget when given (it may raise or lower the default safety net).
+    budget = time_budget_s if time_limit is None else float(time_limit)
     deadline = t0 + budget
     cm = cost_model or CostModel(instance)
     origin = instance.workload.origin
@@ -543,7 +548,14 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     batchings = sorted({(B, 1), (b0, m0)}, reverse=True)
     weights = instance.model.total_params * instance.model.dtype_bytes
     here = instance.device(origin).memory_bytes
-    out_of_time = lambda: time.perf_counter() >= deadline  # noqa: E731
+    stopped = []  # non-empty once a step was skipped or cut short for the budget
+
+    def out_of_time() -> bool:
+        if time.perf_counter() >= deadline:
+            stopped.append(True)
+            return True
+        return False
+
     # Step 5 first when there are more than two devices: a pipeline far ahead of a partner's first
     # two-tier structure spares that partner's other batching.
     piped = _pipeline_candidate(instance, cm, b0, m0, deadline) if len(instance.devices) > 2 else None
@@ -593,6 +605,7 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         reference = max(c[0] for c in candidates) if candidates and kind == "throughput" else (
             min(c[0] for c in candidates) if candidates else None)
         candidates += _expert_parallel_candidates(instance, cm, deadline, reference)  # Step 7
+        out_of_time()  # records a Step 7 the deadline cut short
         candidates += _single_device_candidates(instance, cm)                   # Step 8
     if replicas and kind == "throughput" and candidates and not out_of_time():
         replicated = _with_replicas(instance, cm, candidates)                  # Step 9
@@ -623,4 +636,4 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         best_plan, best_obj = prefer_accuracy(best_plan, instance, score)
     return Result(Status.FEASIBLE, "route-aware", objective=best_obj, sense=sense, solve_time_s=elapsed(),
                   solution=best_plan,
-                  stop_reason="time budget (the plan may depend on machine speed)" if budget_hit else "local optimum or move cap")
+                  stop_reason=_BUDGET_STOP if budget_hit or stopped else "local optimum or move cap")

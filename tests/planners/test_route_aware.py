@@ -33,3 +33,16 @@ def test_route_aware_out_of_time_still_returns_its_first_plan():
     assert quick.stop_reason.startswith("time budget")
     full = route_aware(inst)
     assert full.objective >= quick.objective * (1 - 1e-9)
+
+
+def test_a_time_limit_is_the_budget_and_may_raise_it():
+    """``time_limit`` replaces the 1 s safety net: a tiny default budget is lifted by a large limit
+    (the plan is then the one found with no budget), and a tiny limit stops the search early."""
+    inst = load("a100-l4-t4-cluster.toml")
+    free = route_aware(inst, time_budget_s=1e9)
+    lifted = route_aware(inst, time_budget_s=1e-6, time_limit=1e9)
+    assert lifted.stop_reason == "local optimum or move cap"
+    assert lifted.solution.to_json() == free.solution.to_json()
+    capped = route_aware(inst, time_budget_s=1e9, time_limit=1e-6)
+    assert capped.stop_reason.startswith("time budget") and "time_limit" in capped.stop_reason
+    assert capped.solution is not None and validate(inst, capped.solution) == []
