@@ -107,15 +107,20 @@ def _bottleneck_meaning(bottleneck: str) -> str:
     return "this device is busy all the time at capacity: moving layers or experts off it would raise throughput"
 
 
+DEFAULT_FIRST = "route-aware"  # planner.api.DEFAULT_SOLVER: listed first among equal objectives
+
+
 def best_result(results: list[Result]) -> Result | None:
-    """The result with the best objective among those with a plan (the fastest of equals), or None."""
+    """The result with the best objective among those with a plan, or None. Among equal objectives
+    the default solver, else the first given: never the fastest, so the same input gives the same
+    answer from run to run."""
     ranked = _ranked(results)
     return ranked[0] if ranked and ranked[0].solution is not None else None
 
 
 def _ranked(results: list[Result]) -> list[Result]:
-    """Results with a plan by objective, best first, equal objectives (within 1e-9) fastest first;
-    then those without a plan, in the given order."""
+    """Results with a plan by objective, best first, equal objectives (within 1e-9) with the default
+    solver first and the others in the given order; then those without a plan, in the given order."""
     with_plan = [r for r in results if r.solution is not None and not math.isnan(r.objective)]
     sign = -1.0 if any(r.sense == "max" for r in with_plan) else 1.0
     groups: list[list[Result]] = []
@@ -124,7 +129,7 @@ def _ranked(results: list[Result]) -> list[Result]:
             groups[-1].append(r)
         else:
             groups.append([r])
-    ranked = [r for group in groups for r in sorted(group, key=lambda r: r.solve_time_s)]
+    ranked = [r for group in groups for r in sorted(group, key=lambda r: r.solver != DEFAULT_FIRST)]
     return ranked + [r for r in results if r not in with_plan]
 
 

@@ -46,7 +46,7 @@ def test_compare_ranks_marks_qualifies_and_keeps_notes_whole():
                _result("route-aware", Status.FEASIBLE, 71.79, stop="move cap", time_s=0.01)]
     text = report.compare_table(results)
     rows = text.splitlines()[2:6]  # under the header and its rule
-    # best first, the fastest of equals first, no plan last
+    # best first, the default solver first among equals (not the fastest: same input, same bytes), no plan last
     assert [r.split()[1] if r.startswith("*") else r.split()[0] for r in rows] == ["route-aware", "milp", "dp", "end-only"]
     assert rows[0].startswith("*") and rows[1].startswith("*") and not rows[2].startswith("*")
     assert "optimal in dp's space" in text and "optimal in milp's space" in text and "move cap" in text
@@ -54,3 +54,12 @@ def test_compare_ranks_marks_qualifies_and_keeps_notes_whole():
     assert " ".join(text.split()).count("memory: " * 20 + "the end") == 1  # the note in full, wrapped, not cut
     assert report.best_result(results).solver == "route-aware"
     assert report.best_result(results[:1]) is None
+    equals = [_result("milp", Status.OPTIMAL, 71.79, time_s=0.001), _result("cpsat", Status.OPTIMAL, 71.79, time_s=0.0001)]
+    assert [r.solver for r in report._ranked(equals)] == ["milp", "cpsat"]  # given order, not solve time
+    assert report.best_result([*equals, _result("route-aware", Status.FEASIBLE, 71.79, time_s=9.0)]).solver == "route-aware"
+
+
+def test_the_default_listed_first_among_equals_is_the_api_default():
+    from planner import api
+
+    assert report.DEFAULT_FIRST == api.DEFAULT_SOLVER
