@@ -265,12 +265,16 @@ def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False)
     used = np.zeros((n, width, st.y.shape[2]), dtype=bool)           # bins taken by each colour
     colour = np.full((n, width), -1)
     everyone = np.arange(n)
+    colours = 0  # colours in use: colour ``colours`` is free in every group, so the search stops there
     for j in range(width):
         here = table[:, j] >= 0
         bins = st.y[groups, np.maximum(table[:, j], 0)] & here[:, None]
-        c = np.argmin((used & bins[:, None, :]).any(axis=2), axis=1)  # first colour without a shared bin
+        k = colours + 1
+        c = np.argmin((used[:, :k] & bins[:, None, :]).any(axis=2), axis=1)  # first colour without a shared bin
         used[everyone, c] |= bins
         colour[here, j] = c[here]
+        if here.any():
+            colours = max(colours, int(c[here].max()) + 1)
     return [_FillBatch(st, groups[np.nonzero(colour == c)[0]], table[colour == c], hold_shares)
             for c in range(int(colour.max()) + 1)]
 
@@ -435,10 +439,18 @@ def _admit_memory(problem: ReplicatedAssignment, mem: np.ndarray, items: np.ndar
     flat (g, b) picked; ``mem`` [B] (bytes) gains the admitted weights. Returns retry [G]: the groups
     turned away, which choose again."""
     retry = np.zeros(row_start.size, dtype=bool)
-    for g in groups:
-        i, b = items[g], flat[g] - row_start[g]
-        if mem[b] + problem.weight[i, b] <= problem.capacity[b]:
-            mem[b] += problem.weight[i, b]
+    groups = np.asarray(groups, dtype=np.int64)
+    bins = flat[groups] - row_start[groups]
+    weight = problem.weight[items[groups], bins]
+    # A bin whose every pick fits takes them all (the same sums, added in the same order); only the
+    # groups of an overflowing bin are admitted one after another.
+    total = mem.copy()
+    np.add.at(total, bins, weight)
+    fits = total <= problem.capacity
+    mem[fits] = total[fits]
+    for g, b, w in zip(groups[~fits[bins]].tolist(), bins[~fits[bins]].tolist(), weight[~fits[bins]].tolist(), strict=True):
+        if mem[b] + w <= problem.capacity[b]:
+            mem[b] += w
         else:
             retry[g] = True
     return retry
