@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from planner.domain.plan import Plan
+from planner.cost.memo import IdentityMemo
+from planner.domain.plan import Pipeline, Plan
 
 if TYPE_CHECKING:
     from planner.cost.costmodel import CostModel
@@ -42,15 +43,35 @@ def memory_bytes(cm: CostModel, plan: Plan) -> dict[str, float]:
                 add(pipe.stages[si + 1].device, m.hidden_size * rank * db)
         # Placed experts leave their layer's stage device for the listed devices.
         if pipe.expert_placement:
-            home = [None] * m.num_layers
-            for stage in pipe.stages:
-                home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
-            moved: dict[str, int] = {}  # device -> replicas gained (negative: lost)
-            for e in pipe.expert_placement:
-                if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]:
-                    moved[home[e.layer]] = moved.get(home[e.layer], 0) - 1
-                    for d in e.devices:
-                        moved[d] = moved.get(d, 0) + 1
-            for d, n in moved.items():
+            for d, n in _moved(cm, pipe).items():
                 add(d, n * cm.expert_bytes)
     return mem
+
+
+def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
+    """Device -> expert replicas gained by the pipeline's placement (negative: lost by a layer's
+    stage device), remembered while its stages and placement are unchanged (batching variants of
+    one structure share them)."""
+    def count() -> dict[str, int]:
+        m = cm.model
+        experts_per_layer = cm.experts_per_layer
+        home = [None] * m.num_layers
+        for stage in pipe.stages:
+            home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
+        moved: dict[str, int] = {}
+        for e in pipe.expert_placement:
+            if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]:
+                moved[home[e.layer]] = moved.get(home[e.layer], 0) - 1
+                for d in e.devices:
+                    moved[d] = moved.get(d, 0) + 1
+        return moved
+
+    if not isinstance(pipe.expert_placement, tuple) or not isinstance(pipe.stages, tuple):
+        return count()
+    memo = cm.instance_cache.get(_MEMO_KEY)
+    if memo is None:
+        memo = cm.instance_cache[_MEMO_KEY] = IdentityMemo(64)
+    return memo.get((pipe.stages, pipe.expert_placement), count)
+
+
+_MEMO_KEY = ("memory", "moved")

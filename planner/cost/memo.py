@@ -1,0 +1,35 @@
+"""Results remembered by the identity of the immutable parts they were computed from.
+
+A plan's expert placement can hold 15,000 entries: hashing it on every check would cost more than
+the check. The solvers' moves (batching, boundaries, codec ranks) build new plans with
+``dataclasses.replace``, which shares the unchanged parts, so the identity of a part says whether it
+changed. Each entry keeps its parts alive, so their ids cannot be reused while it is remembered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class IdentityMemo:
+    """``memo.get(parts, compute)``: ``compute()`` once per distinct ``parts`` (a tuple whose tuples and
+    objects are compared by identity, its strings and numbers by value). Starts over after ``size``
+    entries. Only tuples and frozen objects may be parts: a list changed in place would be missed."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._entries: dict[tuple, tuple[tuple, Any]] = {}
+
+    def get(self, parts: tuple, compute: Callable[[], Any]) -> Any:
+        key = tuple(p if isinstance(p, _SCALARS) else id(p) for p in parts)
+        hit = self._entries.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
+            return hit[1]
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        value = compute()
+        self._entries[key] = (parts, value)
+        return value
