@@ -249,14 +249,32 @@ def home_device(stages, layer: int) -> str | None:
     return None
 
 
+def _canonical_placement(stages: tuple, placement) -> tuple:
+    """The entries that do not name only their layer's home device, sorted by (layer, expert). The
+    given tuple itself when nothing changes, so that checks remembered by identity still apply
+    (:mod:`planner.cost.memo`)."""
+    end = max((s.end_layer for s in stages), default=0)
+    home: list[str | None] = [None] * max(end, 0)
+    for s in stages:
+        home[max(s.first_layer, 0):max(s.end_layer, 0)] = [s.device] * max(0, s.end_layer - max(s.first_layer, 0))
+
+    def home_of(layer):
+        return home[layer] if isinstance(layer, int) and 0 <= layer < len(home) else None
+
+    kept = [e for e in placement if tuple(e.devices) != (home_of(e.layer),)]
+    ordered = all((a.layer, a.expert) < (b.layer, b.expert) for a, b in zip(kept, kept[1:]))
+    if ordered and len(kept) == len(placement) and isinstance(placement, tuple):
+        return placement
+    return tuple(kept) if ordered else tuple(sorted(kept, key=lambda e: (e.layer, e.expert)))
+
+
 def make_pipeline(stages, ranks, placement, b: int, m: int, share: float, group_gate=()) -> Pipeline:
     """A pipeline in canonical form: one codec entry per cut, placements sorted, none that names only
     the home device, group gates only on stage devices and their stages' layers."""
     stages = tuple(stages)
     ranks = list(ranks)[: max(0, len(stages) - 1)]
     ranks += [None] * (max(0, len(stages) - 1) - len(ranks))
-    keep = tuple(sorted((e for e in placement if tuple(e.devices) != (home_device(stages, e.layer),)),
-                        key=lambda e: (e.layer, e.expert)))
+    keep = _canonical_placement(stages, placement)
     # Group gates stay on the devices that still run a stage, with the layers that stay in it.
     span = {s.device: s for s in stages}
     gates = []

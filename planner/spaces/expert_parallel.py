@@ -44,16 +44,19 @@ def _placement_entries(instance: Instance, group: list[str], stages, replicas: n
     home = np.array([home_of[layer] for layer in m.moe_layers])
     count = replicas.sum(axis=2)
     solely_home = (count == 1) & replicas[np.arange(len(home)), :, home]  # [G, I]
-    g_idx, i_idx, b_idx = np.nonzero(replicas & ~solely_home[:, :, None])
-    out, start = [], 0
+    g_idx, i_idx, b_idx = np.nonzero(replicas & ~solely_home[:, :, None])  # sorted by (g, i), then b
+    if g_idx.size == 0:
+        return ()
+    # One entry per run of equal (g, i); plain lists from here (numpy scalars cost ~10x in the loop).
+    key = g_idx * replicas.shape[1] + i_idx
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).tolist()
+    ends = [*starts[1:], int(key.size)]
+    names = [group[b] for b in b_idx.tolist()]
+    share = shares[g_idx, i_idx, b_idx].tolist()
+    gs, items = g_idx[starts].tolist(), i_idx[starts].tolist()
     layers = m.moe_layers
-    while start < len(g_idx):
-        end = start + 1
-        while end < len(g_idx) and g_idx[end] == g_idx[start] and i_idx[end] == i_idx[start]:
-            end += 1
-        g, i, on = int(g_idx[start]), int(i_idx[start]), b_idx[start:end]
-        out.append(ExpertPlacement(layers[g], i, tuple(group[b] for b in on), tuple(float(x) for x in shares[g, i, on])))
-        start = end
+    out = [ExpertPlacement(layers[g], i, tuple(names[a:z]), tuple(share[a:z]))
+           for g, i, a, z in zip(gs, items, starts, ends, strict=True)]
     return tuple(out)
 
 
