@@ -49,3 +49,37 @@ def test_paper_suite_simulates_each_distinct_plan_once_per_run(monkeypatch):
     assert len(runs) == len(set(runs))  # no (scenario, plan, run) simulated twice
     simulated = [r for r in out.rows if r["run"] in ("load", "saturation")]
     assert len(simulated) > len(runs)  # some solvers share a plan, and each still has its rows
+
+
+def test_the_group_gate_is_priced_for_moeplan_from_the_measured_table():
+    from planner.bench.paper import GATE_TABLE, with_group_gate
+    from planner.domain.accuracy_table import read_accuracy_table
+
+    inst = api.load_instance(sorted(PAPER_DIR.glob("*.toml"))[0])
+    assert not inst.constraints.group_gate_loss.known
+    gated = with_group_gate(inst)
+    loss = gated.constraints.group_gate_loss
+    table = read_accuracy_table(GATE_TABLE)
+    # Every point of the table's all-layers group-gate curve, loss = 1 - top-1 agreement, shared out per layer.
+    assert loss.coverage and list(loss.coverage) == sorted(loss.coverage)
+    for c, v in zip(loss.coverage, loss.loss, strict=True):
+        assert abs(table.group_gate_loss(c) - v) < 1e-12
+    n = inst.model.num_moe_layers
+    assert abs(loss.layer_loss(loss.coverage[-1], 3, n) - loss.loss[-1] / n) < 1e-15
+    assert with_group_gate(gated) is gated  # an instance that prices the gate keeps its own points
+    assert gated.constraints.accuracy_loss_budget == inst.constraints.accuracy_loss_budget
+
+
+def test_the_paper_table_reports_the_gated_plan_beside_moeplan_and_the_baselines():
+    from planner.bench.paper import paper_table
+
+    scenario = {"scenario": "s", "accuracy_budget": 0.01, "accuracy_loss": 0.003,
+                "sat": {"route-aware": 120.0, "eplb": 100.0, "single-cut": 80.0},
+                "latency_p50": {"route-aware": 900.0, "eplb": 1000.0}, "slo": {"route-aware": 1.0, "eplb": 0.9},
+                "gated": {"sat": 150.0, "latency_p50": 800.0, "accuracy_loss": 0.009, "group_gates": 1}}
+    table, notes = paper_table([scenario])
+    row = table.splitlines()[2]
+    assert "1.20x" in row and "1.50x" in row  # without and with the gate, over the best baseline (eplb)
+    assert "+10.0 %" in row and "+20.0 %" in row
+    assert "0.0030 / 0.0090 of 0.01" in row
+    assert any("gates layers in 1 of 1 scenarios" in n for n in notes)
