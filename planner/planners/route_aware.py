@@ -37,6 +37,20 @@ partners whose memory together with the origin's cannot hold the weights are ski
   with the least accuracy loss whose objective is within the trade-off of the plan's
   (:func:`planner.spaces.codec_choice.prefer_accuracy`; at most 64 rank combinations per pipeline).
 
+Then, on the best plan so far:
+
+* Step 7, expert parallelism: pipelines whose routed experts are spread (and replicated) over a
+  group of devices (the edge and cloud devices, and the cloud devices alone): EPLB's placement on
+  each group, then the speed- and memory-aware greedy placement (:mod:`solvers.placement`) on the
+  best group; the better structure's batching tuned when it comes within 10 % of the best.
+* Step 8: the whole model on one device, one of each kind that holds it.
+* Step 9 (throughput): the candidates copied over the devices they leave free (several pipelines
+  with request shares).
+* Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
+  served by the group gate from its local experts instead, all at once and each alone.
+* Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
+  ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`).
+
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
 raise or lower the budget), else ``time_budget_s`` (1 s). ``stop_reason`` says when it was hit
