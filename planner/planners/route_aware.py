@@ -43,13 +43,15 @@ Then, on the best plan so far:
   group of devices (the edge and cloud devices, and the cloud devices alone): EPLB's placement on
   each group, then the speed- and memory-aware greedy placement (:mod:`solvers.placement`) on the
   best group; the better structure's batching tuned when it comes within 10 % of the best.
-* Step 8: the whole model on one device, one of each kind that holds it.
+* Step 8: the whole model on one device, one of each kind that holds it; for latency and energy
+  also ``dp``'s exact chain along the default path.
 * Step 9 (throughput): the candidates copied over the devices they leave free (several pipelines
   with request shares).
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
   served by the group gate from its local experts instead, all at once and each alone.
 * Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
-  ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`).
+  ``lns_moves``, more on small plans (:data:`SMALL_PLAN`), fewer on plans with many placement
+  entries (:data:`STEP11_WORK`).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
@@ -465,6 +467,17 @@ def _single_device_candidates(instance: Instance, cm: CostModel) -> list[tuple[f
     return out
 
 
+def _chain_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, Plan]]:
+    """Step 8, latency and energy: ``dp``'s plan, exact over its chain of stages along the default
+    path (Step 5's DPs aim at throughput's bottleneck and the latency loop)."""
+    found = registry.get("dp", problem="instance").func(instance, cost_model=cm)
+    if found.solution is None:
+        return []
+    plan = replace(found.solution, solver="route-aware")
+    ev, bad = evaluate_checked(instance, plan, cm)
+    return [] if bad else [(ev.objective(instance.objective), plan)]
+
+
 def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[float, Plan]]):
     """Step 9 (throughput): candidates copied over the devices they leave free (several pipelines),
     taken best first, and again most throughput per device first (a deep pipeline over many GPUs
@@ -542,13 +555,21 @@ def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int
 # Step 11 scores at most this many placement entries in all (a move re-scores the whole plan): 24
 # moves on a plan of 2,000 entries, 4 on DeepSeek-V3's 15,000, where they gained 0.01 % for 2 s.
 STEP11_WORK = 50_000
+# A plan this small (layers + placement entries) is scored in well under a millisecond: Step 11 then
+# makes at least SMALL_PLAN_MOVES moves (24 missed a 35 % better energy plan that 100 found).
+SMALL_PLAN = 64
+SMALL_PLAN_MOVES = 100
 
 
-def _step11_moves(plan: Plan, lns_moves: int) -> int:
-    """Step 11's move cap: ``lns_moves``, fewer on plans whose every score is costly (a count of
-    work, not a clock, so that the plan does not depend on the machine)."""
+def _step11_moves(plan: Plan, lns_moves: int, num_layers: int) -> int:
+    """Step 11's move cap: ``lns_moves``; more on small plans, fewer on plans whose every score is
+    costly (a count of work, not a clock, so that the plan does not depend on the machine)."""
+    if not lns_moves:
+        return 0
     entries = sum(len(p.expert_placement) for p in plan.pipelines)
-    return min(lns_moves, max(4, STEP11_WORK // max(entries, 1))) if lns_moves else 0
+    if num_layers + entries <= SMALL_PLAN:
+        return max(lns_moves, SMALL_PLAN_MOVES)
+    return min(lns_moves, max(4, STEP11_WORK // max(entries, 1)))
 
 
 _BUDGET_STOP = "time budget (the plan may depend on machine speed; raise it with time_limit)"
@@ -633,6 +654,8 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         candidates += _expert_parallel_candidates(instance, cm, deadline, reference)  # Step 7
         out_of_time()  # records a Step 7 the deadline cut short
         candidates += _single_device_candidates(instance, cm)                   # Step 8
+        if kind != "throughput":
+            candidates += _chain_candidates(instance, cm)                       # Step 8, continued
     if replicas and kind == "throughput" and candidates and not out_of_time():
         replicated = _with_replicas(instance, cm, candidates)                  # Step 9
         if replicated is not None:
@@ -647,7 +670,7 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     for found in _gate_variants(instance, cm, best_plan):                        # Step 10
         if is_better(kind, found[0], best_obj):
             best_obj, best_plan = found
-    moves = _step11_moves(best_plan, lns_moves)
+    moves = _step11_moves(best_plan, lns_moves, instance.model.num_layers)
     if moves and not out_of_time():
         # Step 11: a deterministic local improvement (a fixed number of moves, a fixed seed).
         improved = registry.get("local-search", problem="instance").func(
