@@ -63,7 +63,8 @@ def test_paper_csv_has_every_solver_and_both_runs(quick_all):
     assert set(instance_solvers()) == {"route-aware", *baselines}
     for scenario in {r["scenario"] for r in rows}:
         mine = [r for r in rows if r["scenario"] == scenario]
-        assert {r["solver"] for r in mine} == set(instance_solvers())
+        # every solver, and moeplan again with the group gate available
+        assert {r["solver"] for r in mine} == {*instance_solvers(), "route-aware + group gate"}
         for r in mine:
             if r["run"] == "none":  # no plan: the reason is recorded, nothing simulated
                 assert r["status"] in ("infeasible", "time_limit", "error") and r["message"]
@@ -74,7 +75,8 @@ def test_paper_csv_has_every_solver_and_both_runs(quick_all):
                 assert 0 <= float(r["sim_slo_attainment"]) <= 1
                 assert float(r["sim_latency_p50_ms"]) <= float(r["sim_latency_p95_ms"]) <= float(r["sim_latency_p99_ms"])
         assert {r["run"] for r in mine if r["solver"] == "route-aware"} == {"load", "saturation"}
-    assert "ratio" in stdout and "latency reduction" in stdout
+        assert {r["run"] for r in mine if r["solver"] == "route-aware + group gate"} == {"load", "saturation"}
+    assert "ratio" in stdout and "ratio w/ gate" in stdout and "latency reduction" in stdout
 
 
 def test_cellular_scenarios_name_their_series(quick_all):
