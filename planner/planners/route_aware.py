@@ -55,7 +55,7 @@ Then, on the best plan so far:
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
-raise or lower the budget), else ``time_budget_s`` (1 s). ``stop_reason`` says when it was hit
+raise or lower the budget), else ``time_budget_s`` (10 s). ``stop_reason`` says when it was hit
 (then the plan may depend on the machine's speed; the CLI prints it too).
 
 Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored
@@ -577,7 +577,7 @@ _BUDGET_STOP = "time budget (the plan may depend on machine speed; raise it with
 
 @register("route-aware", kind="heuristic", problem="instance")
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
-                time_budget_s: float = 1.0, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
+                time_budget_s: float = 10.0, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
                 replicas: bool = True, **_) -> Result:
     """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
     t0 = time.perf_counter()
