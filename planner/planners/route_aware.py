@@ -50,7 +50,7 @@ Then, on the best plan so far:
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
   served by the group gate from its local experts instead, all at once and each alone.
 * Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
-  ``lns_moves``, more on small plans (:data:`SMALL_PLAN`), fewer on plans with many placement
+  ``lns_moves``, more on small models (:data:`SMALL_PLAN`), fewer on plans with many placement
   entries (:data:`STEP11_WORK`).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
@@ -555,9 +555,10 @@ def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int
 # Step 11 scores at most this many placement entries in all (a move re-scores the whole plan): 24
 # moves on a plan of 2,000 entries, 4 on DeepSeek-V3's 15,000, where they gained 0.01 % for 2 s.
 STEP11_WORK = 50_000
-# A plan this small (layers + placement entries) is scored in well under a millisecond: Step 11 then
-# makes at least SMALL_PLAN_MOVES moves (24 missed a 35 % better energy plan that 100 found).
-SMALL_PLAN = 64
+# A plan of a model this small (layers, and placement entries) is scored in about 0.1 ms: Step 11
+# then makes at least SMALL_PLAN_MOVES moves (24 missed a 35 % better energy plan that 100 found on
+# a 2-layer model). Real models have 16 layers or more and keep ``lns_moves``.
+SMALL_PLAN = (8, 64)
 SMALL_PLAN_MOVES = 100
 
 
@@ -567,7 +568,7 @@ def _step11_moves(plan: Plan, lns_moves: int, num_layers: int) -> int:
     if not lns_moves:
         return 0
     entries = sum(len(p.expert_placement) for p in plan.pipelines)
-    if num_layers + entries <= SMALL_PLAN:
+    if num_layers <= SMALL_PLAN[0] and entries <= SMALL_PLAN[1]:
         return max(lns_moves, SMALL_PLAN_MOVES)
     return min(lns_moves, max(4, STEP11_WORK // max(entries, 1)))
 
