@@ -63,6 +63,9 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
         t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved)
                        - sum(ex[layer] - gated_expert_time(cm, gates[layer], layer, stage.device, tokens) for layer in gated))
         t_rest = t_home - sum(ne[layer] for layer in moved)
+        shares = {layer: layer_shares(cm, placement[layer], layer, stage.device) for layer in moved}
+        if len(moved) > 1:
+            LayerShares.prefetch(cm, [(shares[layer], layer) for layer in moved], tokens)
         items.append(Step(stage.device, t_rest))
         terms.append(t_rest)
         for layer in moved:
@@ -70,7 +73,7 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
                 critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
                 items.extend((Step(stage.device, ne[layer]), fork))
             else:
-                critical, holds = layer_shares(cm, placement[layer], layer, stage.device).cost(cm, layer, tokens)
+                critical, holds = shares[layer].cost(cm, layer, tokens)
                 items.append(Step(stage.device, ne[layer]))
                 items.extend(holds)
             terms.append(ne[layer] + critical)
@@ -174,6 +177,31 @@ class LayerShares:
         holds = [(d, float(x)) for d, x in zip(self.devices, t)]
         holds += [(key, coef * tokens * hb) for key, coef in links]
         return critical, holds
+
+    @staticmethod
+    def prefetch(cm: CostModel, layered: list[tuple[LayerShares, int]], tokens: float) -> None:
+        """Price the expert times of several layers' shares for ``tokens`` tokens at once (what
+        :meth:`times` would compute one layer and one hardware kind at a time): per hardware kind,
+        one vectorised call over the rows of every layer. The same elementwise operations and
+        per-row sums, so the same numbers; a pass over many moved layers makes far fewer numpy calls."""
+        todo = [(s, layer) for s, layer in layered if tokens not in s._memo]
+        if len(todo) < 2:
+            return
+        rows: dict = {}  # hardware -> (device, [probability rows], [(shares, row indices, offset)])
+        for s, layer in todo:
+            q = cm.q[cm.moe_index[layer]]
+            s._memo[tokens] = np.zeros(len(s.devices))
+            for rep, idx in s.groups:
+                entry = rows.setdefault(cm.times.hardware_of(rep), (rep, [], []))
+                entry[2].append((s, idx, sum(len(p) for p in entry[1])))
+                entry[1].append(q[None, :] * s.share[idx])
+        for rep, probs, owners in rows.values():
+            prob = np.concatenate(probs)
+            touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
+            t = op_time_s(cm.devices[rep], prob * tokens * cm.expert_flops_per_token, touched * cm.expert_bytes,
+                          cm.db).sum(axis=1)
+            for s, idx, at in owners:
+                s._memo[tokens][idx] = t[at:at + len(idx)]
 
     def times(self, cm: CostModel, layer: int, tokens: float) -> np.ndarray:
         """[D] time (s) of each device's share of the layer's experts for ``tokens`` tokens (cached per tokens)."""

@@ -203,6 +203,7 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
     m = instance.model
     gated = _group_gate_violations(instance, pipe, where, out)
     sound = _sound_entries(instance)
+    known = instance.device_index
     seen, dropped = set(), {}
     for e in pipe.expert_placement:
         key = (e.layer, e.expert)
@@ -221,7 +222,7 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
             continue
         if sound.get(id(e)) is e:
             continue
-        found = _entry_violations(instance, where, e)
+        found = [] if _entry_is_sound(m, known, e) else _entry_violations(instance, where, e)
         if found:
             out += found
         elif isinstance(e.devices, tuple) and isinstance(e.shares, tuple):  # frozen all the way down
@@ -232,6 +233,14 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
         if count >= m.num_experts:
             out.append(Violation("gate", f"{where}: the group gate on {gated[layer]!r} keeps no expert of layer {layer}"))
     return out
+
+
+def _entry_is_sound(m, known, e) -> bool:
+    """:func:`_entry_violations` finds nothing (a quick test, no messages built)."""
+    devices, shares = e.devices, e.shares
+    return (0 <= e.layer < m.num_layers and m.is_moe_layer(e.layer) and 0 <= e.expert < m.num_experts
+            and 0 < len(devices) == len(shares) and len(set(devices)) == len(devices)
+            and min(shares) >= 0 and abs(sum(shares) - 1.0) <= SHARE_TOL and all(d in known for d in devices))
 
 
 def _entry_violations(instance: Instance, where: str, e) -> list[Violation]:
