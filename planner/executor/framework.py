@@ -105,17 +105,19 @@ import sys
 import torch
 torch.set_num_threads(1)
 from planner.executor.framework import _probe_passes
-rank, start_at, window, rounds = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-print(" ".join(map(str, _probe_passes(rank, start_at, window, rounds))))
+rank, window, rounds = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+print(" ".join(map(str, _probe_passes(rank, window, rounds))), flush=True)
 """
 
 
 @torch.no_grad()
-def _probe_passes(rank: int, start_at: float, window: float, rounds: int) -> list[float]:
+def _probe_passes(rank: int, window: float, rounds: int) -> list[float]:
     """Median CPU seconds of a decode step of 2 rows of the tiny model in each of ``2 x rounds``
-    windows of ``window`` seconds from wall-clock time ``start_at``: in even windows only rank 0
-    runs (the others sleep), in odd ones every rank does. Returns one median per window (rank 0's
-    alone and together; other ranks' alone windows are nan)."""
+    windows of ``window`` seconds: after printing ``ready`` it reads the wall-clock start time from
+    stdin; in even windows only rank 0 runs (the others sleep), in odd ones every rank does.
+    Returns one median per window (rank 0's alone and together; other ranks' alone windows are nan)."""
+    import sys
+
     model = tiny_model("mixtral", num_layers=LAYERS, seed=0, **SIZES)
     planned = apply_plan(model, None, Plan((Pipeline((Stage("cpu", 0, LAYERS),)),)))
     ids = torch.randint(0, SIZES["vocab"], (2, DECODE_CONTEXT))
@@ -123,6 +125,8 @@ def _probe_passes(rank: int, start_at: float, window: float, rounds: int) -> lis
     for _ in range(5):  # warm up
         planned.prefill(ids)
         planned.decode_step(step)
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
     out = []
     for w in range(2 * rounds):
         begin, end = start_at + w * window, start_at + (w + 1) * window
@@ -156,12 +160,25 @@ def contention_slowdown(processes: int, window: float = 2.0, rounds: int = 3) ->
 
     if processes <= 1:
         return {"processes": processes, "alone_s": None, "together_s": None, "slowdown": 1.0}
-    start_at = time.time() + 20.0  # imports and the model build take seconds on a busy machine
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _PROBE, str(rank), str(start_at), str(window), str(rounds)],
-                              stdout=subprocess.PIPE, text=True, env=env) for rank in range(processes)]
-    outs = [p.communicate(timeout=120 + 2 * rounds * window)[0] for p in procs]
-    rank0 = [float(x) for x in outs[0].split()]
+    procs = [subprocess.Popen([sys.executable, "-c", _PROBE, str(rank), str(window), str(rounds)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) for rank in range(processes)]
+    try:
+        for p in procs:  # every process imported, built and warmed up its model
+            while p.stdout.readline().strip() != "ready":
+                if p.poll() is not None:
+                    raise RuntimeError(f"the contention probe process {p.pid} ended with code {p.returncode}")
+        start_at = time.time() + 0.5
+        for p in procs:
+            p.stdin.write(f"{start_at}\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=60 + 2 * rounds * window)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    rank0 = [float(x) for x in outs[0].split()[-2 * rounds:]]
     alone, together = rank0[0::2], rank0[1::2]
     ratios = [t / a for a, t in zip(alone, together)]
     return {"processes": processes, "alone_s": float(np.median(alone)), "together_s": float(np.median(together)),
