@@ -182,11 +182,14 @@ class LayerShares:
     def call_probability(self, cm: CostModel, tokens: float) -> np.ndarray:
         """[D] probability that a pass of ``tokens`` tokens calls each device (home: 1), from
         :func:`remote_call_probability` (cached per tokens)."""
-        hit = self._calls.get(tokens)
+        hit = self._calls.get((tokens, cm.weighted_remote_calls))
         if hit is None:
             m = cm.model
-            hit = np.array([1.0] + [remote_call_probability(x, tokens, m.top_k, m.num_experts) for x in self.mass[1:]])
-            self._calls[tokens] = hit
+            if cm.weighted_remote_calls:
+                hit = np.array([1.0] + [remote_call_probability(x, tokens, m.top_k, m.num_experts) for x in self.mass[1:]])
+            else:
+                hit = np.ones(len(self.devices))
+            self._calls[(tokens, cm.weighted_remote_calls)] = hit
         return hit
 
     def _round_trips(self, cm: CostModel):
