@@ -8,6 +8,12 @@ devices of the same hardware share their tables (a fleet of 16 H100 is one), and
 of instances with the same model, popularity and request sizes (a re-planner's changed
 instances), through a small module-level cache.
 
+A device whose measured profile carries a framework term (``profile.framework``,
+:class:`~planner.domain.profile.FrameworkOverhead`) adds its fixed ``layer_s`` to every decoder
+layer's non-expert block (the layer module's own fixed cost, its local routed-experts call
+included); the pass and remote-expert-call terms are added in :mod:`planner.cost.passes`. Without
+it (a datasheet card, or a profile measured before the term existed) nothing is added.
+
 Units: seconds, FLOPs, bytes.
 """
 
@@ -39,6 +45,30 @@ def layer_arrays(m) -> tuple[np.ndarray, np.ndarray]:
             _LAYERS.pop(next(iter(_LAYERS)))
         hit = _LAYERS[m] = (params, active)
     return hit
+
+
+def framework(dev: Device):
+    """The device's measured framework overhead (:class:`~planner.domain.profile.FrameworkOverhead`),
+    or None (no profile, or a profile without the term)."""
+    return getattr(dev.profile, "framework", None) if dev.profile is not None else None
+
+
+def layer_overhead_s(dev: Device) -> float:
+    """Fixed seconds per decoder layer per pass on ``dev`` (0 without a measured framework term)."""
+    fw = framework(dev)
+    return float(fw.layer_s) if fw is not None else 0.0
+
+
+def pass_overhead_s(dev: Device) -> float:
+    """Fixed seconds per pass through one stage on ``dev``, outside its layers (0 without the term)."""
+    fw = framework(dev)
+    return float(fw.pass_s) if fw is not None else 0.0
+
+
+def expert_call_overhead_s(dev: Device) -> float:
+    """Fixed seconds per call of a layer's routed experts on ``dev`` (0 without the term)."""
+    fw = framework(dev)
+    return float(fw.expert_call_s) if fw is not None else 0.0
 
 
 def _hardware_signature(dev: Device) -> tuple:
@@ -119,6 +149,9 @@ class LayerTimes:
             kv = m.kv_bytes_per_token_per_layer * tokens * (1.0 if prefill else context)
             flops = tokens * (self.nonexpert_flops_per_token + m.attention_score_flops_per_token(1.0) * context)
             ne = op_time_s(dev, flops, self.nonexpert_bytes + kv, self.db)
+            overhead = layer_overhead_s(dev)
+            if overhead:
+                ne = ne + overhead
             touched = 1.0 - np.power(1.0 - np.clip(self.Q, 0.0, 1.0), tokens)
             ex = op_time_s(dev, self.Q * tokens * self.expert_flops_per_token, touched * self.expert_bytes, self.db).sum(axis=1)
             hit = self._cache[key] = (ne, ex)

@@ -68,8 +68,12 @@ class CostModel:
     instance that other modules compute once (route matrices of a path, expert shares of a placement).
     """
 
-    def __init__(self, instance: Instance):
+    def __init__(self, instance: Instance, *, weighted_remote_calls: bool = True):
         self.instance = instance
+        # Remote experts' round trips charged P x RTT (P: the chance that a pass calls the device,
+        # planner.cost.passes.remote_call_probability); False: one full round trip per layer and pass,
+        # the pricing of the two-tier formulation (planner.spaces.twotier), an upper bound of this one.
+        self.weighted_remote_calls = weighted_remote_calls
         m = instance.model
         self.model = m
         self.db = m.dtype_bytes

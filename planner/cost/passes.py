@@ -6,6 +6,13 @@ layer with placed experts (its non-expert block, then a :class:`~planner.cost.ev
 the home device's share and, per remote device, the hidden states' round trip around its share),
 then the embedding and LM head; a codec's encoder precedes the cut's hops and its decoder follows
 them. Token ids go from the origin to the first stage, the sampled token back from the last.
+
+A remote device's round trip is charged its propagation latency (the RTTs of its route) only as
+often as a call happens: weighted by the probability that at least one token of the pass routes a
+slot to that device (:func:`remote_call_probability`); its bytes and the expert time there are
+expected values already. A device whose profile carries a framework term (see
+:mod:`planner.cost.compute`) adds its per-pass overhead once per stage and pass, and a remote
+holder its per-call overhead, weighted by the same probability.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from planner.cost.compute import op_time_s
+from planner.cost.compute import expert_call_overhead_s, op_time_s, pass_overhead_s
 from planner.cost.evaluation import Fork, Step
 from planner.domain.plan import Pipeline
 
@@ -62,7 +69,7 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
         # its local subset serving every token.
         t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved)
                        - sum(ex[layer] - gated_expert_time(cm, gates[layer], layer, stage.device, tokens) for layer in gated))
-        t_rest = t_home - sum(ne[layer] for layer in moved)
+        t_rest = t_home - sum(ne[layer] for layer in moved) + pass_overhead_s(dev)
         shares = {layer: layer_shares(cm, placement[layer], layer, stage.device) for layer in moved}
         if len(moved) > 1:
             LayerShares.prefetch(cm, [(shares[layer], layer) for layer in moved], tokens)
@@ -113,21 +120,46 @@ def experts_fork(cm: CostModel, entries: list, layer: int, home: str, tokens: fl
     hidden states' round trip around its share."""
     shares = layer_shares(cm, entries, layer, home)
     times = shares.times(cm, layer, tokens)
+    calls = shares.call_probability(cm, tokens)
     hb = cm.model.hidden_bytes_per_token
     local, remote = 0.0, 0.0
     branches = []
-    for d, t, mass in zip(shares.devices, times, shares.mass):
+    for d, t, mass, p in zip(shares.devices, times, shares.mass, calls):
         t = float(t)
         if d == home:
             local = t
             branches.append((Step(d, t),))
         else:
+            t += float(p) * expert_call_overhead_s(cm.devices[d])
             sent = mass * tokens * hb
-            there, to = cm.network.hops(home, d, sent)
-            back, fro = cm.network.hops(d, home, sent)
-            remote = max(remote, there + t + back)
+            # Expected bytes (sent) and expert time (t); the propagation only when a call happens.
+            to = [s._replace(delay_s=s.delay_s * float(p)) for s in cm.network.hops(home, d, sent)[1]]
+            fro = [s._replace(delay_s=s.delay_s * float(p)) for s in cm.network.hops(d, home, sent)[1]]
+            remote = max(remote, sum(s.latency_s for s in to) + t + sum(s.latency_s for s in fro))
             branches.append((*to, Step(d, t), *fro))
     return max(local, remote), Fork(tuple(branches))
+
+
+def remote_call_probability(mass: float, tokens: float, top_k: int, num_experts: int) -> float:
+    """Probability that at least one of ``tokens`` tokens routes a slot to a device that serves
+    ``mass`` of a layer's expected selections per token (``sum_e share[e] x q[e]``, 0..top_k).
+
+    One token picks ``top_k`` distinct experts of ``num_experts``; the device's part of the routing
+    is ``m = mass / top_k``. A token misses the device with probability
+    ``prod_{i < k} (E (1 - m) - i) / (E - i)``: exactly ``C(E - s, k) / C(E, k)`` under uniform
+    routing with ``s = E m`` experts on the device, and for popularity-weighted routing the same
+    formula with the device's routing share (an approximation: the marginals do not fix the joint
+    law of a token's k picks). Tokens route independently: ``P = 1 - miss ** tokens``. 0 when
+    nothing routes there, 1 as ``tokens`` grows.
+    """
+    k, e = max(int(top_k), 1), max(int(num_experts), 1)
+    m = min(max(float(mass) / k, 0.0), 1.0)
+    if m <= 0.0 or tokens <= 0:
+        return 0.0
+    miss = 1.0
+    for i in range(min(k, e)):
+        miss *= max(e * (1.0 - m) - i, 0.0) / (e - i)
+    return float(1.0 - miss ** float(tokens))
 
 
 class LayerShares:
@@ -136,7 +168,7 @@ class LayerShares:
     routing mass sent there; devices of one hardware kind grouped (``groups``), so that their
     expert times are priced in one vectorised call."""
 
-    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_routes")
+    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_routes", "_calls")
 
     def __init__(self, cm: CostModel, devices: list[str], share: np.ndarray, q: np.ndarray):
         self.devices = devices
@@ -148,6 +180,20 @@ class LayerShares:
         self.groups = [(d, np.array(idx, dtype=np.intp)) for d, idx in groups.values()]
         self._memo: dict = {}
         self._routes = None
+        self._calls: dict = {}
+
+    def call_probability(self, cm: CostModel, tokens: float) -> np.ndarray:
+        """[D] probability that a pass of ``tokens`` tokens calls each device (home: 1), from
+        :func:`remote_call_probability` (cached per tokens)."""
+        hit = self._calls.get((tokens, cm.weighted_remote_calls))
+        if hit is None:
+            m = cm.model
+            if cm.weighted_remote_calls:
+                hit = np.array([1.0] + [remote_call_probability(x, tokens, m.top_k, m.num_experts) for x in self.mass[1:]])
+            else:
+                hit = np.ones(len(self.devices))
+            self._calls[(tokens, cm.weighted_remote_calls)] = hit
+        return hit
 
     def _round_trips(self, cm: CostModel):
         """Per remote device: one-way latency (s) and seconds per byte of the round trip from the home
@@ -170,9 +216,12 @@ class LayerShares:
         what :func:`experts_fork`'s steps add up to, without the steps."""
         t = self.times(cm, layer, tokens)
         latency, per_byte, links = self._round_trips(cm)
+        calls = self.call_probability(cm, tokens)
+        if len(self.devices) > 1:
+            t = t + calls * np.array([0.0] + [expert_call_overhead_s(cm.devices[d]) for d in self.devices[1:]])
         hb = cm.model.hidden_bytes_per_token
         sent = np.asarray(self.mass) * tokens * hb
-        remote = latency[1:] + sent[1:] * per_byte[1:] + t[1:]
+        remote = calls[1:] * latency[1:] + sent[1:] * per_byte[1:] + t[1:]
         critical = max(float(t[0]), float(remote.max()) if remote.size else 0.0)
         holds = [(d, float(x)) for d, x in zip(self.devices, t)]
         holds += [(key, coef * tokens * hb) for key, coef in links]

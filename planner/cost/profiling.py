@@ -23,13 +23,45 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.optimize import nnls
 
-from planner.domain.profile import HardwareProfile, ProfileError
+from planner.domain.profile import FrameworkOverhead, HardwareProfile, ProfileError
 
 # An expert-FFN sample enters the compute fit only when the fitted memory curve explains at most
 # this fraction of its measured time: a memory-bound sample says nothing about compute.
 COMPUTE_BOUND_MEMORY_SHARE = 0.5
 
 # ----- fitting ---------------------------------------------------------------------------------
+
+def fit_fixed_and_slope(work, seconds) -> tuple[float, float]:
+    """``(a, b)`` of ``seconds = a + b * work`` with ``a, b >= 0``: non-negative least squares on
+    relative residuals ``(a + b*work - t) / t`` (see :func:`_fit_overhead_and_rate`)."""
+    w = np.asarray(work, dtype=float)
+    t = np.asarray(seconds, dtype=float)
+    coef, _ = nnls(np.column_stack([1.0 / t, w / t]), np.ones_like(t))
+    return float(coef[0]), float(coef[1])
+
+
+def fit_framework(samples: list[dict], library: str = "", model: str = "") -> FrameworkOverhead:
+    """The framework's fixed costs fitted to timed passes of a tiny MoE model (``samples``: see
+    :class:`~planner.domain.profile.FrameworkOverhead`).
+
+    Per layer: ``layers_s / layers = layer_s + layer_s_per_flop x layer_flops``; per routed-experts
+    call: ``experts_s / layers = expert_call_s + expert_s_per_flop x expert_flops``; per pass outside
+    the layers: ``pass_s - layers_s``, its median (it does not grow with the tokens at these sizes).
+    Each line is fitted with :func:`fit_fixed_and_slope` (``a, b >= 0``, relative residuals, so that
+    the smallest passes, which show the fixed cost, weigh as much as the largest). Raises
+    :class:`ProfileError` without samples of at least two sizes.
+    """
+    if len({s["layer_flops"] for s in samples}) < 2:
+        raise ProfileError(f"cannot fit the framework overhead: need passes of at least two sizes, got {len(samples)}")
+    per_layer = [s["layers_s"] / s["layers"] for s in samples]
+    layer_s, layer_slope = fit_fixed_and_slope([s["layer_flops"] for s in samples], per_layer)
+    per_call = [s["experts_s"] / s["layers"] for s in samples]
+    expert_s, expert_slope = fit_fixed_and_slope([s["expert_flops"] for s in samples], per_call)
+    outside = float(np.median([max(s["pass_s"] - s["layers_s"], 0.0) for s in samples]))
+    return FrameworkOverhead(library=library, model=model, layer_s=layer_s, layer_s_per_flop=layer_slope,
+                             expert_call_s=expert_s, expert_s_per_flop=expert_slope, pass_s=outside,
+                             samples=list(samples))
+
 
 def _fit_overhead_and_rate(work: list[float], seconds: list[float], what: str) -> tuple[float, float]:
     """Fit ``seconds = a + b * work`` with ``a, b >= 0``; return ``(peak, half) = (1/b, a/b)``.

@@ -13,14 +13,22 @@ Where the stage times miss, it measures what the cost model leaves out, a framew
 operations eager PyTorch runs per decoder layer (counted with a dispatch mode) times the time of
 one small operation on this machine, against a per-layer and per-pass overhead fitted to the
 measured stage times (``measured - predicted = a x layers + b`` per phase, least squares, each
-plan's rows predicted from a fit on the other plans). Figures are measured in one run; they are
-not test assertions.
+plan's rows predicted from a fit on the other plans). With a profile that carries the framework
+term (``moeplan profile --backend torch``) the cost model prices that term itself and the fit shows
+what is left.
+
+Contention: before the runs it measures how much slower the tiny model's decode step runs in
+CPU time when as many processes as a plan has run it at once as when one does
+(:func:`planner.executor.framework.contention_slowdown`, ``--contention probe``, the default; ``none``
+skips it), and reports each run's MAPE with the predictions times that factor beside the plain one.
+Figures are measured in one run; they are not test assertions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,7 +88,7 @@ def count_ops(model, instance, plan, rows: int = 4) -> dict:
             "non_expert_per_layer": counts["layer"][0] - counts["experts"][0], "outside_layers": whole.n - layers * counts["layer"][0]}
 
 
-def isolated_stage_ms(model, instance, plan, rows: int, prompt: int, repeats: int = 15) -> dict:
+def isolated_stage_ms(model, instance, plan, rows: int, prompt: int, repeats: int = 15, calibration_ids=None) -> dict:
     """CPU ms of each stage of ``plan`` run alone in this process (no other stage, no messages): the
     median of ``repeats`` prefills of ``prompt`` tokens and of ``repeats`` decode steps of ``rows``
     sequences at context ``prompt``, through :meth:`planner.runtime.stage.StageRole.forward`."""
@@ -92,7 +100,8 @@ def isolated_stage_ms(model, instance, plan, rows: int, prompt: int, repeats: in
     from planner.runtime.transport import DelayQueue
     from planner.runtime.wire import DECODE, PREFILL
 
-    planned = apply_plan(model, instance, plan)
+    ids = torch.as_tensor(calibration_ids) if calibration_ids is not None else None
+    planned = apply_plan(model, instance, plan, calibration_ids=ids)
     out = {}
     for i, runner in enumerate(planned.stages):
         codec_in = planned.codecs[i - 1] if i > 0 and hasattr(planned.codecs[i - 1], "rank") else None
@@ -112,6 +121,34 @@ def isolated_stage_ms(model, instance, plan, rows: int, prompt: int, repeats: in
             role.forward(DECODE, k, ints, None if role.first else torch.randn(rows, 1, width))
             times["decode"].append(time.thread_time() - t)
         out[runner.device_label] = {phase: float(np.median(v) * 1e3) for phase, v in times.items()}
+    return out
+
+
+def alone_against_predicted(model, instance, names: list[str], stage_rows: list[dict], calibration_ids=None) -> list[dict]:
+    """Per stage and phase of each plan in ``names`` without remote experts: its CPU ms alone in this
+    process (:func:`isolated_stage_ms`, decode of 2 rows at context = prompt, prefill of the prompt),
+    the cost model's prediction for the same pass, and the mean of the runs' measured times."""
+    from planner.cost.costmodel import CostModel
+    from planner.domain.plan import Plan
+    from planner.runtime.fidelity import pass_prediction
+
+    cm = CostModel(instance)
+    prompt = instance.workload.prompt_tokens
+    out = []
+    for name in names:
+        plan = Plan.load(PLANS / f"{name}.json")
+        if any(p.expert_placement for p in plan.pipelines):
+            continue
+        alone = isolated_stage_ms(model, instance, plan, rows=2, prompt=prompt, calibration_ids=calibration_ids)
+        pipe = plan.pipelines[0]
+        pred = {"decode": pass_prediction(cm, pipe, 2.0, float(prompt), False)[0],
+                "prefill": pass_prediction(cm, pipe, float(prompt), prompt / 2.0, True)[0]}
+        for dev, phases in alone.items():
+            for phase, ms in phases.items():
+                runs = [r["measured_ms"] for r in stage_rows if r["plan"] == name and r["device"] == dev and r["phase"] == phase]
+                out.append({"plan": name, "device": dev, "phase": phase, "alone_ms": ms,
+                            "predicted_ms": pred[phase].get(dev, 0.0) * 1e3,
+                            "in_runs_ms": float(np.mean(runs)) if runs else float("nan")})
     return out
 
 
@@ -165,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default="poisson,burst")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="F", help="also write every report to F")
+    p.add_argument("--contention", choices=("probe", "none"), default="probe",
+                   help="measure the slowdown of N busy processes on this machine before the runs (default) or not")
     args = p.parse_args(argv)
 
     import torch
@@ -181,8 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     calibration = inputs.calibration_ids(256)
     options = launch.RunOptions(timeout_s=10.0, run_timeout_s=600.0, model_module=type(model).__module__, calibration=calibration)
     runs, stage_rows, term_rows = [], [], []
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    from planner.executor.framework import contention_slowdown
+    from planner.runtime.topology import cores as topology_cores
+    from planner.runtime.topology import topology
+
+    slowdowns: dict[int, dict] = {}
+    if args.contention == "probe":
+        for name in args.plans.split(","):
+            world = len(topology(instance, Plan.load(PLANS / f"{name}.json")).devices)
+            if world not in slowdowns:
+                slowdowns[world] = contention_slowdown(world)
+                print(f"contention probe: {world} busy processes run the tiny model's decode step "
+                      f"x{slowdowns[world]['slowdown']:.2f} slower in CPU time than one "
+                      f"({slowdowns[world]['together_s'] * 1e3:.2f} / {slowdowns[world]['alone_s'] * 1e3:.2f} ms)",
+                      file=sys.stderr, flush=True)
     for name in args.plans.split(","):
         plan = Plan.load(PLANS / f"{name}.json")
+        world = len(topology(instance, plan).devices)
+        factor = slowdowns[world]["slowdown"] if world in slowdowns else None
         codecs = inputs.prepare(model, instance, plan, calibration)
         for workload in args.workloads.split(","):
             requests = inputs.make_requests(instance, 256, 512, num_requests=args.requests, burst=workload == "burst", seed=args.seed)
@@ -192,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} / {workload}: the run failed: {result.failed}", file=sys.stderr)
                 return 1
             measured = report.RunMeasurement(gen.stats, instance, plan, gen.done)
-            rep = fidelity.compare(measured, requests)
+            rep = fidelity.compare(measured, requests, contention=factor)
             print(f"=== {name}, {workload} ({len(requests)} requests; b x m = {plan.pipelines[0].micro_batch_size} x "
                   f"{plan.pipelines[0].num_micro_batches})")
             print(fidelity.fidelity_table(rep))
@@ -202,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             term_rows += [dict(r, plan=name, workload=workload) for r in rep["terms"]]
 
     mape = float(np.mean([abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in stage_rows]) * 100)
+    mape_c = (float(np.mean([abs(r["predicted_contended_ms"] - r["measured_ms"]) / r["measured_ms"] for r in stage_rows]) * 100)
+              if all("predicted_contended_ms" in r for r in stage_rows) else None)
     print("\n=== summary: measured / predicted")
     print(f"{'plan':<28} {'workload':<8} {'stage times':>14} {'TTFT mean':>10} {'TPOT mean':>10} {'tokens/s':>9} "
           f"{'TTFT sim':>9} {'TPOT sim':>9} {'tok/s sim':>9}")
@@ -212,7 +270,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{fig['TTFT ms, mean']['ratio_cost_model']:>10.2f} {fig['TPOT ms, mean']['ratio_cost_model']:>10.2f} "
               f"{fig['tokens/s']['ratio_cost_model']:>9.2f} {fig['TTFT ms, mean']['ratio_simulated']:>9.2f} "
               f"{fig['TPOT ms, mean']['ratio_simulated']:>9.2f} {fig['tokens/s']['ratio_simulated']:>9.2f}")
+    if load_before is not None:
+        print(f"machine: {topology_cores()} cores; load average (1 min) {load_before[0]:.2f} before the runs, "
+              f"{os.getloadavg()[0]:.2f} after (other work on the machine shows as contention)")
     print(f"MAPE of the cost model over all {len(stage_rows)} stage times: {mape:.1f} % (target 15 %)")
+    if mape_c is not None:
+        factors = ", ".join(f"{w} processes x{v['slowdown']:.2f}" for w, v in sorted(slowdowns.items()))
+        print(f"with the measured contention slowdown ({factors}): {mape_c:.1f} %")
+    print("stage times, ms per pass (measured / predicted = ratio" + ("; predicted x contention" if mape_c is not None else "") + "):")
+    for r in stage_rows:
+        extra = (f"; x contention {r['predicted_contended_ms']:.3f} = {r['measured_ms'] / r['predicted_contended_ms']:.2f}"
+                 if mape_c is not None else "")
+        print(f"  {r['plan']:<26} {r['workload']:<8} {r['device']:<6} {r['phase']:<8} {r['measured_ms']:.3f} / "
+              f"{r['predicted_ms']:.3f} = {r['ratio']:.2f}{extra}")
+    print("figures (measured; cost model, ratio; simulator, ratio):")
+    for run in runs:
+        fig = {f["figure"]: f for f in run["fidelity"]["figures"]}
+        cells = []
+        for key in ("TTFT ms, mean", "TPOT ms, mean", "tokens/s"):
+            f = fig[key]
+            cells.append(f"{key} {f['measured']:.1f}; {f['cost_model']:.1f}, {f['ratio_cost_model']:.2f}; "
+                         f"{f['simulated']:.1f}, {f['ratio_simulated']:.2f}")
+        print(f"  {run['plan']:<26} {run['workload']:<8} " + " | ".join(cells))
     for term in ("non-expert blocks", "routed experts, embedding, head, codec"):
         for phase in ("prefill", "decode"):
             ratios = [r["ratio"] for r in term_rows if r["term"] == term and r["phase"] == phase]
@@ -226,6 +305,18 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + dev + ": " + ", ".join(
             f"{ph} {ms:.2f} ms alone, {inrun[ph]['predicted_ms']:.3f} predicted, {inrun[ph]['measured_ms']:.2f} in the runs"
             for ph, ms in phases.items() if ph in inrun))
+    alone_rows = alone_against_predicted(model, instance, args.plans.split(","), stage_rows, calibration)
+    if alone_rows:
+        mape_alone = float(np.mean([abs(r["predicted_ms"] - r["alone_ms"]) / r["alone_ms"] for r in alone_rows]) * 100)
+        print(f"without contention: each stage of the plans without remote experts run alone in this process "
+              f"(decode of 2 rows at context {instance.workload.prompt_tokens}, prefill of {instance.workload.prompt_tokens} "
+              f"tokens) against the cost model at the same size: MAPE {mape_alone:.1f} % over {len(alone_rows)} stage times")
+        for r in alone_rows:
+            print(f"  {r['plan']:<26} {r['device']:<6} {r['phase']:<8} alone {r['alone_ms']:.3f} / predicted "
+                  f"{r['predicted_ms']:.3f} = {r['alone_ms'] / r['predicted_ms']:.2f}; in the runs / alone "
+                  f"{r['in_runs_ms'] / r['alone_ms']:.2f}")
+    else:
+        mape_alone = None
     ops = count_ops(model, instance, first)
     op_s = small_op_s()
     fit = overhead_fit(stage_rows)
@@ -239,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fitted overhead, {phase}: {f['ms_per_layer']:.3f} ms per layer + {f['ms_per_pass']:.3f} ms per pass; "
               f"with it the MAPE (each plan held out of its fit) is {f['mape_pct_held_out']:.1f} %")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "mape_stage_pct": mape, "ops": ops, "small_op_s": op_s, "fit": fit,
+        Path(args.json).write_text(json.dumps({"runs": runs, "mape_stage_pct": mape, "mape_stage_contended_pct": mape_c,
+                                               "mape_alone_pct": mape_alone, "alone_rows": alone_rows,
+                                               "contention": slowdowns, "ops": ops, "small_op_s": op_s, "fit": fit,
                                                "alone_ms": alone}, indent=2, default=float))
     return 0
 

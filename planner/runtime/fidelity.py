@@ -9,6 +9,13 @@ serves for other stages). Measured: the device's CPU time in the same passes
 1: slower than predicted). The MAPE is the mean of ``|predicted - measured| / measured`` over the
 stage devices' rows.
 
+Contention: where the run had more processes than this machine's cores, every device's time is
+slower than its profile says (processes take cores and caches from each other, which shows even in
+CPU time). The report says so (``contention``); with a measured slowdown factor (``contention=F``,
+e.g. :func:`planner.executor.framework.contention_slowdown` for the run's process count, measured
+apart from the run) it also gives each stage row's prediction times ``F`` and their MAPE
+(``mape_stage_contended_pct``), beside the plain ones.
+
 Terms: each stage's time split as the cost model splits it, the non-expert blocks of its layers
 (``LayerTimes.layer_times``) against the rest of its steps (routed experts, embedding, LM head,
 codec); measured with the executor's per-layer timings (the routed experts' share, waits for
@@ -30,6 +37,7 @@ from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import Step
 from planner.domain.data_files import RequestTrace
 from planner.runtime.report import PHASES, RunMeasurement, request_figures
+from planner.runtime.topology import cores
 from planner.sim import simulate
 
 
@@ -80,9 +88,10 @@ class _Priced:
         return float(ne[layers.start:layers.stop].sum())
 
 
-def compare(run: RunMeasurement, requests: list) -> dict:
+def compare(run: RunMeasurement, requests: list, contention: float | None = None) -> dict:
     """The fidelity report of one run (see the module docstring); ``requests``: the run's
-    :class:`~planner.runtime.scheduler.RequestSpec` s (their arrivals drive the simulation)."""
+    :class:`~planner.runtime.scheduler.RequestSpec` s (their arrivals drive the simulation);
+    ``contention``: a measured slowdown factor of the devices' compute for this run's process count."""
     priced = _Priced(run)
     busy = run.device_busy("cpu_s")
     stage_rows, term_rows = [], []
@@ -100,6 +109,14 @@ def compare(run: RunMeasurement, requests: list) -> dict:
                 term_rows += _terms(run, priced, dev, phase, measured, predicted)
     stage_only = [r for r in stage_rows if r["role"] != "experts"]
     mape = float(np.mean([abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in stage_only]) * 100) if stage_only else None
+    contended = None
+    if contention is not None:
+        for r in stage_rows:
+            r["predicted_contended_ms"] = r["predicted_ms"] * contention
+        contended = float(np.mean([abs(r["predicted_contended_ms"] - r["measured_ms"]) / r["measured_ms"]
+                                   for r in stage_only]) * 100) if stage_only else None
+    machine = {"processes": len(run.devices), "cores": cores(), "oversubscribed": len(run.devices) > cores(),
+               "slowdown": contention}
     link_pred: dict = defaultdict(float)
     for pid in priced.size:
         for key, h in priced.of(pid)[0].items():
@@ -114,7 +131,8 @@ def compare(run: RunMeasurement, requests: list) -> dict:
             predicted = float(np.median([priced.of(p["pass_id"])[1] for p in done]))
             pass_rows.append(_row(phase=phase, passes=len(done), measured_ms=measured * 1e3, predicted_ms=predicted * 1e3))
     return {"stages": stage_rows, "terms": term_rows, "links": link_rows, "passes": pass_rows,
-            "figures": _figures(run, requests, priced.cm), "mape_stage_pct": mape}
+            "figures": _figures(run, requests, priced.cm), "mape_stage_pct": mape, "contention": machine,
+            "mape_stage_contended_pct": contended}
 
 
 def _row(**kw) -> dict:
@@ -184,6 +202,12 @@ def fidelity_table(report: dict) -> str:
         lines.append(f"{r['device']:<8} {r['role']:<8} {r['phase']:<8} {r['passes']:>6} {r['measured_ms']:>11.3f} "
                      f"{r['predicted_ms']:>12.3f} {_f(r['ratio']):>7}")
     lines.append(f"MAPE of the cost model over the stage times: {_f(report['mape_stage_pct'], '.1f')} %")
+    c = report.get("contention") or {}
+    if c.get("oversubscribed"):
+        lines.append(f"contention: {c['processes']} processes on {c['cores']} cores: measured device times include it"
+                     + (f"; with the measured slowdown x{c['slowdown']:.2f} the MAPE is "
+                        f"{_f(report['mape_stage_contended_pct'], '.1f')} %" if c.get("slowdown") else
+                        " (no slowdown factor given: the predictions leave it out)"))
     lines.append(f"{'device':<8} {'phase':<8} {'term':<40} {'measured ms':>11} {'predicted ms':>12} {'ratio':>7}")
     for r in report["terms"]:
         lines.append(f"{r['device']:<8} {r['phase']:<8} {r['term']:<40} {r['measured_ms']:>11.3f} {r['predicted_ms']:>12.3f} "

@@ -34,7 +34,7 @@ from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.planners.replan import replan
 from planner.runtime.scheduler import RequestSpec
-from planner.runtime.topology import topology
+from planner.runtime.topology import oversubscription, topology
 from planner.runtime.worker import WorkerSpec, process_main
 
 FAULT_GRACE_S = 0.5  # after the first sign of a fault, how long to collect the others
@@ -278,7 +278,11 @@ def run(instance: Instance, plan: Plan, requests: list[RequestSpec], options: Ru
     try:
         while True:
             pending = [by_id[rid] for rid, o in outcomes.items() if o["status"] == "pending"]
-            log(f"run {len(gens) + 1}: {len(pending)} request(s) on {', '.join(topology(current_inst, current_plan).devices)}")
+            topo = topology(current_inst, current_plan)
+            log(f"run {len(gens) + 1}: {len(pending)} request(s) on {', '.join(topo.devices)}")
+            note = oversubscription(len(topo.devices), options.threads)
+            if note is not None:
+                log(note)
             gen = _generation(current_inst, current_plan, pending, codecs, run_t0, options, log, deadline)
             gens.append(gen)
             if run_t0 is None and gen.t0 is not None:

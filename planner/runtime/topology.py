@@ -72,6 +72,18 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def oversubscription(world: int, threads: int = 1) -> str | None:
+    """A note when ``world`` processes of ``threads`` torch threads each are more than this
+    machine's cores: they then take cores and caches from each other, and every device's time (even
+    counted in CPU time) runs slower than its profile says: the cost model does not know it unless
+    a measured slowdown is passed (``planner.runtime.fidelity.compare(..., contention=...)``)."""
+    n, c = world * max(int(threads), 1), cores()
+    if n <= c:
+        return None
+    return (f"contention: {world} processes x {threads} thread(s) on {c} core(s): devices share cores, and their "
+            f"measured times include the slowdown (the cost model's predictions do not, unless a measured factor is given)")
+
+
 def available_memory_bytes() -> float | None:
     """MemAvailable of /proc/meminfo (None where there is none)."""
     try:

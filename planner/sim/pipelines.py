@@ -4,7 +4,7 @@
 A pass (the cost model's steps, :meth:`planner.cost.costmodel.CostModel.pass_steps`) is compiled
 once per pipeline into a :class:`Path`; each pass size (a prefill of ``p`` tokens, a decode step of
 ``n`` sequences) is a *variant* of it: the seconds each step holds its resource and the bytes it
-sends. Prompts up to ``EXACT_PROMPT_MAX`` tokens and the instance's own prompt are priced exactly;
+sends, and the propagation after it. Prompts up to ``EXACT_PROMPT_MAX`` tokens and the instance's own prompt are priced exactly;
 longer ones are interpolated between points of a geometric grid (ratio ``PROMPT_GRID_RATIO``).
 """
 
@@ -27,7 +27,9 @@ class Path:
 
     ``segments``: a list of forks, each a tuple of branches (a plain run of steps is a fork of one
     branch); a branch is a list of ``(resource id, delay s, column)``. A *variant* (one pass size)
-    is ``(holds, nbytes)``: lists indexed by column (seconds held at nominal bandwidth, bytes sent)."""
+    is ``(holds, nbytes, delays)``: lists indexed by column (seconds held at nominal bandwidth, bytes
+    sent, the propagation after it: a remote expert's route is delayed only as often as a pass of
+    that size calls it, so delays depend on the size too)."""
 
     def __init__(self, items: list, resource_id: Callable):
         self.segments: list[tuple] = []
@@ -76,7 +78,8 @@ class Path:
             raise RuntimeError("pass steps changed shape between pass sizes")
         holds = [sum(flat[i].hold_s for i in col) for col in self.columns]
         nbytes = [sum(flat[i].nbytes for i in col) for col in self.columns]
-        return holds, nbytes
+        delays = [flat[col[-1]].delay_s for col in self.columns]
+        return holds, nbytes, delays
 
 
 class Slot:
@@ -135,9 +138,9 @@ class Pipe:
                 if prompt in (lo, hi):
                     hit = self.path.variant(cm.pass_steps(self.pipe, float(prompt), prompt / 2.0, True))
                 else:
-                    (h0, b0), (h1, b1) = self.prefill_variant(lo), self.prefill_variant(hi)
+                    v0, v1 = self.prefill_variant(lo), self.prefill_variant(hi)
                     w = (prompt - lo) / (hi - lo)
-                    hit = ([x + w * (y - x) for x, y in zip(h0, h1)], [x + w * (y - x) for x, y in zip(b0, b1)])
+                    hit = tuple([x + w * (y - x) for x, y in zip(a, b)] for a, b in zip(v0, v1))
             self.prefill[prompt] = hit
         return hit
 

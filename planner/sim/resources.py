@@ -99,23 +99,24 @@ class Resources:
     def reserve(self, path, variant: tuple, t: float, owner: int, now: float) -> float:
         """Reserve every step of one pass of ``path`` (a :class:`planner.sim.pipelines.Path`) ready at
         ``t``; returns when the pass ends."""
-        holds, nbytes = variant
+        holds, nbytes, delays = variant
         run = self.run
         for seg in path.segments:
             if len(seg) == 1:
-                t = run(seg[0], holds, nbytes, t, owner, now)
+                t = run(seg[0], holds, nbytes, delays, t, owner, now)
             else:
                 end = t
                 for branch in seg:
-                    e = run(branch, holds, nbytes, t, owner, now)
+                    e = run(branch, holds, nbytes, delays, t, owner, now)
                     if e > end:
                         end = e
                 t = end
         return t
 
-    def run(self, branch, holds, nbytes, t: float, owner: int, now: float) -> float:
+    def run(self, branch, holds, nbytes, delays, t: float, owner: int, now: float) -> float:
         ivs, clocks, busy, timeline, prune_at = self.iv, self.clocks, self.busy, self.timeline, _PRUNE_AT
-        for r, delay, j in branch:
+        for r, _, j in branch:
+            delay = delays[j]
             h = holds[j]
             if h > 0.0:
                 iv = ivs[r]

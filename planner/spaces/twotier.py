@@ -5,7 +5,15 @@ from the shared grid (:func:`planner.spaces.batching.batch_grid`).
 :func:`two_tier_problem` turns an instance, a partner and a batching into a
 :class:`models.twotier.TwoTierProblem` whose coefficients are the cost model's own terms, so that the
 problem's objective equals :class:`planner.cost.costmodel.CostModel`'s evaluation of the plan
-:func:`plan_from_solution` builds (tests check this); :func:`solution_from_plan` maps a plan of this
+:func:`plan_from_solution` builds (tests check this) when the cost model charges a near layer's far
+experts one full round trip per pass (``CostModel(instance, weighted_remote_calls=False)``). The
+cost model's default weights that round trip by the probability that a pass calls the far device
+(:func:`planner.cost.passes.remote_call_probability`), which is not linear in the expert choice: for
+it the problem's latency is an upper bound (a plan with far experts is never slower than the
+problem says), so exact solvers over this space prove optimality for the full-round-trip pricing.
+Nor does the problem carry a measured framework overhead's per-pass and per-remote-call terms
+(its per-layer term is in the layer times it takes from the cost model).
+:func:`solution_from_plan` maps a plan of this
 space back (a warm start). The exact solvers (:mod:`planner.planners.exact`) and route-aware's Steps
 1-4 (:mod:`planner.planners.route_aware`) search it.
 """

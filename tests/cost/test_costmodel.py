@@ -78,14 +78,16 @@ def test_memory_of_a_single_stage(tiny):
 
 def test_remote_expert_costs_a_round_trip_and_moves_its_memory(tiny):
     """Moving expert 0 to the cloud: its 32,768 B leave the end device's memory, and its tokens
-    (q = 1/4 of a token, 64 x 2 B each way) cross the link and back: latency grows by at least one RTT."""
+    (q = 1/4 of a token, 64 x 2 B each way) cross the link and back: a decode step of 1 token
+    (top-1) calls the cloud with probability 1/4, so latency grows by at least a quarter of the
+    10 ms RTT (the round trip weighted by the probability that a token routes remote)."""
     cm = CostModel(tiny)
     base = one_stage("end")
     moved = Plan((Pipeline((Stage("end", 0, 1),), expert_placement=(ExpertPlacement(0, 0, ("cloud",), (1.0,)),)),))
     ev0, ev1 = cm.evaluate(base), cm.evaluate(moved)
     assert ev1.memory_bytes["end"] == pytest.approx(ev0.memory_bytes["end"] - 32_768)
     assert ev1.memory_bytes["cloud"] == pytest.approx(32_768)
-    assert ev1.tpot_s > ev0.tpot_s + 10e-3
+    assert ev0.tpot_s + 0.25 * 10e-3 < ev1.tpot_s < ev0.tpot_s + 0.25 * 10e-3 + 1e-3
     assert ev1.bytes_per_token["cloud<->end"] == pytest.approx(2 * 0.25 * 128)
 
 
@@ -155,7 +157,7 @@ def test_a_group_gate_serves_every_token_from_the_local_subset():
     assert validate(inst, gated) == []
     ev, ev_remote = cm.evaluate(gated), cm.evaluate(remote)
     assert ev.tpot_s == pytest.approx(82_048e-9, rel=1e-12)
-    assert ev_remote.tpot_s > ev.tpot_s + 10e-3
+    assert ev_remote.tpot_s > ev.tpot_s + 0.25 * 10e-3  # the RTT weighted by its call probability, 1/4
     assert ev.memory_bytes == pytest.approx({"end": CostModel(inst).evaluate(one_stage("end")).memory_bytes["end"] - 32_768})
     assert ev.accuracy_loss == pytest.approx(0.02)
     assert ev.bytes_per_token == {}

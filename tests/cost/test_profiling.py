@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from planner.cost.profiling import check_profile_against_expert_ffn, fit, measure
+from planner.cost.profiling import check_profile_against_expert_ffn, fit, fit_framework, measure
 from planner.domain.profile import SCHEMA, HardwareProfile, ProfileError
 from tests.helpers import HALF_BYTES, HALF_FLOPS, PEAK_BYTES, PEAK_FLOPS, synthetic_profile, synthetic_samples
 
@@ -117,3 +117,45 @@ def test_torch_backend_without_torch_is_a_clear_error():
             measure(backend="torch", device="cpu")
     else:
         pytest.skip("torch is installed")
+
+
+# ----- the framework overhead --------------------------------------------------------------------
+
+def _framework_samples(layer_s, layer_slope, call_s, call_slope, pass_s, noise=0.0, seed=0):
+    """Passes of a 4-layer model timed as ``fixed + slope x FLOPs`` per layer and per experts call,
+    plus ``pass_s`` outside the layers (relative noise ``noise``)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for tokens in (1, 2, 4, 8, 32):
+        layer_flops, expert_flops = tokens * 2.6e5, tokens * 2e5
+        jitter = 1.0 + noise * rng.standard_normal(3)
+        layers_s = 4 * (layer_s + layer_slope * layer_flops) * jitter[0]
+        experts_s = 4 * (call_s + call_slope * expert_flops) * jitter[1]
+        out.append({"tokens": tokens, "context": 16.0, "layers": 4, "layer_flops": layer_flops,
+                    "expert_flops": expert_flops, "pass_s": layers_s + pass_s * jitter[2],
+                    "layers_s": layers_s, "experts_s": experts_s})
+    return out
+
+
+def test_framework_fit_recovers_fixed_and_slope():
+    fw = fit_framework(_framework_samples(4e-4, 5e-11, 1.8e-4, 4e-11, 2.4e-4), "lib", "model")
+    assert fw.layer_s == pytest.approx(4e-4, rel=1e-6)
+    assert fw.layer_s_per_flop == pytest.approx(5e-11, rel=1e-6)
+    assert fw.expert_call_s == pytest.approx(1.8e-4, rel=1e-6)
+    assert fw.expert_s_per_flop == pytest.approx(4e-11, rel=1e-6)
+    assert fw.pass_s == pytest.approx(2.4e-4, rel=1e-6)
+    assert (fw.library, fw.model, len(fw.samples)) == ("lib", "model", 5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_framework_fit_recovers_the_fixed_part_from_noisy_timings(seed):
+    fw = fit_framework(_framework_samples(4e-4, 5e-11, 1.8e-4, 4e-11, 2.4e-4, noise=0.03, seed=seed))
+    assert fw.layer_s == pytest.approx(4e-4, rel=0.1)
+    assert fw.expert_call_s == pytest.approx(1.8e-4, rel=0.1)
+    assert fw.pass_s == pytest.approx(2.4e-4, rel=0.1)
+
+
+def test_framework_fit_needs_two_sizes():
+    one = _framework_samples(4e-4, 5e-11, 1.8e-4, 4e-11, 2.4e-4)[:1]
+    with pytest.raises(ProfileError, match="two sizes"):
+        fit_framework(one)
