@@ -37,7 +37,8 @@ class Network:
         self._node = {n: i for i, n in enumerate(self._names)}
         n = len(self._names)
         rows, cols, weights = [], [], []
-        # A pair's link is the one instance.link answers (the last listed); an edge per direction.
+        # A pair's link is the one instance.link answers (the last listed; the pair's listings used
+        # to add up into one weight); an edge per direction.
         seen = set()
         for link in reversed(instance.links):
             key = frozenset((link.a, link.b))
@@ -48,7 +49,7 @@ class Network:
             rows += [self._node[link.a], self._node[link.b]]
             cols += [self._node[link.b], self._node[link.a]]
             weights += [w, w]
-        self._hub_of: dict[int, tuple] = {}  # hub node -> (interconnect, side it leads to)
+        self._hub_of: dict = {}  # hub node (after the devices) -> its interconnect
         hub = n
         for ic in instance.interconnects:
             if not ic.num_pairs:
@@ -62,7 +63,6 @@ class Network:
                 weights += [w] * len(ins) + [0.0] * len(outs)  # explicit zeros are edges for csgraph
                 self._hub_of[hub] = ic
                 hub += 1
-        self._size = hub
         self._weights = csr_matrix((weights, (rows, cols)), shape=(hub, hub))
         self._predecessors: dict[int, list[int]] = {}  # per source: predecessor of each node (-9999: none)
         self._routes: dict = {}
