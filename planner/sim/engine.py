@@ -461,7 +461,7 @@ def _resources(instance: Instance, series: dict, events: list[SimEvent], timelin
         if link is None:
             raise KeyError(key)
         changes = sorted(bw_changes.get(None, []) + bw_changes.get(key, []), key=lambda c: c[0])
-        s = series.get(key, link.bandwidth_series)
+        s = series.get(key, series.get(None, link.bandwidth_series))
         clock = LinkClock(link.bandwidth_bytes_per_s, s, changes) if s is not None or changes else None
         return res.add(key, f"{key[0]}<->{key[1]}", clock, reported=True)
 

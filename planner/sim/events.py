@@ -59,13 +59,18 @@ def check_events(instance: Instance, events) -> list[SimEvent]:
 
 
 def check_series(instance: Instance, bandwidth_series) -> dict:
-    """``{(a, b) sorted: bytes/s per second}`` from the argument (a dict per link, or one array for all)."""
+    """``{(a, b) sorted: bytes/s per second}`` from the argument (a dict per link), or for one array
+    for every link ``{None: it}`` (every link falls back to it: not one entry per pair of a group)."""
     if bandwidth_series is None:
         return {}
     if isinstance(bandwidth_series, dict):
         items = bandwidth_series.items()
-    else:  # one array for every link
-        items = (((min(l.a, l.b), max(l.a, l.b)), bandwidth_series) for l in instance.all_links())
+    else:
+        first = next(instance.all_links(), None)
+        if first is None:
+            return {}
+        key = (min(first.a, first.b), max(first.a, first.b))
+        return {None: check_series(instance, {key: bandwidth_series})[key]}
     out = {}
     for key, arr in items:
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(x, str) for x in key)
