@@ -68,12 +68,16 @@ class Network:
         self._routes: dict = {}
         self._route_terms: dict = {}
         self._hop_links: dict = {}  # (a, b) -> ((link key, bytes/s, one-way s) per hop)
+        self._link_cache: dict = {}
 
     def link(self, a: str, b: str) -> Link:
-        """The link between ``a`` and ``b`` (either order); ``KeyError`` if there is none."""
-        found = self._instance.link(a, b)
+        """The link between ``a`` and ``b`` (either order); ``KeyError`` if there is none. Cached: the
+        cost model asks for every busy link of every plan it prices."""
+        found = self._link_cache.get((a, b))
         if found is None:
-            raise KeyError((a, b))
+            found = self._link_cache[(a, b)] = self._instance.link(a, b)
+            if found is None:
+                raise KeyError((a, b))
         return found
 
     def route(self, a: str, b: str) -> list:
