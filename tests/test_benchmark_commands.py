@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import REPO
 
 MODULES = ["planner.bench.exact", "planner.bench.replan", "solvers.bench_placement", "planner.cost.calibration",
-           "planner.bench.check_heuristics"]
+           "planner.bench.check_heuristics", "planner.bench.fleet_size"]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -19,9 +19,15 @@ LNS_MOVES = 200
 
 
 def scale_instance(model: str, num_devices: int) -> Instance:
-    """``model`` from a Jetson AGX Orin (end) with ``num_devices - 1`` more: about a fifth L40S at an
-    edge site (1 Gbit/s, 5 ms from the end device), the rest H100 in a cloud region (Wi-Fi 100 Mbit/s,
-    25 ms from the end device; 10 Gbit/s, 15 ms from the edge site)."""
+    """The instance of :func:`scale_data`, checked."""
+    return instance_from_dict(scale_data(model, num_devices), file=f"<scale {model} x {num_devices}>", base_dir=ROOT / "instances")
+
+
+def scale_data(model: str, num_devices: int) -> dict:
+    """The instance file's tables (catalog names only, so it can be written anywhere): ``model``
+    from a Jetson AGX Orin (end) with ``num_devices - 1`` more: about a fifth L40S at an edge site
+    (1 Gbit/s, 5 ms from the end device), the rest H100 in a cloud region (Wi-Fi 100 Mbit/s, 25 ms
+    from the end device; 10 Gbit/s, 15 ms from the edge site)."""
     if num_devices < 2:
         raise ValueError(f"a scale fleet has at least 2 devices, got {num_devices}")
     edge = 0 if num_devices < 4 else max(1, round((num_devices - 1) / 5))
@@ -41,11 +47,10 @@ def scale_instance(model: str, num_devices: int) -> Instance:
         links.append({"a": "l40s", "b": "h100", "bandwidth_gbps": 10, "rtt_ms": 15})
     devices.append(group("h100", "h100-sxm", cloud, 450.0))  # NVLink (aiconfigurator)
     links.append({"a": "orin", "b": "h100", "bandwidth_mbps": 100, "rtt_ms": 25})
-    data = {"name": f"{model}-{num_devices}dev", "objective": "throughput", "model": {"catalog": model},
+    return {"name": f"{model}-{num_devices}dev", "objective": "throughput", "model": {"catalog": model},
             "devices": devices, "links": links,
             "workload": {"origin": "orin", "arrival_rate_per_s": 1.0, "prompt_tokens": 512, "output_tokens": 128,
                          "max_batch": 16, "popularity": {"kind": "zipf", "zipf_exponent": 1.0}}}
-    return instance_from_dict(data, file=f"<scale {model} x {num_devices}>", base_dir=ROOT / "instances")
 
 
 def scale_size(instance: Instance) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planner import api
-from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log, result_json
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log, progress_while, result_json
 from planner.cost import report
 from planner.domain.errors import option_error
 
@@ -33,10 +33,12 @@ def solver_names(text: str | None) -> list[str]:
 
 
 def cmd_compare(args) -> int:
-    instance = api.load_instance(args.instance)
+    with progress_while(f"loading {args.instance}"):
+        instance = api.load_instance(args.instance)
     names = solver_names(args.solvers)
-    results = api.compare(instance, names, time_limit=args.time_limit, seed=args.seed,
-                          progress=lambda name: log(f"solving with {name} ..."))
+    with progress_while(f"comparing solvers on {instance.name}"):
+        results = api.compare(instance, names, time_limit=args.time_limit, seed=args.seed,
+                              progress=lambda name: log(f"solving with {name} ..."))
     if args.json:
         best = report.best_result(results)
         emit_json({"status": best.status.value if best is not None else "infeasible", "stop_reason": None,

@@ -3,14 +3,19 @@
 ``--json`` prints exactly one JSON object on stdout (:func:`emit_json`), whatever happens: every
 object has a ``status``; a run that fails prints ``{"status": "error", "error": {"kind", "file",
 "field", "message", "problems"}}`` (:func:`error_json`). Logs and progress go to stderr
-(:func:`log`). Files are written atomically with :func:`planner.domain.files.write_atomic`.
+(:func:`log`); work that runs longer than a few seconds says so there (:func:`progress_while`).
+Files are written atomically with :func:`planner.domain.files.write_atomic`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import threading
+import time
+from contextlib import contextmanager
 
 # 0 success, 1 infeasible / no plan / invalid plan, 2 bad input, 3 an internal error (a bug in moeplan).
 EXIT_OK, EXIT_NO_PLAN, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -40,6 +45,34 @@ def emit_json(obj) -> None:
 def log(msg: str) -> None:
     """A line for the user on stderr."""
     print(msg, file=sys.stderr, flush=True)
+
+
+PROGRESS_AFTER_S = 3.0  # the first progress line after this many seconds (env MOEPLAN_PROGRESS_AFTER_S overrides)
+PROGRESS_EVERY_S = 10.0  # then one line every this many seconds
+
+
+@contextmanager
+def progress_while(what: str):
+    """Run the ``with`` block; while it runs past ``MOEPLAN_PROGRESS_AFTER_S`` (default 3 s), a line
+    ``{what} ... N s`` on stderr, then one every 10 s, so a long solve is never silent (stdout,
+    where ``--json`` prints, is left alone)."""
+    after = max(0.05, float(os.environ.get("MOEPLAN_PROGRESS_AFTER_S", PROGRESS_AFTER_S)))
+    start = time.perf_counter()
+    done = threading.Event()
+
+    def beat():
+        wait = after
+        while not done.wait(wait):
+            log(f"{what} ... {time.perf_counter() - start:.1f} s")
+            wait = max(after, PROGRESS_EVERY_S)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def error_json(kind: str, message: str, problems=()) -> dict:

@@ -79,10 +79,8 @@ def _at(text: str, option: str) -> tuple[str, float]:
 
 def _pair(text: str, option: str, instance) -> tuple[str, str]:
     ends = tuple(x.strip() for x in text.split(","))
-    links = {frozenset((l.a, l.b)) for l in instance.links}
-    if len(ends) != 2 or frozenset(ends) not in links:
-        shown = ", ".join(sorted(f"{l.a},{l.b}" for l in instance.links))
-        raise InputError(Problem(option, text, f"names no link of the instance (links: {shown})"))
+    if len(ends) != 2 or instance.link(*ends) is None:
+        raise InputError(Problem(option, text, f"names no link of the instance (links: {instance.link_names()})"))
     return ends
 
 
@@ -124,7 +122,7 @@ def _options(args, instance, plan_devices):
         from planner.domain.data_files import read_bandwidth_series
 
         values = read_bandwidth_series(Path(args.bandwidth_trace), label=args.bandwidth_trace)
-        pairs = [_pair(args.link, "--link", instance)] if args.link else [(l.a, l.b) for l in instance.links]
+        pairs = [_pair(args.link, "--link", instance)] if args.link else [(l.a, l.b) for l in instance.all_links()]
         series = {pair: values for pair in pairs}
     elif args.link is not None:
         raise InputError(Problem("--link", args.link, "needs --bandwidth-trace"))

@@ -116,10 +116,8 @@ def cmd_simulate(args) -> int:
         series = values  # every link
         if args.link is not None:
             ends = tuple(x.strip() for x in args.link.split(","))
-            links = {frozenset((l.a, l.b)) for l in instance.links}
-            if len(ends) != 2 or frozenset(ends) not in links:
-                shown = ", ".join(sorted(f"{l.a},{l.b}" for l in instance.links))
-                raise InputError(Problem("--link", args.link, f"names no link of {args.instance} (links: {shown})"))
+            if len(ends) != 2 or instance.link(*ends) is None:
+                raise InputError(Problem("--link", args.link, f"names no link of {args.instance} (links: {instance.link_names()})"))
             series = {ends: values}
     elif args.link is not None:
         raise InputError(Problem("--link", args.link, "needs --bandwidth-trace"))

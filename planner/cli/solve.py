@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner import api
-from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log, result_json
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, log, progress_while, result_json
 from planner.cost import report
 from planner.domain.errors import InputError, Problem, option_error
 from planner.domain.files import check_writable, write_atomic
@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_solve(args) -> int:
-    instance = api.load_instance(args.instance)
+    with progress_while(f"loading {args.instance}"):
+        instance = api.load_instance(args.instance)
     options = {}
     if args.progress:
         options["progress"] = log
@@ -41,7 +42,8 @@ def cmd_solve(args) -> int:
         options["export"] = args.export
     if args.output:
         check_writable(args.output, what="the plan", option="--output")
-    result = api.solve(instance, args.solver, time_limit=args.time_limit, seed=args.seed, **options)
+    with progress_while(f"solving {instance.name} ({len(instance.devices):,} devices) with {args.solver}"):
+        result = api.solve(instance, args.solver, time_limit=args.time_limit, seed=args.seed, **options)
     if args.output and result.solution is not None:
         write_atomic(args.output, result.solution.to_json() + "\n", what="the plan", option="--output")
     if args.json:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from planner import api
-from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json
+from planner.cli.output import EXIT_NO_PLAN, EXIT_OK, emit_json, progress_while
 from planner.cost import report
 from planner.domain.plan import Plan
 
@@ -18,9 +18,10 @@ def add_parser(subparsers) -> None:
 
 
 def cmd_validate(args) -> int:
-    instance = api.load_instance(args.instance)
+    with progress_while(f"checking {args.instance}"):
+        instance = api.load_instance(args.instance)
+        why = api.capacity_check(instance)
     out = {"instance": instance.name, "instance_ok": True}
-    why = api.capacity_check(instance)
     if args.plan is None:
         if args.json:
             emit_json({"status": "valid", "stop_reason": None, "message": why or "instance OK", **out, "capacity": why})
@@ -29,7 +30,8 @@ def cmd_validate(args) -> int:
             print("instance OK" + (f" (but {why})" if why else ""))
         return EXIT_OK
     plan = Plan.load(args.plan)
-    violations = api.validate(instance, plan)
+    with progress_while(f"checking {args.plan} against {instance.name}"):
+        violations = api.validate(instance, plan)
     if args.json:
         emit_json({"status": "invalid" if violations else "valid", "stop_reason": None,
                    "message": f"{len(violations)} violation(s)" if violations else "plan valid", **out,

@@ -4,6 +4,10 @@ A route is the fastest path for a 1 MB message (weight per link: one-way latency
 bandwidth), found by Dijkstra over the instance's links and cached. Sending ``n`` bytes over a
 route takes ``sum over hops of (rtt/2 + n / bandwidth)`` and holds each link ``n / bandwidth``.
 
+An interconnect (a device group's, or one between two groups) is not a clique in the search graph
+but two hub nodes, one per direction: ``x -> hub`` weighs the link, ``hub -> y`` nothing, so a path
+through it costs exactly its link and the graph has ``O(devices + links)`` edges.
+
 Units: seconds, bytes, bytes/s.
 """
 
@@ -20,31 +24,61 @@ _ROUTE_REFERENCE_BYTES = 1e6
 _ALL_PAIRS_MAX = 512  # fleets up to this size get every route in one shortest-path call
 
 
+def _weight(link: Link) -> float:
+    return link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s
+
+
 class Network:
     """The links of ``instance`` as a graph of routes (cached per pair of devices)."""
 
     def __init__(self, instance: Instance):
-        self._links: dict[tuple[str, str], Link] = {}  # (a, b) and (b, a) -> the pair's link (the last listed)
-        for link in instance.links:
-            self._links[(link.a, link.b)] = self._links[(link.b, link.a)] = link
+        self._instance = instance
         self._names = [d.name for d in instance.devices]
         self._node = {n: i for i, n in enumerate(self._names)}
-        rows, cols, weights = [], [], []
-        for link in instance.links:
-            if link.a in self._node and link.b in self._node:
-                rows.append(self._node[link.a])
-                cols.append(self._node[link.b])
-                weights.append(link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s)
         n = len(self._names)
-        self._weights = csr_matrix((weights, (rows, cols)), shape=(n, n))
+        rows, cols, weights = [], [], []
+        # A pair's link is the one instance.link answers (the last listed; the pair's listings used
+        # to add up into one weight); an edge per direction.
+        seen = set()
+        for link in reversed(instance.links):
+            key = frozenset((link.a, link.b))
+            if key in seen or link.a not in self._node or link.b not in self._node:
+                continue
+            seen.add(key)
+            w = _weight(link)
+            rows += [self._node[link.a], self._node[link.b]]
+            cols += [self._node[link.b], self._node[link.a]]
+            weights += [w, w]
+        self._hub_of: dict = {}  # hub node (after the devices) -> its interconnect
+        hub = n
+        for ic in instance.interconnects:
+            if not ic.num_pairs:
+                continue
+            w = _weight(ic.link(ic.a[0], ic.b[-1]))
+            for src, dst in ((ic.a, ic.b), (ic.b, ic.a)) if not ic.is_mesh else ((ic.a, ic.a),):
+                ins = [self._node[x] for x in src if x in self._node]
+                outs = [self._node[y] for y in dst if y in self._node]
+                rows += ins + [hub] * len(outs)
+                cols += [hub] * len(ins) + outs
+                weights += [w] * len(ins) + [0.0] * len(outs)  # explicit zeros are edges for csgraph
+                self._hub_of[hub] = ic
+                hub += 1
+        self._weights = csr_matrix((weights, (rows, cols)), shape=(hub, hub))
         self._predecessors: dict[int, list[int]] = {}  # per source: predecessor of each node (-9999: none)
         self._routes: dict = {}
         self._route_terms: dict = {}
         self._hop_links: dict = {}  # (a, b) -> ((link key, bytes/s, one-way s) per hop)
+        self._link_cache: dict = {}
 
     def link(self, a: str, b: str) -> Link:
-        """The link between ``a`` and ``b`` (either order); ``KeyError`` if there is none."""
-        return self._links[(a, b)]
+        """The link between ``a`` and ``b`` (either order); ``KeyError`` if there is none. Cached: the
+        cost model asks for every busy link of every plan it prices."""
+        found = self._link_cache.get((a, b))
+        if found is None:
+            found = self._link_cache[(a, b)] = self._instance.link(a, b)
+            if found is None:
+                raise KeyError((a, b))
+        return found
 
     def route(self, a: str, b: str) -> list:
         """Links (``(u, v, Link)`` per hop, in order) from ``a`` to ``b``: fastest path for a 1 MB message."""
@@ -60,7 +94,7 @@ class Network:
             if pred is None:
                 # Small fleets: every source in one call (scipy's per-call overhead dominates).
                 sources = list(range(len(self._names))) if len(self._names) <= _ALL_PAIRS_MAX else [i]
-                _, preds = dijkstra(self._weights, directed=False, indices=sources, return_predecessors=True)
+                _, preds = dijkstra(self._weights, directed=True, indices=sources, return_predecessors=True)
                 for src, row in zip(sources, preds.tolist()):
                     self._predecessors[src] = row
                 pred = self._predecessors[i]
@@ -69,8 +103,13 @@ class Network:
             nodes = [j]
             while nodes[-1] != i:
                 nodes.append(pred[nodes[-1]])
-            names = [self._names[k] for k in reversed(nodes)]
-            route = self._routes[key] = [(u, v, self._links[(u, v)]) for u, v in zip(names, names[1:])]
+            devices = [self._names[k] for k in reversed(nodes) if k < len(self._names)]
+            through = {self._names[pred[k]]: self._hub_of[k] for k in nodes if k in self._hub_of}  # hop start -> interconnect
+            route = []
+            for u, v in zip(devices, devices[1:]):
+                ic = through.get(u)
+                route.append((u, v, ic.link(u, v) if ic is not None else self._instance.link(u, v)))
+            self._routes[key] = route
         return route
 
     def route_terms(self, a: str, b: str) -> tuple[float, float, float]:

@@ -35,7 +35,7 @@ def instance_summary(instance: Instance) -> str:
     w = instance.workload
     return (f"instance {instance.name}: {m.name} ({m.total_params / 1e9:.1f} B params, {m.active_params / 1e9:.1f} B active, "
             f"{m.num_moe_layers}/{m.num_layers} MoE layers x {m.num_experts} experts, top-{m.top_k})\n"
-            f"fleet: {len(instance.devices)} devices ({fleet}), {len(instance.links)} links\n"
+            f"fleet: {len(instance.devices)} devices ({fleet}), {instance.num_links} links\n"
             f"workload: origin {w.origin}, {w.arrival_rate_per_s:.3g} req/s, {w.prompt_tokens} prompt + "
             f"{w.output_tokens} output tokens, max batch {w.max_batch}, popularity {w.popularity_kind}; objective {instance.objective}")
 

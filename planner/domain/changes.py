@@ -11,7 +11,7 @@ import networkx as nx
 import numpy as np
 
 from planner.domain.device import Device
-from planner.domain.instance import Instance, Link, Workload, routing_probabilities
+from planner.domain.instance import Instance, Interconnect, Link, Workload, connectivity_graph, routing_probabilities
 
 
 def _pair(x) -> frozenset:
@@ -43,24 +43,32 @@ def _add_device(instance: Instance, add_device, devices: list, link_items: list)
     return dev, devices + [dev], link_items + extra
 
 
-def _scale_bandwidth(links: list[Link], factor: float, link_items: list) -> list[Link]:
-    """``links`` with bandwidths (and bandwidth series, bytes/s) times ``factor``: every link, or only
-    those ``link_items`` name (each of which must exist)."""
+def _scale_bandwidth(links: list[Link], interconnects: list[Interconnect], factor: float,
+                     link_items: list) -> tuple[list[Link], list[Interconnect]]:
+    """``links`` and ``interconnects`` with bandwidths (and bandwidth series, bytes/s) times ``factor``:
+    every link, or only those ``link_items`` name (each of which must exist; a pair an interconnect
+    joins gets a scaled link of its own, which wins over the interconnect's)."""
     if not (factor > 0 and math.isfinite(factor)):
         raise ValueError(f"bandwidth_factor must be a positive number, got {factor!r}")
-    which = {_pair(x) for x in link_items} if link_items else None
-    if which is not None:
-        missing = which - {frozenset((l.a, l.b)) for l in links}
-        if missing:
-            raise ValueError(f"no link between {sorted(sorted(p) for p in missing)}")
 
-    def scaled(l: Link) -> Link:
-        if which is not None and frozenset((l.a, l.b)) not in which:
-            return l
+    def scaled(l):
         series = None if l.bandwidth_series is None else np.asarray(l.bandwidth_series) * factor
         return replace(l, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * factor, bandwidth_series=series)
 
-    return [scaled(l) for l in links]
+    if not link_items:
+        return [scaled(l) for l in links], [scaled(ic) for ic in interconnects]
+    which = {_pair(x) for x in link_items}
+    listed = {frozenset((l.a, l.b)) for l in links}
+    joined = {}  # pair -> the interconnect's link, for pairs no listed link names
+    for pair in sorted(which - listed, key=sorted):
+        ends = sorted(pair)
+        ic = next((ic for ic in reversed(interconnects) if len(ends) == 2 and ic.joins(*ends)), None)
+        if ic is not None:
+            joined[pair] = ic.link(*ends)
+    missing = which - listed - set(joined)
+    if missing:
+        raise ValueError(f"no link between {sorted(sorted(p) for p in missing)}")
+    return [scaled(l) if frozenset((l.a, l.b)) in which else l for l in links] + [scaled(l) for l in joined.values()], interconnects
 
 
 def _replace_links(links: list[Link], link_items: list) -> list[Link]:
@@ -81,7 +89,8 @@ def _check_link_ends(devices: list[Device], links: list[Link]) -> None:
 
 
 def _drop_devices(devices: list[Device], links: list[Link], drop_device, origin: str) -> tuple[list, list, set]:
-    """``(devices, links, dropped names)`` without the device(s) ``drop_device`` names and their links."""
+    """``(devices, links, dropped names)`` without the device(s) ``drop_device`` names and their links
+    (the caller takes them out of the interconnects)."""
     names = {d.name for d in devices}
     drop = {drop_device} if isinstance(drop_device, str) else set(drop_device)
     unknown = drop - names
@@ -94,13 +103,12 @@ def _drop_devices(devices: list[Device], links: list[Link], drop_device, origin:
     return devices, links, drop
 
 
-def _cut_off(devices: list[Device], links: list[Link], origin: str, added: str | None) -> tuple[list, list, list[str]]:
+def _cut_off(devices: list[Device], links: list[Link], interconnects: list[Interconnect], origin: str,
+             added: str | None) -> tuple[list, list, list[str]]:
     """``(devices, links, cut names)`` without the devices no chain of links joins to ``origin``
     (requests could never reach them). The device just ``added`` may not be among them."""
-    g = nx.Graph()
-    g.add_nodes_from(d.name for d in devices)
-    g.add_edges_from((l.a, l.b) for l in links)
-    reach = nx.node_connected_component(g, origin)
+    g = connectivity_graph([d.name for d in devices], links, interconnects)
+    reach = {n for n in nx.node_connected_component(g, origin) if isinstance(n, str)}
     if len(reach) == len(devices):
         return devices, links, []
     cut = sorted(d.name for d in devices if d.name not in reach)
@@ -157,6 +165,7 @@ def changed_instance(instance: Instance, *, bandwidth_factor: float | None = Non
     """
     devices = list(instance.devices)
     links = list(instance.links)
+    interconnects = list(instance.interconnects)
     origin = instance.workload.origin
     notes = []
     link_items = _link_items(link)
@@ -166,19 +175,36 @@ def changed_instance(instance: Instance, *, bandwidth_factor: float | None = Non
         added = dev.name
         notes.append(f"added {dev.name}")
     if bandwidth_factor is not None:
-        links = _scale_bandwidth(links, bandwidth_factor, link_items)
+        links, interconnects = _scale_bandwidth(links, interconnects, bandwidth_factor, link_items)
         notes.append(f"bandwidth x{bandwidth_factor:g}")
     else:
         links = _replace_links(links, link_items)
     _check_link_ends(devices, links)
     if drop_device is not None:
         devices, links, drop = _drop_devices(devices, links, drop_device, origin)
+        interconnects = [ic.without(drop) for ic in interconnects]
         notes.append("lost " + ", ".join(sorted(drop)))
     # Devices cut off from the origin are lost too.
-    devices, links, cut = _cut_off(devices, links, origin, added)
+    devices, links, cut = _cut_off(devices, links, interconnects, origin, added)
     if cut:
+        interconnects = [ic.without(set(cut)) for ic in interconnects]
         notes.append("cut off " + ", ".join(cut))
     workload, workload_notes = _changed_workload(instance, arrival_rate_per_s, max_batch, popularity)
     notes += workload_notes
     description = instance.description + (" [changed: " + "; ".join(notes) + "]" if notes else "")
-    return replace(instance, devices=tuple(devices), links=tuple(links), workload=workload, description=description)
+    return replace(instance, devices=tuple(devices), links=tuple(links), interconnects=tuple(interconnects),
+                   workload=workload, description=description)
+
+
+def without_link(instance: Instance, a: str, b: str) -> Instance:
+    """``instance`` without the link between ``a`` and ``b`` (and whatever then no longer reaches the
+    origin). An interconnect that joins them is listed pair by pair instead, less that pair."""
+    pair = frozenset((a, b))
+    links = [l for l in instance.links if frozenset((l.a, l.b)) != pair]
+    interconnects = []
+    for ic in instance.interconnects:
+        if ic.joins(a, b):
+            links += [ic.link(x, y) for x, y in ic.pairs() if frozenset((x, y)) != pair]
+        else:
+            interconnects.append(ic)
+    return changed_instance(replace(instance, links=tuple(links), interconnects=tuple(interconnects)))

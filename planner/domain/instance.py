@@ -45,6 +45,59 @@ class Link:
 
 
 @dataclass(frozen=True)
+class Interconnect:
+    """Links of one bandwidth and RTT between every device of ``a`` and every other device of ``b``,
+    held as one object: a pair's :class:`Link` is made when asked for (:meth:`link`), never all of
+    them. A device group's own interconnect (``[[devices]]`` with ``count`` and
+    ``interconnect_gb_per_s``) has ``a == b`` (every pair of its members); a ``[[links]]`` entry
+    between two groups has their members as ``a`` and ``b``. ``name``: the group, or ``"A<->B"``."""
+
+    name: str
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    bandwidth_bytes_per_s: float
+    rtt_s: float
+    bandwidth_series: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def is_mesh(self) -> bool:
+        return self.a == self.b
+
+    @cached_property
+    def _sides(self) -> tuple[frozenset, frozenset]:
+        return frozenset(self.a), frozenset(self.b)
+
+    @property
+    def members(self) -> frozenset:
+        """Every device the interconnect joins to another."""
+        a, b = self._sides
+        return a | b
+
+    def joins(self, x: str, y: str) -> bool:
+        a, b = self._sides
+        return x != y and ((x in a and y in b) or (x in b and y in a))
+
+    def link(self, x: str, y: str) -> Link:
+        """The link from ``x`` to ``y`` (the caller checks :meth:`joins`)."""
+        return Link(x, y, self.bandwidth_bytes_per_s, self.rtt_s, self.bandwidth_series)
+
+    @property
+    def num_pairs(self) -> int:
+        n = len(self.a)
+        return n * (n - 1) // 2 if self.is_mesh else len(self.a) * len(self.b)
+
+    def pairs(self):
+        """Every joined pair ``(x, y)``, once: members in order (a mesh), or ``a`` by ``b`` (``O(num_pairs)``)."""
+        if self.is_mesh:
+            return ((x, y) for i, x in enumerate(self.a) for y in self.a[i + 1:])
+        return ((x, y) for x in self.a for y in self.b)
+
+    def without(self, names: set[str]) -> Interconnect:
+        """The same interconnect without the devices ``names``."""
+        return replace(self, a=tuple(x for x in self.a if x not in names), b=tuple(x for x in self.b if x not in names))
+
+
+@dataclass(frozen=True)
 class Workload:
     """Requests. ``popularity[m, e]`` is the probability that a token of MoE layer ``m`` picks expert ``e``
     (each row sums to top-k), indexed by MoE-layer order (see :attr:`MoEModel.moe_layers`)."""
@@ -138,6 +191,8 @@ class Instance:
     constraints: Constraints
     path: str = ""
     description: str = ""
+    # Device groups' interconnects and [[links]] between two groups, each one object (not N^2 links).
+    interconnects: tuple[Interconnect, ...] = ()
 
     def device(self, name: str) -> Device:
         return self.device_index[name]
@@ -147,14 +202,121 @@ class Instance:
         return {d.name: d for d in self.devices}
 
     @cached_property
+    def _link_index(self) -> dict[tuple[str, str], Link]:
+        out = {}
+        for l in self.links:  # the last listed wins
+            out[(l.a, l.b)] = out[(l.b, l.a)] = l
+        return out
+
+    @cached_property
+    def _interconnects_of(self) -> dict[str, list[Interconnect]]:
+        """Per device, the interconnects that join it, the last listed first."""
+        out: dict[str, list[Interconnect]] = {}
+        for ic in reversed(self.interconnects):
+            for name in ic.members:
+                out.setdefault(name, []).append(ic)
+        return out
+
+    def link(self, a: str, b: str) -> Link | None:
+        """The link between ``a`` and ``b`` (either order; ``a``'s end first for an interconnect's), or None.
+        A link of :attr:`links` wins over an interconnect, a later interconnect over an earlier one. O(1)."""
+        hit = self._link_index.get((a, b))
+        if hit is not None:
+            return hit
+        for ic in self._interconnects_of.get(a, ()):
+            if ic.joins(a, b):
+                return ic.link(a, b)
+        return None
+
+    @property
+    def num_links(self) -> int:
+        """Links in all: :attr:`links` and every pair an interconnect joins."""
+        return len(self.links) + sum(ic.num_pairs for ic in self.interconnects)
+
+    def all_links(self):
+        """Every link as a :class:`Link`: :attr:`links`, then each interconnect's pairs (``O(num_links)``;
+        for reports of every link, not for routing)."""
+        yield from self.links
+        for ic in self.interconnects:
+            for x, y in ic.pairs():
+                yield ic.link(x, y)
+
+    def link_names(self, sep: str = ",", limit: int = 64) -> str:
+        """The links as ``a{sep}b``, sorted, for messages; with more than ``limit`` of them, the listed
+        links and each interconnect by name and size instead of every pair."""
+        if self.num_links <= limit:
+            return ", ".join(sorted(f"{l.a}{sep}{l.b}" for l in self.all_links()))
+        shown = sorted(f"{l.a}{sep}{l.b}" for l in self.links[:limit])
+        more = [f"{len(self.links) - limit} more"] if len(self.links) > limit else []
+        groups = [f"{ic.name}: {ic.num_pairs:,} pairs" for ic in self.interconnects if ic.num_pairs]
+        return ", ".join(shown + more + groups)
+
+    @cached_property
+    def twins(self) -> dict[str, int]:
+        """Devices that any plan may swap without changing a figure, as a class index per device (only
+        devices with a twin are listed): members of one group's interconnect (so of one ``[[devices]]``
+        entry, the same hardware) in the same interconnects, with the same links of :attr:`links`
+        (same other end, bandwidth, RTT and series), none of them the origin. Swapping two maps the
+        fleet onto itself, so routes between twins and the rest cost the same."""
+        own: dict[str, list] = {}
+        for l in self.links:
+            for x, y in ((l.a, l.b), (l.b, l.a)):
+                own.setdefault(x, []).append((y, l.bandwidth_bytes_per_s, l.rtt_s, id(l.bandwidth_series)))
+        sides: dict[str, list] = {}
+        for k, ic in enumerate(self.interconnects):
+            for side, names in ((0, ic.a), (1, ic.b)):
+                for n in names:
+                    sides.setdefault(n, []).append((k, side))
+        classes: dict[tuple, list[str]] = {}
+        for k, ic in enumerate(self.interconnects):
+            if not ic.is_mesh:
+                continue
+            for n in ic.a:
+                if n != self.workload.origin and n in self.device_index:
+                    key = (k, tuple(sorted(set(sides[n]))), tuple(sorted(own.get(n, ()))))
+                    classes.setdefault(key, []).append(n)
+        out: dict[str, int] = {}
+        for label, names in enumerate(classes.values()):
+            if len(names) > 1 and not any(n in out for n in names):  # a device in two groups' meshes: no twins
+                out.update((n, label) for n in names)
+        return out
+
+    @cached_property
     def component_of(self) -> dict[str, int]:
-        """Connected component (an index) of each device in the network."""
-        return {node: k for k, nodes in enumerate(nx.connected_components(self.graph())) for node in nodes}
+        """Connected component of each device in the network, as a label (the same for two devices
+        exactly when some path joins them): union-find over links and interconnects, O(devices + links)."""
+        parent = {d.name: d.name for d in self.devices}
+
+        def root(x: str) -> str:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def join(x: str, y: str) -> None:
+            if x in parent and y in parent:
+                parent[root(x)] = root(y)
+
+        for l in self.links:
+            join(l.a, l.b)
+        for ic in self.interconnects:
+            if ic.num_pairs:
+                first, *rest = ic.members
+                for name in rest:
+                    join(first, name)
+        labels: dict[str, int] = {}
+        return {name: labels.setdefault(root(name), len(labels)) for name in parent}
+
+    def connectivity(self) -> nx.Graph:
+        """:func:`connectivity_graph` of the instance."""
+        return connectivity_graph([d.name for d in self.devices], self.links, self.interconnects)
 
     def graph(self) -> nx.Graph:
+        """Every link as an edge (``link`` = the :class:`Link`): ``O(num_links)``, for the simulator's
+        per-link resources; use :meth:`connectivity` or :meth:`link` otherwise."""
         g = nx.Graph()
         g.add_nodes_from(d.name for d in self.devices)
-        for link in self.links:
+        for link in self.all_links():
             g.add_edge(link.a, link.b, link=link)
         return g
 
@@ -164,6 +326,19 @@ class Instance:
     @property
     def total_memory_bytes(self) -> float:
         return sum(d.memory_bytes for d in self.devices)
+
+
+def connectivity_graph(names, links, interconnects) -> nx.Graph:
+    """Devices ``names`` joined as ``links`` and ``interconnects`` join them: an edge per link and one
+    hub node ``("interconnect", k)`` per interconnect joined to its members (``O(devices + links)``
+    edges, not one per pair); only the string nodes are devices."""
+    g = nx.Graph()
+    g.add_nodes_from(names)
+    g.add_edges_from((l.a, l.b) for l in links)
+    for k, ic in enumerate(interconnects):
+        if ic.num_pairs:
+            g.add_edges_from((("interconnect", k), name) for name in ic.members)
+    return g
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,14 +384,15 @@ def instance_from_dict(data: dict, *, file: str = "<instance>", base_dir: Path |
         description = ""
 
     model = _read_model(data, file, base_dir, col)
-    devices, mesh_links, declared = _read_devices(data, file, base_dir, col)
-    links = _read_links(data, {d.name for d in devices}, declared, base_dir, col) + mesh_links
+    devices, meshes, declared = _read_devices(data, file, base_dir, col)
+    links, bundles = _read_links(data, {d.name for d in devices}, declared, base_dir, col)
     objective = F.string(data, "objective", "", col, required=False, default="throughput", choices=OBJECTIVES)
     constraints = _read_constraints(data, model, base_dir, col)
     workload = _read_workload(data, model, devices, declared, base_dir, col)
     col.raise_if_any()
 
-    instance = Instance(name, model, tuple(devices), tuple(links), workload, objective, constraints, file, description)
+    instance = Instance(name, model, tuple(devices), tuple(links), workload, objective, constraints, file, description,
+                        tuple(meshes + bundles))
     _check_connected(instance, col)
     col.raise_if_any()
     return instance
@@ -253,9 +429,9 @@ def _read_model(data: dict, file: str, base_dir: Path, col: Collector) -> MoEMod
     return model_from_dict(table, "model", col)
 
 
-def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tuple[list[Device], list[Link], set[str]]:
-    """Devices that passed every check, the links of their interconnects, and every declared
-    device name (valid or not, so that links to a device with a problem are not reported twice)."""
+def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tuple[list[Device], list[Interconnect], set[str]]:
+    """Devices that passed every check, their groups' interconnects, and every declared device name
+    (valid or not, so that links to a device with a problem are not reported twice)."""
     entries = data.get("devices")
     declared: set[str] = set()
     if entries is None:
@@ -265,7 +441,7 @@ def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tupl
         col.add("devices", "must be a non-empty array of tables [[devices]]")
         return [], [], declared
     devices: list[Device] = []
-    mesh: list[Link] = []
+    mesh: list[Interconnect] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         tp = f"devices[{i}]"
@@ -307,9 +483,7 @@ def _read_devices(data: dict, file: str, base_dir: Path, col: Collector) -> tupl
             bw = F.number(entry, "interconnect_gb_per_s", tp, col, positive=True, maximum=1e6)
             rtt = F.number(entry, "interconnect_rtt_ms", tp, col, required=False, default=0.01, nonnegative=True, maximum=1e6)
             if bw is not None and rtt is not None:
-                for x in range(len(members)):
-                    for y in range(x + 1, len(members)):
-                        mesh.append(Link(members[x], members[y], bw * 1e9, rtt / 1e3))
+                mesh.append(Interconnect(name, tuple(members), tuple(members), bw * 1e9, rtt / 1e3))
         elif count > 1:
             col.add(f"{tp}.interconnect_gb_per_s", f"is required when count > 1 (how the {count} devices are joined)")
     return devices, mesh, declared
@@ -322,12 +496,15 @@ def _expand(name: str, names: set[str]) -> list[str]:
     return sorted(n for n in names if n.rsplit("-", 1)[0] == name and n.rsplit("-", 1)[-1].isdigit())
 
 
-def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path, col: Collector) -> list[Link]:
+def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path,
+                col: Collector) -> tuple[list[Link], list[Interconnect]]:
+    """The ``[[links]]`` entries: one :class:`Link` per pair, except an entry between two groups,
+    which is one :class:`Interconnect` (its pairs are not listed one by one)."""
     entries = data.get("links", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         col.add("links", "must be an array of tables [[links]]")
-        return []
-    links = []
+        return [], []
+    links, bundles = [], []
     for i, entry in enumerate(entries):
         tp = f"links[{i}]"
         before = len(col.problems)
@@ -361,11 +538,14 @@ def _read_links(data: dict, names: set[str], declared: set[str], base_dir: Path,
                     col.extend_referenced(exc.problems, f"{tp}.bandwidth_trace", ref)
         if len(col.problems) > before:
             continue
+        if len(ends[0]) > 1 and len(ends[1]) > 1:
+            bundles.append(Interconnect(f"{a}<->{b}", tuple(ends[0]), tuple(ends[1]), bw, rtt / 1e3, series))
+            continue
         for x in ends[0]:
             for y in ends[1]:
                 if x != y:
                     links.append(Link(x, y, bw, rtt / 1e3, series))
-    return links
+    return links, bundles
 
 
 def _read_workload(data: dict, model: MoEModel | None, devices: list[Device], declared: set[str], base_dir: Path,
@@ -548,8 +728,8 @@ def _read_group_gate_loss(table: dict, measured: AccuracyTable | None, col: Coll
 
 
 def _check_connected(instance: Instance, col: Collector) -> None:
-    g = instance.graph()
+    g = instance.connectivity()
     if g.number_of_nodes() > 1 and not nx.is_connected(g):
-        parts = sorted((sorted(c) for c in nx.connected_components(g)), key=len, reverse=True)
+        parts = sorted((sorted(n for n in c if isinstance(n, str)) for c in nx.connected_components(g)), key=len, reverse=True)
         shown = "; ".join("{" + ", ".join(p[:4]) + (", ..." if len(p) > 4 else "") + "}" for p in parts)
         col.add("links", f"the fleet is not connected: {len(parts)} separate groups {shown}; add a link between them")

@@ -28,6 +28,7 @@ from planner.spaces.chain import (
     check_path,
     plan_from_stages,
     to_objective,
+    trim_path,
 )
 from solvers import dp
 from solvers.registry import register
@@ -50,9 +51,9 @@ def _slo_message(path, b: int, mb: int, least_latency_s: float, slo_s: float) ->
             f"> SLO {slo_s * 1e3:.6g} ms")
 
 
-def _solve_grid(instance: Instance, cm: CostModel, path, kind: str, deadline: float | None):
-    """The chain DP at every batching ``(b, mb)`` of the grid, in grid order, until ``deadline``
-    (``time.perf_counter()`` seconds, None for none).
+def _solve_grid(instance: Instance, cm: CostModel, path, kind: str, deadline: float | None, grid_devices: int):
+    """The chain DP at every batching ``(b, mb)`` of the grid (``batch_grid`` for ``grid_devices``
+    devices), in grid order, until ``deadline`` (``time.perf_counter()`` seconds, None for none).
 
     Returns ``(found, failures, timed_out, dp_runs)``: ``found`` lists ``(DP value in objective
     units, plan, optimum)`` per solved batching, ``failures`` lists ``(concurrency b * mb, message)``
@@ -64,7 +65,7 @@ def _solve_grid(instance: Instance, cm: CostModel, path, kind: str, deadline: fl
     failures = []
     timed_out = False
     runs = 0
-    for b, mb in batch_grid(instance.workload.max_batch, len(path)):
+    for b, mb in batch_grid(instance.workload.max_batch, grid_devices):
         if deadline is not None and time.perf_counter() > deadline:
             timed_out = True
             break
@@ -127,11 +128,13 @@ def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int =
     sense = "max" if kind == "throughput" else "min"
     version = f"numpy {np.__version__}"
     path = check_path(instance, path)
+    grid_devices = len(path)  # the batching grid of the whole path; the DP runs over its trimmed copy
+    path = trim_path(instance, path)
     cm = cost_model or CostModel(instance)
     if kind == "energy":
-        return _energy(instance, cm, path, t0, time_limit, version)
+        return _energy(instance, cm, path, t0, time_limit, version, grid_devices)
     deadline = None if time_limit is None else t0 + time_limit
-    found, failures, timed_out, runs = _solve_grid(instance, cm, path, kind, deadline)
+    found, failures, timed_out, runs = _solve_grid(instance, cm, path, kind, deadline, grid_devices)
     elapsed = lambda: time.perf_counter() - t0  # noqa: E731
     if not found:
         if timed_out:
@@ -161,7 +164,8 @@ def chain_dp(instance: Instance, *, time_limit: float | None = None, seed: int =
                          "rejected": rejected})
 
 
-def _energy(instance: Instance, cm: CostModel, path, t0: float, time_limit: float | None, version: str) -> Result:
+def _energy(instance: Instance, cm: CostModel, path, t0: float, time_limit: float | None, version: str,
+            grid_devices: int) -> Result:
     """The energy objective: J per token = (busy energy + idle power x the request period) / output.
 
     The busy part is additive over layers (``(power - idle power) x busy time`` of each layer where
@@ -174,7 +178,7 @@ def _energy(instance: Instance, cm: CostModel, path, t0: float, time_limit: floa
     slo_s = instance.constraints.latency_slo_s
     slo = math.inf if slo_s is None else slo_s * (1 + 1e-9)
     candidates, failures, timed_out = [], [], False
-    for b, mb in batch_grid(instance.workload.max_batch, len(path)):
+    for b, mb in batch_grid(instance.workload.max_batch, grid_devices):
         if deadline is not None and time.perf_counter() > deadline:
             timed_out = True
             break

@@ -55,8 +55,9 @@ Then, on the best plan so far:
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
-raise or lower the budget), else ``time_budget_s`` (10 s). ``stop_reason`` says when it was hit
-(then the plan may depend on the machine's speed; the CLI prints it too).
+raise or lower the budget), else ``time_budget_s`` (default 10 s plus 1 ms per device, so that
+Step 5 on a fleet of thousands is not cut short). ``stop_reason`` says when it was hit (then the
+plan may depend on the machine's speed; the CLI prints it too).
 
 Complexity per partner and batching: O(L K) for Step 1, O(L^2 E) for Step 2 (every cut scored
 exactly, vectorised), O(moves x L E) for Step 3; Step 5: O(L^2 D + L D^2) per DP, a few DPs per
@@ -79,7 +80,7 @@ from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 from planner.spaces.batching import batch_grid, full_batching_sweep
-from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages
+from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
 from planner.spaces.codec_choice import prefer_accuracy
 from planner.spaces.expert_parallel import expert_parallel_pipeline
 from planner.spaces.replicas import fill_with_replicas, pipeline_devices
@@ -308,13 +309,14 @@ def _with_codecs(instance: Instance, plan: Plan) -> list[Plan]:
 def _paths(instance: Instance) -> list[list[str]]:
     """Step 5's device orders: ``dp``'s default (origin, then end, edge, cloud devices, larger memory
     first) and the same tiers with smaller memory first (on DeepSeek-V3 over H100 + L40S the second
-    is 38 % better: the largest devices end the pipeline with the LM head)."""
+    is 38 % better: the largest devices end the pipeline with the LM head), each with at most
+    ``num_layers`` twins of a kind (:func:`planner.spaces.chain.trim_path`: the same optimum)."""
     first = default_path(instance)
     origin = instance.workload.origin
     rest = sorted((d for d in instance.devices if d.name != origin),
                   key=lambda d: (TIER_RANK.get(d.tier, len(TIER_RANK)), d.memory_bytes, d.name))
     second = [origin] + [d.name for d in rest]
-    return [first] if second == first else [first, second]
+    return [trim_path(instance, p) for p in ([first] if second == first else [first, second])]
 
 
 def _pipeline_candidate(instance: Instance, cm: CostModel, b: int, m: int, deadline: float):
@@ -578,10 +580,12 @@ _BUDGET_STOP = "time budget (the plan may depend on machine speed; raise it with
 
 @register("route-aware", kind="heuristic", problem="instance")
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
-                time_budget_s: float = 10.0, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
+                time_budget_s: float | None = None, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
                 replicas: bool = True, **_) -> Result:
     """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
     t0 = time.perf_counter()
+    if time_budget_s is None:
+        time_budget_s = 10.0 + 1e-3 * len(instance.devices)
     # ``time_limit`` is the budget when given (it may raise or lower the default safety net).
     budget = time_budget_s if time_limit is None else float(time_limit)
     deadline = t0 + budget

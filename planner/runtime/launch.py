@@ -27,9 +27,9 @@ import os
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from planner.domain.changes import changed_instance
+from planner.domain.changes import changed_instance, without_link
 from planner.domain.instance import Instance
 from planner.domain.plan import Plan
 from planner.planners.replan import replan
@@ -254,9 +254,7 @@ def _without(instance: Instance, fault: dict) -> Instance:
     """The instance after ``fault``: a device or a link gone (and whatever no longer reaches the origin)."""
     if fault["kind"] == "device":
         return changed_instance(instance, drop_device=fault["device"])
-    a, b = fault["link"]
-    links = tuple(l for l in instance.links if {l.a, l.b} != {a, b})
-    return changed_instance(replace(instance, links=links))
+    return without_link(instance, *fault["link"])
 
 
 def run(instance: Instance, plan: Plan, requests: list[RequestSpec], options: RunOptions, codecs: dict,

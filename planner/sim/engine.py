@@ -439,25 +439,37 @@ class _Sim:
             plans=self.plans, dropped_s=np.array(self.drop_s), plan_index=np.array(self.plan_of))
 
 
+EVERY_LINK_MAX = 10_000  # fleets with more links get (and report) a link's resource when a route first uses it
+
+
 def _resources(instance: Instance, series: dict, events: list[SimEvent], timeline_cap: int) -> Resources:
     """Devices, then links (keyed by the sorted pair, as the cost model's busy keys) with a bandwidth
-    clock where a series or a bandwidth event changes them; model stores come later, on demand."""
+    clock where a series or a bandwidth event changes them; model stores come later, on demand.
+    Past :data:`EVERY_LINK_MAX` links (a group's interconnect joins every pair of its members), a
+    link's resource is made when a pipeline's route first needs it, so only used links are reported."""
     res = Resources(timeline_cap)
     for d in instance.devices:
-        res.add(d.name, d.name)
+        res.add(d.name, d.name, reported=True)
     bw_changes: dict = {}
     for ev in events:
         if ev.kind == "bandwidth":
             key = None if ev.target is None else (min(ev.target), max(ev.target))
             bw_changes.setdefault(key, []).append((ev.time_s, ev.value))
-    for u, v, data in instance.graph().edges(data=True):
-        key = (min(u, v), max(u, v))
-        link = data["link"]
+
+    def add_link(key: tuple[str, str]) -> int:
+        link = instance.link(*key)
+        if link is None:
+            raise KeyError(key)
         changes = sorted(bw_changes.get(None, []) + bw_changes.get(key, []), key=lambda c: c[0])
-        s = series.get(key, link.bandwidth_series)
+        s = series.get(key, series.get(None, link.bandwidth_series))
         clock = LinkClock(link.bandwidth_bytes_per_s, s, changes) if s is not None or changes else None
-        res.add(key, f"{key[0]}<->{key[1]}", clock)
-    res.reported = len(res.keys)
+        return res.add(key, f"{key[0]}<->{key[1]}", clock, reported=True)
+
+    if instance.num_links <= EVERY_LINK_MAX:
+        for u, v in instance.graph().edges():
+            add_link((min(u, v), max(u, v)))
+    else:
+        res.make = add_link
     return res
 
 

@@ -31,7 +31,6 @@ class SimEvent:
 
 def check_events(instance: Instance, events) -> list[SimEvent]:
     names = instance.device_index
-    pairs = {frozenset((l.a, l.b)) for l in instance.links}
     out = []
     for k, ev in enumerate(events):
         where = f"events[{k}]"
@@ -51,7 +50,8 @@ def check_events(instance: Instance, events) -> list[SimEvent]:
             if ev.kind == "rate" and ev.target is not None:
                 raise ValueError(f"{where}: a rate event has no target, got {ev.target!r}")
             if ev.kind == "bandwidth" and ev.target is not None:
-                if not (isinstance(ev.target, (tuple, list)) and len(ev.target) == 2 and frozenset(ev.target) in pairs):
+                if not (isinstance(ev.target, (tuple, list)) and len(ev.target) == 2
+                        and all(isinstance(x, str) for x in ev.target) and instance.link(*ev.target) is not None):
                     raise ValueError(f"{where}: bandwidth target must be None (all links) or a link (a, b) of the "
                                      f"instance, got {ev.target!r}")
         out.append(ev)
@@ -59,16 +59,23 @@ def check_events(instance: Instance, events) -> list[SimEvent]:
 
 
 def check_series(instance: Instance, bandwidth_series) -> dict:
-    """``{(a, b) sorted: bytes/s per second}`` from the argument (a dict per link, or one array for all)."""
+    """``{(a, b) sorted: bytes/s per second}`` from the argument (a dict per link), or for one array
+    for every link ``{None: it}`` (every link falls back to it: not one entry per pair of a group)."""
     if bandwidth_series is None:
         return {}
-    keys = [(min(l.a, l.b), max(l.a, l.b)) for l in instance.links]
-    items = bandwidth_series.items() if isinstance(bandwidth_series, dict) else ((k, bandwidth_series) for k in keys)
+    if isinstance(bandwidth_series, dict):
+        items = bandwidth_series.items()
+    else:
+        first = next(instance.all_links(), None)
+        if first is None:
+            return {}
+        key = (min(first.a, first.b), max(first.a, first.b))
+        return {None: check_series(instance, {key: bandwidth_series})[key]}
     out = {}
     for key, arr in items:
-        if not (isinstance(key, tuple) and len(key) == 2 and (min(key), max(key)) in keys):
-            raise ValueError(f"bandwidth_series: {key!r} is not a link of the instance (links: "
-                             f"{', '.join(f'{a}<->{b}' for a, b in keys)})")
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(x, str) for x in key)
+                and instance.link(*key) is not None):
+            raise ValueError(f"bandwidth_series: {key!r} is not a link of the instance (links: {instance.link_names('<->')})")
         a = np.asarray(arr, dtype=float)
         if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or (a < 0).any() or not (a > 0).any():
             raise ValueError(f"bandwidth_series for {key[0]}<->{key[1]}: need a 1-D array of bytes/s >= 0, not all zero")

@@ -192,7 +192,7 @@ class Replanning:
             return res.place(r, start, step.bytes / self.store_bytes_per_s, owner, now)
         t = start
         for key, bw, one_way in cm.network.route_hops(step.from_device, step.to_device):
-            r = res.index[key]
+            r = res.id(key)
             # A link with a bandwidth clock takes bytes; the others, seconds (their bandwidth is nominal).
             t = res.place(r, t, step.bytes if res.clocks[r] is not None else step.bytes / bw, owner, now)
             t += one_way

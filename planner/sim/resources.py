@@ -62,9 +62,10 @@ class Resources:
     """Every resource of a run, by integer id: its key (a device name, a link ``(a, b)`` with names
     sorted as the cost model's busy keys, or a model store), its display name, its reservations
     ``(start, end, owner)`` from now on (sorted), its busy seconds and its bandwidth clock (links
-    only, else None). The first :attr:`reported` resources (devices and links) are the ones a
-    result reports; model stores come after them, created on demand. With ``timeline_cap > 0`` up
-    to that many holds of reported resources are kept in :attr:`timeline`."""
+    only, else None). Resources added with ``reported`` (devices and links) are the ones a result
+    reports; model stores are not, and come on demand. A key :meth:`id` does not know goes to
+    :attr:`make` (None: ``KeyError``), which adds it (a link of a large fleet, on first use). With
+    ``timeline_cap > 0`` up to that many holds of reported resources are kept in :attr:`timeline`."""
 
     def __init__(self, timeline_cap: int):
         self.keys: list = []
@@ -73,22 +74,29 @@ class Resources:
         self.iv: list[list] = []
         self.busy: list[float] = []
         self.clocks: list[LinkClock | None] = []
-        self.reported = 0
+        self.reported: list[bool] = []
+        self.make = None  # key -> resource id of a resource it adds, for keys added on first use
         self.timeline: list | None = [] if timeline_cap > 0 else None
         self.timeline_cap = timeline_cap
         self.what: dict[int, str] = {}  # owner -> label, only with a timeline
 
-    def add(self, key, name: str, clock: LinkClock | None = None) -> int:
+    def add(self, key, name: str, clock: LinkClock | None = None, *, reported: bool = False) -> int:
         self.index[key] = len(self.keys)
         self.keys.append(key)
         self.names.append(name)
         self.iv.append([])
         self.busy.append(0.0)
         self.clocks.append(clock)
+        self.reported.append(reported)
         return self.index[key]
 
     def id(self, key) -> int:
-        return self.index[key]
+        r = self.index.get(key)
+        if r is None:
+            if self.make is None:
+                raise KeyError(key)
+            r = self.make(key)
+        return r
 
     def label(self, owner: int, text: str, *, while_room: bool = True) -> None:
         """Name what ``owner`` is (a pass, a migration) in the timeline; ``while_room``: only while
@@ -157,7 +165,7 @@ class Resources:
         return e
 
     def record(self, r: int, s: float, e: float, owner: int) -> None:
-        if r < self.reported and len(self.timeline) < self.timeline_cap:
+        if self.reported[r] and len(self.timeline) < self.timeline_cap:
             self.timeline.append((r, s, e, owner))
 
     def unreserve(self, owners: set, now: float) -> None:
@@ -180,4 +188,4 @@ class Resources:
 
     def busy_by_name(self) -> dict[str, float]:
         """Busy seconds of every reported resource, by display name."""
-        return {self.names[r]: self.busy[r] for r in range(self.reported)}
+        return {self.names[r]: self.busy[r] for r, shown in enumerate(self.reported) if shown}

@@ -110,6 +110,25 @@ def default_path(instance: Instance) -> list[str]:
     return [origin] + [d.name for d in rest]
 
 
+def trim_path(instance: Instance, path: list[str]) -> list[str]:
+    """``path`` with at most ``num_layers`` devices of each run of twins (:attr:`Instance.twins`,
+    consecutive on the path): a pipeline has at most one stage per layer, and any plan over the
+    whole path maps, twin for twin, onto one over the trimmed path with the same figures, so the
+    DP's optimum is the same (DeepSeek-V3 on 1,000 devices: 123 instead of 1,000). Twins that are
+    not consecutive on the path are all kept."""
+    twins = instance.twins
+    keep = instance.model.num_layers
+    positions: dict[int, list[int]] = {}
+    for i, name in enumerate(path):
+        if name in twins:
+            positions.setdefault(twins[name], []).append(i)
+    drop = set()
+    for at in positions.values():
+        if len(at) > keep and at[-1] - at[0] + 1 == len(at):
+            drop.update(at[keep:])
+    return [name for i, name in enumerate(path) if i not in drop] if drop else list(path)
+
+
 def check_path(instance: Instance, path) -> list[str]:
     if path is None:
         return default_path(instance)

@@ -12,6 +12,7 @@ pipelines share (an origin's uplink, say) for all of them together.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
 
 from planner.cost.costmodel import CostModel
@@ -29,8 +30,12 @@ def _signature(cm: CostModel, name: str) -> tuple:
 def pipeline_devices(pipe: Pipeline) -> list[str]:
     """The devices a pipeline uses: its stages, then the devices holding its placed experts (first use order)."""
     out = list(pipe.devices)
+    seen = set(out)  # a set beside the list: expert-parallel pipelines place experts on hundreds of devices
     for e in pipe.expert_placement:
-        out.extend(d for d in e.devices if d not in out)
+        for d in e.devices:
+            if d not in seen:
+                seen.add(d)
+                out.append(d)
     return out
 
 
@@ -47,17 +52,17 @@ def renamed(pipe: Pipeline, mapping: dict[str, str]) -> Pipeline:
 def copy_on(cm: CostModel, pipe: Pipeline, free: list[str]) -> dict[str, str] | None:
     """A device mapping that puts a copy of ``pipe`` on devices of ``free`` (fleet order), or None."""
     origin = cm.instance.workload.origin
-    left = list(free)
+    left: dict[tuple, deque] = {}  # free devices by signature, in fleet order (O(1) per pick, not a scan)
+    for x in free:
+        left.setdefault(_signature(cm, x), deque()).append(x)
     mapping = {}
     for d in pipeline_devices(pipe):
         if d == origin:
             return None
-        sig = _signature(cm, d)
-        twin = next((x for x in left if _signature(cm, x) == sig), None)
-        if twin is None:
+        twins = left.get(_signature(cm, d))
+        if not twins:
             return None
-        mapping[d] = twin
-        left.remove(twin)
+        mapping[d] = twins.popleft()
     return mapping
 
 

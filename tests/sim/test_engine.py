@@ -472,3 +472,19 @@ def test_bench_runs_on_a_few_requests(capsys):
     assert bench_simulator.main(["--requests", "300", "--load", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "requests simulated 300" in out and "events processed" in out
+
+
+def test_a_large_fleet_gets_resources_for_the_links_it_uses_only():
+    from planner import api
+    from planner.bench.scale import scale_instance
+    from planner.sim.engine import EVERY_LINK_MAX
+
+    inst = scale_instance("olmoe-1b-7b", 200)
+    assert inst.num_links > EVERY_LINK_MAX
+    plan = api.solve(inst, "dp").solution
+    res = simulate(inst, plan, num_requests=5, seed=0)
+    assert res.finished.sum() == 5
+    links = [k for k in res.busy_s if "<->" in k]
+    used = set(zip(plan.pipelines[0].devices, plan.pipelines[0].devices[1:]))
+    assert 0 < len(links) <= 2 * (len(used) + 2)  # the stage-to-stage hops and the origin's, not 19,900 pairs
+    assert len(res.busy_s) == len(inst.devices) + len(links)
