@@ -55,7 +55,7 @@ Then, on the best plan so far:
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
-raise or lower the budget), else ``time_budget_s`` (default 10 s plus 1 ms per device, so that
+raise or lower the budget), else ``time_budget_s`` (default 30 s plus 10 ms per device, so that
 Step 5 on a fleet of thousands is not cut short). ``stop_reason`` says when it was hit (then the
 plan may depend on the machine's speed; the CLI prints it too).
 
@@ -585,7 +585,7 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     """EC2MoE-style route-aware scheduler: cut, local experts, codec rank, batching (heuristic)."""
     t0 = time.perf_counter()
     if time_budget_s is None:
-        time_budget_s = 10.0 + 1e-3 * len(instance.devices)
+        time_budget_s = 30.0 + 0.01 * len(instance.devices)
     # ``time_limit`` is the budget when given (it may raise or lower the default safety net).
     budget = time_budget_s if time_limit is None else float(time_limit)
     deadline = t0 + budget
