@@ -26,6 +26,7 @@ from solvers.result import Status
 TIERS = ("end", "edge", "cloud")
 EXACT_TIME_LIMIT_S = 0.3  # milp and cpsat: their plans are checked, not their optimality
 REL_TOL = 1e-9
+RA_TIME_LIMIT_S = 30.0
 
 
 def _device(rng, name: str, tier: str) -> dict:
@@ -114,7 +115,9 @@ def check_valid_and_bounded(inst) -> None:
 
 
 def ra_objective(inst) -> float | None:
-    res = api.solve(inst, "route-aware")
+    # A time limit far above what these instances need: route-aware's own 1 s budget is a safety net
+    # whose plan depends on the machine's load, and (c) compares two runs.
+    res = api.solve(inst, "route-aware", time_limit=RA_TIME_LIMIT_S)
     return res.objective if res.solution is not None else None
 
 
@@ -135,7 +138,7 @@ def test_every_solver_gives_valid_plans_within_the_plan_space_bound(seed):
     check_valid_and_bounded(build(fleet_dict(seed)))
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 10**6), st.sampled_from(["throughput", "latency", "energy"]))
 def test_route_aware_does_not_lose_on_a_bigger_fleet(seed, objective):
     small = fleet_dict(seed, objective)
