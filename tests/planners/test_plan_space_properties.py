@@ -132,7 +132,7 @@ def check_nested(small: dict, big: dict) -> None:
         assert b <= a / 0.99, f"{small['name']} ({small['objective']}): route-aware {b} on F' > {a} / 0.99 on F"
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 10**6))
 def test_every_solver_gives_valid_plans_within_the_plan_space_bound(seed):
     check_valid_and_bounded(build(fleet_dict(seed)))
