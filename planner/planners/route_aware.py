@@ -50,8 +50,9 @@ Then, on the best plan so far:
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
   served by the group gate from its local experts instead, all at once and each alone.
 * Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
-  ``lns_moves``, more on small models (:data:`SMALL_PLAN`), fewer on plans with many placement
-  entries (:data:`STEP11_WORK`).
+  ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`); on small models
+  (:data:`SMALL_PLAN`) rounds of :data:`SMALL_PLAN_MOVES` moves, each from the last improvement,
+  until one finds nothing (at most :data:`SMALL_PLAN_ROUNDS`).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
@@ -561,7 +562,8 @@ STEP11_WORK = 50_000
 # then makes at least SMALL_PLAN_MOVES moves (24 missed a 35 % better energy plan that 100 found on
 # a 2-layer model). Real models have 16 layers or more and keep ``lns_moves``.
 SMALL_PLAN = (8, 64)
-SMALL_PLAN_MOVES = 100
+SMALL_PLAN_MOVES = 200
+SMALL_PLAN_ROUNDS = 6  # rounds of SMALL_PLAN_MOVES, each from the last improvement, while one improves
 
 
 def _step11_moves(plan: Plan, lns_moves: int, num_layers: int) -> int:
@@ -676,12 +678,18 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         if is_better(kind, found[0], best_obj):
             best_obj, best_plan = found
     moves = _step11_moves(best_plan, lns_moves, instance.model.num_layers)
-    if moves and not out_of_time():
-        # Step 11: a deterministic local improvement (a fixed number of moves, a fixed seed).
+    small = moves > lns_moves
+    for _ in range(SMALL_PLAN_ROUNDS if small else 1):
+        if not moves or out_of_time():
+            break
+        # Step 11: a deterministic local improvement (a fixed number of moves, a fixed seed); on a
+        # small model again from each improved plan until a round finds nothing, so that
+        # local-search with this seed and at most as many moves cannot improve the plan returned.
         improved = registry.get("local-search", problem="instance").func(
             instance, initial_solution=best_plan, cost_model=cm, max_moves=moves, seed=seed, time_budget_s=None)
-        if improved.solution is not None and is_better(kind, improved.objective, best_obj):
-            best_obj, best_plan = improved.objective, replace(improved.solution, solver="route-aware")
+        if improved.solution is None or not is_better(kind, improved.objective, best_obj):
+            break
+        best_obj, best_plan = improved.objective, replace(improved.solution, solver="route-aware")
     if instance.constraints.accuracy_tradeoff > 0:
         # Step 6: the most accurate codec ranks within the trade-off of the plan's objective.
         def score(plan: Plan) -> float | None:
