@@ -22,7 +22,9 @@ partners whose memory together with the origin's cannot hold the weights are ski
 * Step 3, local search: from the best candidate, score every neighbour at once (the cut moved by
   one layer, other codec options, the four most popular away experts brought back, the four least
   popular local ones sent away) with the vectorised exact evaluator, take the best, repeat until
-  no move improves or the move cap is reached.
+  no move improves or the move cap is reached. On the best partner and batching, where experts
+  leave the origin, Step 3 again from starts that send them away evenly over the layers
+  (:func:`_spread_away`).
 * Step 4: tune micro-batching on the best structure (the two-tier equations score offloaded
   structures, the cost model the others).
 * Step 5 (more than two devices, or no pair fits): per batching, a min-max DP over the path (the
