@@ -8,6 +8,7 @@ in one run and printed, never asserted. ``quick`` shrinks every suite so that te
 
 from __future__ import annotations
 
+import csv
 import math
 import time
 from collections.abc import Callable
@@ -169,3 +170,20 @@ def fmt(x, spec: str, unit: str = "") -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
     return format(x, spec) + unit
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Every row, columns in the order first seen; empty cells for missing values, NaN and None."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, columns, restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(v) for k, v in r.items()})
+    return path
+
+
+def _cell(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return v

@@ -19,7 +19,6 @@ scale suite's by name (``olmoe-1b-7b-8dev``, ...); ``--instances`` takes a subse
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
@@ -30,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner import api
-from planner.bench.common import MOEPLAN, ROOT
+from planner.bench.common import MOEPLAN, ROOT, fmt, write_csv
 from planner.bench.scale import SCALE_FLEETS, SCALE_MODELS, scale_instance
 from planner.cost import report
 from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import is_better
 from planner.domain.instance import Instance
 from planner.spaces.bounds import plan_space_bound
 from solvers import registry
@@ -65,11 +65,6 @@ def other_solvers() -> list[str]:
     rest = [s for s in ("dp", "local-search", "milp", "cpsat") if s in registry.available(problem="instance")]
     extra = sorted(set(registry.available(problem="instance")) - set(baselines) - set(rest) - {MOEPLAN})
     return baselines + rest + extra
-
-
-def better(kind: str, a: float, b: float) -> bool:
-    """Whether objective ``a`` is better than ``b``."""
-    return a > b if kind == "throughput" else a < b
 
 
 def gap_to_bound(kind: str, value: float | None, bound: float | None) -> float | None:
@@ -139,7 +134,7 @@ def measure(name: str, inst: Instance, *, time_limit: float, solvers: list[str],
         limit = LOCAL_SEARCH_TIME_LIMIT_S if solver == "local-search" else (
             time_limit if registry.get(solver, problem="instance").kind == "exact" and solver != "dp" else None)
         value = run(solver, limit)[0]
-        if value is not None and (best_value is None or better(kind, value, best_value)):
+        if value is not None and (best_value is None or is_better(kind, value, best_value)):
             best, best_value = solver, value
     t0 = time.perf_counter()
     b = plan_space_bound(inst, CostModel(inst), time_limit=time_limit)
@@ -151,29 +146,25 @@ def measure(name: str, inst: Instance, *, time_limit: float, solvers: list[str],
     return row, per_solver
 
 
-def _f(x, spec: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
-
-
 def markdown(rows: list[Row], time_limit: float) -> str:
     head = ["instance", "objective", "devices", "route-aware", "ra time", "best other", "best other obj",
             "bound", "ra gap to bound", "ra / best other"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
-            r.instance, f"{r.objective} ({UNITS[r.objective]})", str(r.devices), _f(r.ra_objective, ".4g"),
-            _f(r.ra_time_s * 1e3, ".0f") + " ms" + (f" (budget hit; {_f(r.ra_rerun_objective, '.4g')} with "
+            r.instance, f"{r.objective} ({UNITS[r.objective]})", str(r.devices), fmt(r.ra_objective, ".4g"),
+            fmt(r.ra_time_s * 1e3, ".0f") + " ms" + (f" (budget hit; {fmt(r.ra_rerun_objective, '.4g')} with "
                                                     f"{RA_RERUN_TIME_LIMIT_S:g} s)" if r.ra_budget_hit else ""),
-            r.best_other or "-", _f(r.best_other_objective, ".4g"),
-            _f(r.bound, ".4g"), _f(None if r.gap is None else 100 * r.gap, ".1f") + ("%" if r.gap is not None else ""),
-            _f(r.ratio, ".3f")]) + " |")
+            r.best_other or "-", fmt(r.best_other_objective, ".4g"),
+            fmt(r.bound, ".4g"), fmt(None if r.gap is None else 100 * r.gap, ".1f") + ("%" if r.gap is not None else ""),
+            fmt(r.ratio, ".3f")]) + " |")
     gaps = [r.gap for r in rows if r.gap is not None]
     flagged = [r for r in rows if r.ratio is not None and r.ratio < RATIO_FLAG]
     no_plan = [r.instance for r in rows if r.ra_objective is None and r.best_other_objective is not None]
     out = [f"Exact solvers and the bound: time limit {time_limit:g} s; local-search: {LOCAL_SEARCH_TIME_LIMIT_S:g} s. "
            "Ratio: route-aware / best other (latency, energy: best other / route-aware); below 1 route-aware is worse.",
            "", *lines, "",
-           f"Median gap of route-aware to the bound: {_f(None if not gaps else 100 * statistics.median(gaps), '.1f')}% "
+           f"Median gap of route-aware to the bound: {fmt(None if not gaps else 100 * statistics.median(gaps), '.1f')}% "
            f"over {len(gaps)} instances."]
     if flagged:
         out.append(f"Route-aware more than 1 % below the best other solver ({len(flagged)}): "
@@ -182,19 +173,11 @@ def markdown(rows: list[Row], time_limit: float) -> str:
         out.append("Route-aware is within 1 % of the best other solver everywhere.")
     hit = [r.instance for r in rows if r.ra_budget_hit]
     if hit:
-        out.append(f"Route-aware stopped at its time budget (1 s; its plan depends on the machine's speed) on {len(hit)}: "
+        out.append(f"Route-aware stopped at its time budget (its plan then depends on the machine's speed) on {len(hit)}: "
                    + ", ".join(hit) + f"; the column says what it finds with time_limit {RA_RERUN_TIME_LIMIT_S:g} s.")
     if no_plan:
         out.append("Route-aware found no plan where another solver did: " + ", ".join(no_plan) + ".")
     return "\n".join(out) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(rows[0]) if rows else []
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(out / "quality.csv", [vars(r) for r in rows])
         write_csv(out / "quality_solvers.csv", per_solver)
         (out / "quality.md").write_text(markdown(rows, args.time_limit))
-    table = [[r.instance, str(r.devices), _f(r.ra_objective, ".4g"), f"{r.best_other or '-'} {_f(r.best_other_objective, '.4g')}",
-              _f(r.bound, ".4g"), _f(None if r.gap is None else 100 * r.gap, ".1f"), _f(r.ratio, ".3f")] for r in rows]
+    table = [[r.instance, str(r.devices), fmt(r.ra_objective, ".4g"), f"{r.best_other or '-'} {fmt(r.best_other_objective, '.4g')}",
+              fmt(r.bound, ".4g"), fmt(None if r.gap is None else 100 * r.gap, ".1f"), fmt(r.ratio, ".3f")] for r in rows]
     print(report.table(["instance", "devices", "route-aware", "best other", "bound", "gap %", "ratio"], table))
     print(markdown(rows, args.time_limit).split("\n\n")[-1].strip())
     print(f"wrote {out / 'quality.csv'}, {out / 'quality_solvers.csv'}, {out / 'quality.md'} ({time.perf_counter() - t0:.0f} s)")

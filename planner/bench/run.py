@@ -15,15 +15,13 @@ matplotlib (``pip install 'moeplan[bench]'``); without it the CSVs and tables ar
 
 from __future__ import annotations
 
-import csv
-import math
 import sys
 import time
 from pathlib import Path
 
 from planner.bench import dynamic, paper, scale
 from planner.bench import plots as bench_plots
-from planner.bench.common import Settings, instance_solvers
+from planner.bench.common import Settings, instance_solvers, write_csv
 from planner.domain.errors import InputError, Problem
 
 SUITES = ("paper", "scale", "dynamic")
@@ -49,23 +47,6 @@ def prepare_out(out: str) -> Path:
     except OSError as exc:
         raise InputError(Problem(out, "--out", f"cannot be written: {exc.strerror or exc}")) from None
     return path
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    """Every row, columns in the order first seen; empty cells for missing values, NaN and None."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, columns, restval="")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _cell(v) for k, v in r.items()})
-    return path
-
-
-def _cell(v):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""
-    return v
 
 
 def write_plots(out: Path, result) -> list[Path]:
