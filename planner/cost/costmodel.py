@@ -46,6 +46,7 @@ import numpy as np
 
 from planner.cost.compute import LayerTimes
 from planner.cost.evaluation import Evaluation, Fork, PhaseCost, PipelineMetrics, Step
+from planner.cost.memo import IdentityMemo
 from planner.cost.memory import memory_bytes
 from planner.cost.network import Network
 from planner.cost.passes import gated_layers, walk
@@ -99,7 +100,7 @@ class CostModel:
         self.expert_flops_per_token = self.times.expert_flops_per_token
         self.expert_bytes = self.times.expert_bytes
         self.nonexpert_bytes = self.times.nonexpert_bytes
-        self._passes: dict = {}
+        self._passes = IdentityMemo(_PASS_CACHE_SIZE)
         self.instance_cache: dict = {}
 
     # ----- one pass ---------------------------------------------------------------------------
@@ -133,20 +134,15 @@ class CostModel:
 
     # ----- whole plan -------------------------------------------------------------------------
     def _pass_cached(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> PhaseCost:
-        """:meth:`pass_cost`, remembered per structure (stages, codec ranks, expert placement) and tokens:
-        plans that differ only in batching share their prefill pass and, per micro-batch size, their
-        decode pass (a batching sweep of 9 points runs 6 passes, not 18). Do not modify the result."""
-        # Keyed by the identity of the (immutable) parts, which batching variants made with
-        # dataclasses.replace share; hashing a placement of 14,000 entries on every call would cost
-        # more than the pass. The entry keeps the parts alive, so their ids cannot be reused.
-        parts = (pipe.stages, pipe.codec_ranks, pipe.expert_placement)
-        key = (id(parts[0]), id(parts[1]), id(parts[2]), tokens, context, prefill)
-        hit = self._passes.get(key)
-        if hit is None or any(a is not b for a, b in zip(hit[0], parts)):
-            if len(self._passes) >= _PASS_CACHE_SIZE:
-                self._passes.clear()
-            hit = self._passes[key] = (parts, self.pass_cost(pipe, tokens, context, prefill))
-        return hit[1]
+        """:meth:`pass_cost`, remembered per structure (stages, codec ranks, expert placement, group
+        gates) and tokens: plans that differ only in batching share their prefill pass and, per
+        micro-batch size, their decode pass (a batching sweep of 9 points runs 6 passes, not 18). Do
+        not modify the result."""
+        # By the identity of the (immutable) parts, which batching variants made with
+        # dataclasses.replace share: hashing a placement of 14,000 entries on every call would cost
+        # more than the pass (planner.cost.memo).
+        parts = (pipe.stages, pipe.codec_ranks, pipe.expert_placement, pipe.group_gate, tokens, context, prefill)
+        return self._passes.get(parts, lambda: self.pass_cost(pipe, tokens, context, prefill))
 
     def pipeline_metrics(self, pipe: Pipeline) -> PipelineMetrics:
         b = float(pipe.micro_batch_size)

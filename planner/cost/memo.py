@@ -12,21 +12,26 @@ from collections.abc import Callable
 from typing import Any
 
 _SCALARS = (str, int, float, bool, type(None))
+_MUTABLE = (list, dict, set, bytearray)
 
 
 class IdentityMemo:
     """``memo.get(parts, compute)``: ``compute()`` once per distinct ``parts`` (a tuple whose tuples and
     objects are compared by identity, its strings and numbers by value). Starts over after ``size``
-    entries. Only tuples and frozen objects may be parts: a list changed in place would be missed."""
+    entries. Parts should be tuples and frozen objects: with a list, dict or set among them (which
+    could change in place) nothing is remembered and ``compute()`` runs every time."""
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
         self._entries: dict[tuple, tuple[tuple, Any]] = {}
 
     def get(self, parts: tuple, compute: Callable[[], Any]) -> Any:
+        if any(isinstance(p, _MUTABLE) for p in parts):
+            return compute()
         key = tuple(p if isinstance(p, _SCALARS) else id(p) for p in parts)
         hit = self._entries.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], parts, strict=True)):
+        # The key holds scalars by value; the objects must be the very ones remembered.
+        if hit is not None and all(a is b or isinstance(b, _SCALARS) for a, b in zip(hit[0], parts, strict=True)):
             return hit[1]
         if len(self._entries) >= self.size:
             self._entries.clear()

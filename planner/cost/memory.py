@@ -66,8 +66,6 @@ def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
                     moved[d] = moved.get(d, 0) + 1
         return moved
 
-    if not isinstance(pipe.expert_placement, tuple) or not isinstance(pipe.stages, tuple):
-        return count()
     memo = cm.instance_cache.get(_MEMO_KEY)
     if memo is None:
         memo = cm.instance_cache[_MEMO_KEY] = IdentityMemo(64)

@@ -186,9 +186,6 @@ def _group_gate_violations(instance: Instance, pipe: Pipeline, where: str, out: 
 
 def _placement_violations(instance: Instance, where: str, pipe: Pipeline) -> list[Violation]:
     """:func:`_check_placement`, remembered while the pipeline's parts are unchanged."""
-    if not isinstance(pipe.expert_placement, tuple) or not isinstance(pipe.group_gate, tuple) \
-            or not isinstance(pipe.stages, tuple):
-        return _check_placement(instance, where, pipe)
     parts = (instance, where, pipe.stages, pipe.group_gate, pipe.expert_placement)
     return list(_PLACEMENT_CHECKS.get(parts, lambda: tuple(_check_placement(instance, where, pipe))))
 
@@ -198,12 +195,11 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
     an MoE layer, placed once, on distinct known devices with one share each, the shares >= 0 and
     summing to 1. In a group-gated layer an expert is kept on the gate's device or dropped (no
     devices, no shares), and at least one is kept. An entry found sound once is not checked again
-    (:func:`_sound_entries`): a move changes a few entries of a placement and keeps the others."""
+    (``_SOUND``): a move changes a few entries of a placement and keeps the others."""
     out: list[Violation] = []
     m = instance.model
     gated = _group_gate_violations(instance, pipe, where, out)
-    sound = _sound_entries(instance)
-    known = instance.device_index
+    sound = _SOUND.get((instance,), dict)
     seen, dropped = set(), {}
     for e in pipe.expert_placement:
         key = (e.layer, e.expert)
@@ -222,7 +218,7 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
             continue
         if sound.get(id(e)) is e:
             continue
-        found = [] if _entry_is_sound(m, known, e) else _entry_violations(instance, where, e)
+        found = _entry_violations(instance, where, e)
         if found:
             out += found
         elif isinstance(e.devices, tuple) and isinstance(e.shares, tuple):  # frozen all the way down
@@ -245,8 +241,11 @@ def _entry_is_sound(m, known, e) -> bool:
 
 def _entry_violations(instance: Instance, where: str, e) -> list[Violation]:
     """What is wrong with one placed expert of an ungated layer, on its own."""
-    out: list[Violation] = []
     m = instance.model
+    known = instance.device_index
+    if _entry_is_sound(m, known, e):
+        return []
+    out: list[Violation] = []
     tag = _Tag(where, e)
     if not (0 <= e.layer < m.num_layers) or not m.is_moe_layer(e.layer):
         out.append(Violation("placement", f"{tag}: layer {e.layer} is not an MoE layer"))
@@ -258,7 +257,6 @@ def _entry_violations(instance: Instance, where: str, e) -> list[Violation]:
         out.append(Violation("placement", f"{tag}: needs distinct devices with one share each"))
     elif any(s < 0 for s in e.shares) or abs(sum(e.shares) - 1.0) > SHARE_TOL:
         out.append(Violation("placement", f"{tag}: shares must be >= 0 and sum to 1, got {list(e.shares)}"))
-    known = instance.device_index
     for d in e.devices:
         if d not in known:
             out.append(Violation("placement", f"{tag}: unknown device {d!r}"))
@@ -266,19 +264,9 @@ def _entry_violations(instance: Instance, where: str, e) -> list[Violation]:
 
 
 _SOUND_ENTRIES_SIZE = 1 << 18  # entries remembered as sound per instance before starting over
-_SOUND: dict[int, tuple[Instance, dict]] = {}
-
-
-def _sound_entries(instance: Instance) -> dict:
-    """id(entry) -> entry for the placement entries of ``instance`` found sound on their own; an
-    entry (a frozen :class:`~planner.domain.plan.ExpertPlacement`) is kept alive, so its id is not
-    reused. Kept for the last few instances."""
-    hit = _SOUND.get(id(instance))
-    if hit is None or hit[0] is not instance:
-        if len(_SOUND) >= 8:
-            _SOUND.clear()
-        hit = _SOUND[id(instance)] = (instance, {})
-    return hit[1]
+# Per instance (the last few), id(entry) -> entry for the placement entries found sound on their
+# own; a frozen ExpertPlacement is kept alive there, so its id is not reused meanwhile.
+_SOUND = IdentityMemo(8)
 
 
 def _route_violations(instance: Instance, plan: Plan) -> list[Violation]:
@@ -288,11 +276,8 @@ def _route_violations(instance: Instance, plan: Plan) -> list[Violation]:
     devices, layers). Remembered per pipeline while its parts are unchanged."""
     out: list[Violation] = []
     for pi, pipe in enumerate(plan.pipelines):
-        if isinstance(pipe.expert_placement, tuple) and isinstance(pipe.group_gate, tuple) and isinstance(pipe.stages, tuple):
-            parts = (instance, pi, pipe.stages, pipe.group_gate, pipe.expert_placement)
-            out += _ROUTE_CHECKS.get(parts, lambda pi=pi, pipe=pipe: tuple(_pipeline_routes(instance, pi, pipe)))
-        else:
-            out += _pipeline_routes(instance, pi, pipe)
+        parts = (instance, pi, pipe.stages, pipe.group_gate, pipe.expert_placement)
+        out += _ROUTE_CHECKS.get(parts, lambda pi=pi, pipe=pipe: tuple(_pipeline_routes(instance, pi, pipe)))
     return out
 
 
