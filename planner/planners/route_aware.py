@@ -297,10 +297,12 @@ def _spread_away(cm: CostModel, origin: str, best, deadline: float, max_evaluati
     for k in range(max(1, k0 - _SPREAD_CUTS[0]), min(p.num_layers, k0 + _SPREAD_CUTS[1]) + 1):
         if not np.isfinite(deficit[k]):
             continue
-        # Bytes the partner can take on top of its own layers, ends and workspace (about).
-        far_fixed = (p.ne_mem[FAR, k:].sum() + p.item_mem[k:][p.exists[k:]].sum() + p.ends_mem[1, FAR]
-                     + p.workspace_mem[FAR] + p.cut_mem[FAR].max())
-        slack, need = float(p.capacity[FAR] - far_fixed), max(float(deficit[k]), 0.0)
+        # Bytes the partner can take on top of its own part (the formulation's own memory terms).
+        option = int(np.argmin(ranking[k]))
+        keep_all = p.exists.copy()
+        keep_all[k:] = False
+        far_used = float(evaluate(p, TwoTierSolution(k, keep_all, option)).memory[FAR])
+        slack, need = float(p.capacity[FAR]) - far_used, max(float(deficit[k]), 0.0)
         if slack <= need:
             continue
         mine = order[cells[order, 0] < k]  # the origin's experts at cut k, in sending order
