@@ -3,6 +3,7 @@ against every baseline, predicted by the cost model and simulated on the same re
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -71,16 +72,21 @@ def network_of(instance: Instance, series: BandwidthSeries | None) -> str:
     return f"{link.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s, {link.rtt_s * 1e3:g} ms"
 
 
+@functools.cache
+def _gate_loss(table_path: Path) -> GroupGateLoss:
+    """The all-layers group-gate points of the measured table at ``table_path`` (read once)."""
+    table = read_accuracy_table(table_path)
+    every = max((p.layers for p in table.group_gate), key=len)
+    points = sorted((p.coverage, p.loss) for p in table.group_gate if p.method == "group_gate" and p.layers == every)
+    return GroupGateLoss(tuple(c for c, _ in points), tuple(v for _, v in points))
+
+
 def with_group_gate(instance: Instance, table_path: Path = GATE_TABLE) -> Instance:
     """``instance`` with the group gate priced: its own loss points where it has them, else the
     all-layers group-gate points of the measured table at ``table_path`` (loss = 1 - top-1 agreement)."""
     if instance.constraints.group_gate_loss.known:
         return instance
-    table = read_accuracy_table(table_path)
-    every = max((p.layers for p in table.group_gate), key=len)
-    points = sorted((p.coverage, p.loss) for p in table.group_gate if p.method == "group_gate" and p.layers == every)
-    loss = GroupGateLoss(tuple(c for c, _ in points), tuple(v for _, v in points))
-    return replace(instance, constraints=replace(instance.constraints, group_gate_loss=loss))
+    return replace(instance, constraints=replace(instance.constraints, group_gate_loss=_gate_loss(table_path)))
 
 
 def run_paper(settings: Settings, progress: Progress) -> SuiteOutput:
