@@ -284,28 +284,9 @@ class Instance:
     @cached_property
     def component_of(self) -> dict[str, int]:
         """Connected component of each device in the network, as a label (the same for two devices
-        exactly when some path joins them): union-find over links and interconnects, O(devices + links)."""
-        parent = {d.name: d.name for d in self.devices}
-
-        def root(x: str) -> str:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        def join(x: str, y: str) -> None:
-            if x in parent and y in parent:
-                parent[root(x)] = root(y)
-
-        for l in self.links:
-            join(l.a, l.b)
-        for ic in self.interconnects:
-            if ic.num_pairs:
-                first, *rest = ic.members
-                for name in rest:
-                    join(first, name)
-        labels: dict[str, int] = {}
-        return {name: labels.setdefault(root(name), len(labels)) for name in parent}
+        exactly when some path joins them), from :meth:`connectivity` (O(devices + links))."""
+        return {n: k for k, part in enumerate(nx.connected_components(self.connectivity()))
+                for n in part if isinstance(n, str)}
 
     def connectivity(self) -> nx.Graph:
         """:func:`connectivity_graph` of the instance."""
