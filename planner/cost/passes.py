@@ -37,20 +37,25 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
     """(latency terms in the order the pass adds them, the pass's steps) of one pass of ``tokens``
     tokens at ``context`` through ``pipe``: one walk for both, so that the pass's figures
     (:meth:`CostModel.pass_cost`) and its steps (:meth:`CostModel.pass_steps`) cannot drift apart.
-    With ``steps`` False a layer's remote experts come as ``(key, hold)`` pairs instead of a
-    :class:`Fork` of steps (the same holds, summed per resource and direction; what a pass's cost
-    needs, at a fraction of the price when thousands of experts are placed)."""
+    With ``steps`` False the remote experts of every layer come as ``(key, hold)`` pairs instead of
+    :class:`Fork` steps: the same holds summed over the pass per resource (:class:`PassExperts`,
+    every layer priced at once; what a pass's cost needs, at a fraction of the price when thousands
+    of experts are placed)."""
     m, db = cm.model, cm.db
     hb = m.hidden_bytes_per_token
     terms: list[float] = []
     items: list[Step | Fork] = []
     origin = cm.instance.workload.origin
     gates = gated_layers(cm, pipe)
-    placement: dict[int, list] = {}
-    for e in pipe.expert_placement:
-        if e.layer not in gates:
-            placement.setdefault(e.layer, []).append(e)
+    placement, known = _placement_by_layer(cm, pipe, gates)
     stages = pipe.stages
+    experts = None
+    if placement and not steps:
+        experts = known.get("pass")
+        if experts is None:
+            experts = known["pass"] = PassExperts(cm, pipe, placement)
+        experts = experts.cost(cm, tokens)
+        items.extend(experts.holds)
 
     def hops(a: str, b: str, nbytes: float) -> None:
         latency, steps = cm.network.hops(a, b, nbytes)
@@ -70,9 +75,6 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
         t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved)
                        - sum(ex[layer] - gated_expert_time(cm, gates[layer], layer, stage.device, tokens) for layer in gated))
         t_rest = t_home - sum(ne[layer] for layer in moved) + pass_overhead_s(dev)
-        shares = {layer: layer_shares(cm, placement[layer], layer, stage.device) for layer in moved}
-        if len(moved) > 1:
-            LayerShares.prefetch(cm, [(shares[layer], layer) for layer in moved], tokens)
         items.append(Step(stage.device, t_rest))
         terms.append(t_rest)
         for layer in moved:
@@ -80,9 +82,8 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
                 critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
                 items.extend((Step(stage.device, ne[layer]), fork))
             else:
-                critical, holds = shares[layer].cost(cm, layer, tokens)
+                critical = experts.critical[experts.index[layer]]
                 items.append(Step(stage.device, ne[layer]))
-                items.extend(holds)
             terms.append(ne[layer] + critical)
         if stage.first_layer == 0:
             t = float(op_time_s(dev, 0.0, tokens * hb, db))
@@ -112,6 +113,27 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
     out_tokens = 1.0 if prefill else tokens
     hops(stages[-1].device, origin, out_tokens * TOKEN_ID_BYTES)
     return terms, items
+
+
+def _placement_by_layer(cm: CostModel, pipe: Pipeline, gates: dict) -> tuple[dict[int, list], dict]:
+    """The placement entries of ``pipe`` per layer, group-gated layers left out, and a dict for the
+    :class:`LayerShares` of (layer, home device) the passes find. Cached per (placement, gates,
+    stages) of a plan, like :func:`gated_layers`: a pass of a plan with thousands of placed experts
+    would otherwise spend a third of its time regrouping them."""
+    key = ("by layer", id(pipe.expert_placement), id(pipe.group_gate), id(pipe.stages))
+    parts = (pipe.expert_placement, pipe.group_gate, pipe.stages)
+    hit = cm.instance_cache.get(key)
+    if hit is not None and hit[0] == parts:
+        return hit[1]
+    placement: dict[int, list] = {}
+    for e in pipe.expert_placement:
+        if e.layer not in gates:
+            placement.setdefault(e.layer, []).append(e)
+    if len(cm.instance_cache) >= _SHARES_CACHE_SIZE:
+        cm.instance_cache.clear()
+    out = (placement, {})
+    cm.instance_cache[key] = (parts, out)
+    return out
 
 
 def experts_fork(cm: CostModel, entries: list, layer: int, home: str, tokens: float) -> tuple[float, Fork]:
@@ -162,13 +184,27 @@ def remote_call_probability(mass: float, tokens: float, top_k: int, num_experts:
     return float(1.0 - miss ** float(tokens))
 
 
+def remote_call_probabilities(mass: np.ndarray, tokens: float, top_k: int, num_experts: int) -> np.ndarray:
+    """:func:`remote_call_probability` of every device of ``mass`` at once (the same operations, elementwise)."""
+    k, e = max(int(top_k), 1), max(int(num_experts), 1)
+    m = np.minimum(np.maximum(np.asarray(mass, dtype=float) / k, 0.0), 1.0)
+    if tokens <= 0:
+        return np.zeros_like(m)
+    miss = np.ones_like(m)
+    for i in range(min(k, e)):
+        miss *= np.maximum(e * (1.0 - m) - i, 0.0) / (e - i)
+    return np.where(m <= 0.0, 0.0, 1.0 - miss ** float(tokens))
+
+
 class LayerShares:
     """The devices that serve some of one layer's routed experts (home first): ``share[d, e]``, the
     part of expert ``e``'s selection probability device ``d`` serves; ``mass[d]``, the expected
-    routing mass sent there; devices of one hardware kind grouped (``groups``), so that their
-    expert times are priced in one vectorised call."""
+    routing mass sent there. The expert times are priced on the nonzero ``(d, e)`` pairs only (a
+    device of an expert-parallel group holds a few of a layer's experts), grouped by hardware kind
+    (``groups``: representative device, rows, experts and shares of its pairs), one vectorised call
+    per kind; an operation of no tokens and no bytes takes no time, so the zero pairs add nothing."""
 
-    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_routes", "_calls")
+    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_calls")
 
     def __init__(self, cm: CostModel, devices: list[str], share: np.ndarray, q: np.ndarray):
         self.devices = devices
@@ -177,9 +213,12 @@ class LayerShares:
         groups: dict = {}
         for i, d in enumerate(devices):
             groups.setdefault(cm.times.hardware_of(d), (d, []))[1].append(i)
-        self.groups = [(d, np.array(idx, dtype=np.intp)) for d, idx in groups.values()]
+        self.groups = []
+        for rep, idx in groups.values():
+            sub = share[idx]
+            r, e = np.nonzero(sub)
+            self.groups.append((rep, np.asarray(idx, dtype=np.intp)[r], e, sub[r, e]))
         self._memo: dict = {}
-        self._routes = None
         self._calls: dict = {}
 
     def call_probability(self, cm: CostModel, tokens: float) -> np.ndarray:
@@ -189,68 +228,12 @@ class LayerShares:
         if hit is None:
             m = cm.model
             if cm.weighted_remote_calls:
-                hit = np.array([1.0] + [remote_call_probability(x, tokens, m.top_k, m.num_experts) for x in self.mass[1:]])
+                hit = np.concatenate(([1.0], remote_call_probabilities(np.asarray(self.mass[1:]), tokens, m.top_k,
+                                                                       m.num_experts)))
             else:
                 hit = np.ones(len(self.devices))
             self._calls[(tokens, cm.weighted_remote_calls)] = hit
         return hit
-
-    def _round_trips(self, cm: CostModel):
-        """Per remote device: one-way latency (s) and seconds per byte of the round trip from the home
-        device (the first) and back; per link, the bytes per routed token it carries there and back."""
-        if self._routes is None:
-            home = self.devices[0]
-            latency = np.zeros(len(self.devices))
-            per_byte = np.zeros(len(self.devices))
-            links: dict = {}
-            for i, d in enumerate(self.devices[1:], start=1):
-                for key, bw, one_way in cm.network.route_hops(home, d) + cm.network.route_hops(d, home):
-                    latency[i] += one_way
-                    per_byte[i] += 1.0 / bw
-                    links[key] = links.get(key, 0.0) + self.mass[i] / bw
-            self._routes = (latency, per_byte, list(links.items()))
-        return self._routes
-
-    def cost(self, cm: CostModel, layer: int, tokens: float) -> tuple[float, list[tuple]]:
-        """(critical time s, (resource, hold s) pairs) of the layer's experts for ``tokens`` tokens:
-        what :func:`experts_fork`'s steps add up to, without the steps."""
-        t = self.times(cm, layer, tokens)
-        latency, per_byte, links = self._round_trips(cm)
-        calls = self.call_probability(cm, tokens)
-        if len(self.devices) > 1:
-            t = t + calls * np.array([0.0] + [expert_call_overhead_s(cm.devices[d]) for d in self.devices[1:]])
-        hb = cm.model.hidden_bytes_per_token
-        sent = np.asarray(self.mass) * tokens * hb
-        remote = calls[1:] * latency[1:] + sent[1:] * per_byte[1:] + t[1:]
-        critical = max(float(t[0]), float(remote.max()) if remote.size else 0.0)
-        holds = [(d, float(x)) for d, x in zip(self.devices, t)]
-        holds += [(key, coef * tokens * hb) for key, coef in links]
-        return critical, holds
-
-    @staticmethod
-    def prefetch(cm: CostModel, layered: list[tuple[LayerShares, int]], tokens: float) -> None:
-        """Price the expert times of several layers' shares for ``tokens`` tokens at once (what
-        :meth:`times` would compute one layer and one hardware kind at a time): per hardware kind,
-        one vectorised call over the rows of every layer. The same elementwise operations and
-        per-row sums, so the same numbers; a pass over many moved layers makes far fewer numpy calls."""
-        todo = [(s, layer) for s, layer in layered if tokens not in s._memo]
-        if len(todo) < 2:
-            return
-        rows: dict = {}  # hardware -> (device, [probability rows], [(shares, row indices, offset)])
-        for s, layer in todo:
-            q = cm.q[cm.moe_index[layer]]
-            s._memo[tokens] = np.zeros(len(s.devices))
-            for rep, idx in s.groups:
-                entry = rows.setdefault(cm.times.hardware_of(rep), (rep, [], []))
-                entry[2].append((s, idx, sum(len(p) for p in entry[1])))
-                entry[1].append(q[None, :] * s.share[idx])
-        for rep, probs, owners in rows.values():
-            prob = np.concatenate(probs)
-            touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
-            t = op_time_s(cm.devices[rep], prob * tokens * cm.expert_flops_per_token, touched * cm.expert_bytes,
-                          cm.db).sum(axis=1)
-            for s, idx, at in owners:
-                s._memo[tokens][idx] = t[at:at + len(idx)]
 
     def times(self, cm: CostModel, layer: int, tokens: float) -> np.ndarray:
         """[D] time (s) of each device's share of the layer's experts for ``tokens`` tokens (cached per tokens)."""
@@ -258,13 +241,119 @@ class LayerShares:
         if hit is None:
             q = cm.q[cm.moe_index[layer]]
             hit = np.zeros(len(self.devices))
-            for rep, idx in self.groups:
-                prob = q[None, :] * self.share[idx]
-                touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
-                hit[idx] = op_time_s(cm.devices[rep], prob * tokens * cm.expert_flops_per_token,
-                                     touched * cm.expert_bytes, cm.db).sum(axis=1)
+            for rep, rows, experts, share in self.groups:
+                hit += np.bincount(rows, weights=_expert_times(cm, rep, q[experts] * share, tokens),
+                                   minlength=len(self.devices))
             self._memo[tokens] = hit
         return hit
+
+
+class ExpertsCost(NamedTuple):
+    """The placed experts of one pass: ``critical[i]`` (s), the critical time of the routed experts
+    of moved layer ``i`` (``index[layer]``), the slower of the home device's share and the slowest
+    remote round trip; ``holds``, the (resource, hold s) pairs of all of them, summed per resource."""
+
+    index: dict
+    critical: np.ndarray
+    holds: list
+
+
+class PassExperts:
+    """Every layer of a pipeline whose placement moves experts off the layer's stage device, priced
+    at once: what :func:`experts_fork` gives one layer at a time, on arrays [moved layers, devices].
+
+    The devices are every device of the layers' :class:`LayerShares` (first use); a layer's row is
+    zero where it sends nothing. Per pass size: the expert times of all nonzero (layer, device,
+    expert) triples in one vectorised call per hardware kind, the call probabilities
+    (:func:`remote_call_probabilities`), then per layer the critical time
+    ``max(t[home], max_d(P_d rtt_d + sent_d / bw_d + t_d + P_d overhead_d))``, elementwise the same
+    operations as one layer's; the holds are summed over the layers (the order of float additions
+    differs from one layer at a time, by rounding only). Independent of the pass size, so kept per
+    placement and stages (:func:`_placement_by_layer`)."""
+
+    def __init__(self, cm: CostModel, pipe: Pipeline, placement: dict[int, list]):
+        home_of = {layer: s.device for s in pipe.stages for layer in s.layers}
+        layers = [layer for s in pipe.stages for layer in s.layers if layer in placement]
+        shares = [layer_shares(cm, placement[layer], layer, home_of[layer]) for layer in layers]
+        cols: dict[str, int] = {}
+        for sh in shares:
+            for d in sh.devices:
+                cols.setdefault(d, len(cols))
+        n, u = len(layers), len(cols)
+        self.index = {layer: i for i, layer in enumerate(layers)}
+        self.devices = list(cols)
+        self.home = np.array([cols[sh.devices[0]] for sh in shares], dtype=np.intp)
+        self.mass = np.zeros((n, u))
+        self.remote = np.zeros((n, u), dtype=bool)
+        self.latency = np.zeros((n, u))
+        self.per_byte = np.zeros((n, u))
+        overhead = np.array([expert_call_overhead_s(cm.devices[d]) for d in self.devices])
+        self.overhead = np.zeros((n, u))
+        links: dict = {}
+        trips: dict = {}
+        E = cm.model.num_experts
+        flat: dict = {}  # hardware -> (representative device, [positions], [q indices], [shares])
+        for i, (layer, sh) in enumerate(zip(layers, shares)):
+            at = np.array([cols[d] for d in sh.devices], dtype=np.intp)
+            self.mass[i, at] = sh.mass
+            home = sh.devices[0]
+            for j, d in enumerate(sh.devices[1:], start=1):
+                c = at[j]
+                self.remote[i, c] = True
+                self.overhead[i, c] = overhead[c]
+                trip = trips.get((home, d))
+                if trip is None:
+                    latency, per_byte, hops = 0.0, 0.0, []
+                    for key, bw, one_way in cm.network.route_hops(home, d) + cm.network.route_hops(d, home):
+                        latency += one_way
+                        per_byte += 1.0 / bw
+                        hops.append((key, bw))
+                    trip = trips[(home, d)] = (latency, per_byte, hops)
+                self.latency[i, c], self.per_byte[i, c] = trip[0], trip[1]
+                for key, bw in trip[2]:
+                    links[key] = links.get(key, 0.0) + sh.mass[j] / bw
+            row0 = cm.moe_index[layer] * E
+            for rep, rows, experts, share in sh.groups:
+                entry = flat.setdefault(cm.times.hardware_of(rep), (rep, [], [], []))
+                entry[1].append(i * u + at[rows])
+                entry[2].append(row0 + experts)
+                entry[3].append(share)
+        self.links = list(links.items())
+        self.flat = [(rep, np.concatenate(pos), np.concatenate(qi), np.concatenate(sv)) for rep, pos, qi, sv in flat.values()]
+        self._memo: dict = {}
+
+    def cost(self, cm: CostModel, tokens: float) -> ExpertsCost:
+        """The experts' critical times and holds for a pass of ``tokens`` tokens (cached per tokens)."""
+        key = (tokens, cm.weighted_remote_calls)
+        hit = self._memo.get(key)
+        if hit is not None:
+            return hit
+        n, u = self.mass.shape
+        m = cm.model
+        q = cm.q.reshape(-1)
+        t = np.zeros(n * u)
+        for rep, pos, qi, share in self.flat:
+            t += np.bincount(pos, weights=_expert_times(cm, rep, q[qi] * share, tokens), minlength=n * u)
+        t = t.reshape(n, u)
+        if cm.weighted_remote_calls:
+            calls = np.where(self.remote, remote_call_probabilities(self.mass, tokens, m.top_k, m.num_experts), 0.0)
+        else:
+            calls = self.remote.astype(float)
+        t = t + calls * self.overhead
+        hb = m.hidden_bytes_per_token
+        remote = np.where(self.remote, calls * self.latency + self.mass * tokens * hb * self.per_byte + t, 0.0)
+        critical = np.maximum(t[np.arange(n), self.home], remote.max(axis=1) if u else 0.0)
+        holds = list(zip(self.devices, t.sum(axis=0).tolist()))
+        holds += [(key, coef * tokens * hb) for key, coef in self.links]
+        hit = self._memo[key] = ExpertsCost(self.index, critical, holds)
+        return hit
+
+
+def _expert_times(cm: CostModel, device: str, prob: np.ndarray, tokens: float) -> np.ndarray:
+    """Time (s) on ``device`` of routed experts each selected with probability ``prob`` per token,
+    for ``tokens`` tokens: the expert's weights are read when a token picks it."""
+    touched = 1.0 - np.power(1.0 - np.clip(prob, 0.0, 1.0), tokens)
+    return op_time_s(cm.devices[device], prob * tokens * cm.expert_flops_per_token, touched * cm.expert_bytes, cm.db)
 
 
 def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> LayerShares:

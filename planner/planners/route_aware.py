@@ -82,6 +82,7 @@ from planner.cost.evaluation import is_better, is_within
 from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
+from planner.planners.outcome import collector_paused
 from planner.spaces.batching import batch_grid, full_batching_sweep
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
 from planner.spaces.codec_choice import prefer_accuracy
@@ -646,6 +647,7 @@ _BUDGET_STOP = "time budget (the plan may depend on machine speed; raise it with
 
 
 @register("route-aware", kind="heuristic", problem="instance")
+@collector_paused
 def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: CostModel | None = None,
                 time_budget_s: float | None = None, max_partners: int = 4, max_evaluations: int = 200, lns_moves: int = 24,
                 replicas: bool = True, **_) -> Result:
