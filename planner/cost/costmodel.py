@@ -46,11 +46,11 @@ import numpy as np
 
 from planner.cost.compute import LayerTimes
 from planner.cost.evaluation import Evaluation, Fork, PhaseCost, PipelineMetrics, Step
-from planner.cost.memo import IdentityMemo
 from planner.cost.memory import memory_bytes
 from planner.cost.network import Network
 from planner.cost.passes import gated_layers, walk
 from planner.domain.instance import Instance
+from planner.domain.memo import IdentityMemo
 from planner.domain.plan import Pipeline, Plan
 
 _PASS_CACHE_SIZE = 4096  # passes remembered by _pass_cached before the cache starts over
@@ -140,7 +140,7 @@ class CostModel:
         not modify the result."""
         # By the identity of the (immutable) parts, which batching variants made with
         # dataclasses.replace share: hashing a placement of 14,000 entries on every call would cost
-        # more than the pass (planner.cost.memo).
+        # more than the pass (planner.domain.memo).
         parts = (pipe.stages, pipe.codec_ranks, pipe.expert_placement, pipe.group_gate, tokens, context, prefill)
         return self._passes.get(parts, lambda: self.pass_cost(pipe, tokens, context, prefill))
 

@@ -7,9 +7,11 @@ workspace (:attr:`planner.cost.costmodel.CostModel.workspace_bytes`).
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import chain
 from typing import TYPE_CHECKING
 
-from planner.cost.memo import IdentityMemo
+from planner.domain.memo import IdentityMemo
 from planner.domain.plan import Pipeline, Plan
 
 if TYPE_CHECKING:
@@ -58,13 +60,12 @@ def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
         home = [None] * m.num_layers
         for stage in pipe.stages:
             home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
-        moved: dict[str, int] = {}
-        for e in pipe.expert_placement:
-            if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]:
-                moved[home[e.layer]] = moved.get(home[e.layer], 0) - 1
-                for d in e.devices:
-                    moved[d] = moved.get(d, 0) + 1
-        return moved
+        kept = [e for e in pipe.expert_placement if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]]
+        gained = Counter(chain.from_iterable(e.devices for e in kept))
+        lost = Counter(home[e.layer] for e in kept)
+        # Devices in the order the entries name them (each entry: its home, then its devices).
+        order = dict.fromkeys(chain.from_iterable((home[e.layer], *e.devices) for e in kept))
+        return {d: gained.get(d, 0) - lost.get(d, 0) for d in order}
 
     memo = cm.instance_cache.get(_MEMO_KEY)
     if memo is None:

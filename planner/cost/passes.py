@@ -17,6 +17,7 @@ holder its per-call overhead, weighted by the same probability.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -204,7 +205,7 @@ class LayerShares:
     (``groups``: representative device, rows, experts and shares of its pairs), one vectorised call
     per kind; an operation of no tokens and no bytes takes no time, so the zero pairs add nothing."""
 
-    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_calls")
+    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_calls", "_routes")
 
     def __init__(self, cm: CostModel, devices: list[str], share: np.ndarray, q: np.ndarray):
         self.devices = devices
@@ -220,6 +221,7 @@ class LayerShares:
             self.groups.append((rep, np.asarray(idx, dtype=np.intp)[r], e, sub[r, e]))
         self._memo: dict = {}
         self._calls: dict = {}
+        self._routes = None
 
     def call_probability(self, cm: CostModel, tokens: float) -> np.ndarray:
         """[D] probability that a pass of ``tokens`` tokens calls each device (home: 1), from
@@ -234,6 +236,25 @@ class LayerShares:
                 hit = np.ones(len(self.devices))
             self._calls[(tokens, cm.weighted_remote_calls)] = hit
         return hit
+
+    def round_trips(self, cm: CostModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+        """Per device [D] (0 for the home device, the first): the one-way latencies (s) and the
+        seconds per byte of the round trip from the home device and back, and the fixed seconds of
+        one call of its experts; per link, the bytes per routed token it carries there and back
+        (the sum of ``mass / bandwidth`` over the devices it leads to). Cached."""
+        if self._routes is None:
+            home = self.devices[0]
+            latency = np.zeros(len(self.devices))
+            per_byte = np.zeros(len(self.devices))
+            links: dict = {}
+            for i, d in enumerate(self.devices[1:], start=1):
+                for key, bw, one_way in cm.network.route_hops(home, d) + cm.network.route_hops(d, home):
+                    latency[i] += one_way
+                    per_byte[i] += 1.0 / bw
+                    links[key] = links.get(key, 0.0) + self.mass[i] / bw
+            overhead = np.array([0.0] + [expert_call_overhead_s(cm.devices[d]) for d in self.devices[1:]])
+            self._routes = (latency, per_byte, overhead, list(links.items()))
+        return self._routes
 
     def times(self, cm: CostModel, layer: int, tokens: float) -> np.ndarray:
         """[D] time (s) of each device's share of the layer's experts for ``tokens`` tokens (cached per tokens)."""
@@ -275,10 +296,7 @@ class PassExperts:
         home_of = {layer: s.device for s in pipe.stages for layer in s.layers}
         layers = [layer for s in pipe.stages for layer in s.layers if layer in placement]
         shares = [layer_shares(cm, placement[layer], layer, home_of[layer]) for layer in layers]
-        cols: dict[str, int] = {}
-        for sh in shares:
-            for d in sh.devices:
-                cols.setdefault(d, len(cols))
+        cols = {d: i for i, d in enumerate(dict.fromkeys(chain.from_iterable(sh.devices for sh in shares)))}
         n, u = len(layers), len(cols)
         self.index = {layer: i for i, layer in enumerate(layers)}
         self.devices = list(cols)
@@ -287,31 +305,20 @@ class PassExperts:
         self.remote = np.zeros((n, u), dtype=bool)
         self.latency = np.zeros((n, u))
         self.per_byte = np.zeros((n, u))
-        overhead = np.array([expert_call_overhead_s(cm.devices[d]) for d in self.devices])
         self.overhead = np.zeros((n, u))
         links: dict = {}
-        trips: dict = {}
         E = cm.model.num_experts
         flat: dict = {}  # hardware -> (representative device, [positions], [q indices], [shares])
         for i, (layer, sh) in enumerate(zip(layers, shares)):
             at = np.array([cols[d] for d in sh.devices], dtype=np.intp)
+            latency, per_byte, overhead, layer_links = sh.round_trips(cm)
             self.mass[i, at] = sh.mass
-            home = sh.devices[0]
-            for j, d in enumerate(sh.devices[1:], start=1):
-                c = at[j]
-                self.remote[i, c] = True
-                self.overhead[i, c] = overhead[c]
-                trip = trips.get((home, d))
-                if trip is None:
-                    latency, per_byte, hops = 0.0, 0.0, []
-                    for key, bw, one_way in cm.network.route_hops(home, d) + cm.network.route_hops(d, home):
-                        latency += one_way
-                        per_byte += 1.0 / bw
-                        hops.append((key, bw))
-                    trip = trips[(home, d)] = (latency, per_byte, hops)
-                self.latency[i, c], self.per_byte[i, c] = trip[0], trip[1]
-                for key, bw in trip[2]:
-                    links[key] = links.get(key, 0.0) + sh.mass[j] / bw
+            self.remote[i, at[1:]] = True
+            self.latency[i, at] = latency
+            self.per_byte[i, at] = per_byte
+            self.overhead[i, at] = overhead
+            for key, coef in layer_links:
+                links[key] = links.get(key, 0.0) + coef
             row0 = cm.moe_index[layer] * E
             for rep, rows, experts, share in sh.groups:
                 entry = flat.setdefault(cm.times.hardware_of(rep), (rep, [], [], []))
@@ -367,16 +374,19 @@ def layer_shares(cm: CostModel, entries: list, layer: int, home: str) -> LayerSh
         return hit[1]
     q = cm.q[cm.moe_index[layer]]
     n = cm.model.num_experts
-    # Plain lists while accumulating: numpy scalar assignments cost ~100x a list's.
-    rows: dict[str, list[float]] = {home: [1.0] * n}
-    for entry in entries:
-        rows[home][entry.expert] = 0.0
-        for d, s in zip(entry.devices, entry.shares):
-            row = rows.get(d)
-            if row is None:
-                row = rows[d] = [0.0] * n
-            row[entry.expert] += s
-    out = LayerShares(cm, list(rows), np.array(list(rows.values())), q)
+    # Rows: the home device, then the devices in the order the entries name them. The home device
+    # keeps the experts no entry moves; each entry's shares are added in order (np.add.at is
+    # unbuffered: the same sums as one at a time).
+    experts = [e.expert for e in entries]
+    counts = [len(e.devices) for e in entries]
+    names = list(chain.from_iterable(e.devices for e in entries))
+    rows = {d: i for i, d in enumerate(dict.fromkeys([home, *names]))}
+    share = np.zeros((len(rows), n))
+    share[0] = 1.0
+    share[0, experts] = 0.0
+    np.add.at(share, ([rows[d] for d in names], np.repeat(experts, counts)),
+              np.fromiter(chain.from_iterable(e.shares for e in entries), dtype=float, count=len(names)))
+    out = LayerShares(cm, list(rows), share, q)
     if len(cm.instance_cache) >= _SHARES_CACHE_SIZE:
         cm.instance_cache.clear()
     cm.instance_cache[key] = (tuple(entries), out)

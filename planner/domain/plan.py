@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from planner.domain.errors import InputError, Problem
 from planner.domain.files import read_json
+from planner.domain.memo import IdentityMemo
 
 SCHEMA = "moeplan.plan/1"
 
+
+_EXPERT_DEVICES = IdentityMemo(64)  # placement -> the devices it names (Pipeline.expert_devices)
 
 @dataclass(frozen=True)
 class Stage:
@@ -91,7 +95,10 @@ class Pipeline:
         raise KeyError(layer)
 
     def expert_devices(self) -> set[str]:
-        return {d for p in self.expert_placement for d in p.devices}
+        """The devices its placed experts are on (a new set; remembered per placement, which may hold
+        15,000 entries)."""
+        return set(_EXPERT_DEVICES.get((self.expert_placement,), lambda: frozenset(
+            chain.from_iterable(p.devices for p in self.expert_placement))))
 
     def local_experts(self, device: str) -> dict[int, list[int]]:
         """Routed experts that run on ``device``: layer -> experts (the local candidates of an end device)."""
@@ -252,7 +259,7 @@ def home_device(stages, layer: int) -> str | None:
 def _canonical_placement(stages: tuple, placement) -> tuple:
     """The entries that do not name only their layer's home device, sorted by (layer, expert). The
     given tuple itself when nothing changes, so that checks remembered by identity still apply
-    (:mod:`planner.cost.memo`)."""
+    (:mod:`planner.domain.memo`)."""
     end = max((s.end_layer for s in stages), default=0)
     home: list[str | None] = [None] * max(end, 0)
     for s in stages:

@@ -31,14 +31,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from planner.cost.costmodel import CostModel
 from planner.cost.validator import validate
 from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
+from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
 from planner.spaces.batching import batch_grid
 from solvers import registry
 from solvers.registry import register
@@ -100,7 +100,7 @@ class Scorer:
         self.cm = self.memo.cm
         self.kind = instance.objective
         self.capacity = {d.name: d.memory_bytes for d in instance.devices}
-        self.cache: dict[Plan, tuple[float | None, str]] = {}
+        self.cache: dict[tuple, tuple[float | None, str]] = {}  # _plan_key(plan) -> score
         self.evaluations = 0
         self.evaluation_s = 0.0  # time spent validating and evaluating (the cost of a score, on average)
 
@@ -118,7 +118,8 @@ class Scorer:
 
     def score(self, plan: Plan) -> tuple[float | None, str]:
         """(objective, "") for a valid plan, (None, violation kind) otherwise."""
-        hit = self.cache.get(plan)
+        key = _plan_key(plan)
+        hit = self.cache.get(key)
         if hit is not None:
             return hit
         if not self.memory_ok(plan):
@@ -135,8 +136,40 @@ class Scorer:
             else:
                 out = (float(self.memo.evaluate(plan).objective(self.kind)), "")
             self.evaluation_s += time.perf_counter() - t0
-        self.cache[plan] = out
+        self.cache[key] = out
         return out
+
+
+class _Same:
+    """Hashed and compared by identity (and kept alive): a large placement in a cache key."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+
+_HASHED_ENTRIES = 256  # placements up to this size are keyed by value, larger ones by identity
+
+
+def _plan_key(plan: Plan) -> tuple:
+    """The :class:`Scorer`'s key of a plan: its fields, but a placement of more than
+    ``_HASHED_ENTRIES`` entries by identity (hashing 15,000 entries on every score cost as much as the
+    score; the moves keep an unchanged placement's tuple, so an equal placement that is a distinct
+    tuple only costs one more evaluation)."""
+    return (plan.instance, plan.solver, tuple(
+        tuple(_Same(v) if name == "expert_placement" and len(v) > _HASHED_ENTRIES else v
+              for name, v in ((f, getattr(p, f)) for f in _PIPELINE_FIELDS))
+        for p in plan.pipelines))
+
+
+_PIPELINE_FIELDS = tuple(f.name for f in fields(Pipeline))
 
 
 def unused_devices(instance: Instance, plan: Plan) -> list[str]:

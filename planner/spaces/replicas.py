@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import replace
+from itertools import chain
 
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better
 from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
+from planner.domain.memo import IdentityMemo
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 
 
@@ -29,14 +31,13 @@ def _signature(cm: CostModel, name: str) -> tuple:
 
 def pipeline_devices(pipe: Pipeline) -> list[str]:
     """The devices a pipeline uses: its stages, then the devices holding its placed experts (first use order)."""
-    out = list(pipe.devices)
-    seen = set(out)  # a set beside the list: expert-parallel pipelines place experts on hundreds of devices
-    for e in pipe.expert_placement:
-        for d in e.devices:
-            if d not in seen:
-                seen.add(d)
-                out.append(d)
-    return out
+    # An insertion-ordered dict, remembered per (stages, placement): expert-parallel pipelines place
+    # experts on hundreds of devices, in 15,000 entries.
+    return list(_PIPELINE_DEVICES.get((pipe.stages, pipe.expert_placement), lambda: tuple(dict.fromkeys(
+        chain(pipe.devices, chain.from_iterable(e.devices for e in pipe.expert_placement))))))
+
+
+_PIPELINE_DEVICES = IdentityMemo(64)
 
 
 def renamed(pipe: Pipeline, mapping: dict[str, str]) -> Pipeline:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.cost.memo import IdentityMemo
+from planner.domain.memo import IdentityMemo
 
 
 def _counting():
