@@ -27,14 +27,22 @@ def memory_bytes(cm: CostModel, plan: Plan) -> dict[str, float]:
         mem[d] = mem.get(d, 0.0) + float(v)
 
     ctx = cm.prompt + cm.output
+    stage_bytes = cm.instance_cache.get(_STAGE_KEY)
+    if stage_bytes is None:
+        stage_bytes = cm.instance_cache[_STAGE_KEY] = {}
     workspace = cm.workspace_bytes
     experts_per_layer = cm.experts_per_layer
     for pipe in plan.pipelines:
         seqs = pipe.micro_batch_size * pipe.num_micro_batches
         for si, stage in enumerate(pipe.stages):
             a, b = stage.first_layer, stage.end_layer
-            add(stage.device, workspace + cm.nonexpert_bytes[a:b].sum()
-                + (b - a) * seqs * ctx * m.kv_bytes_per_token_per_layer + experts_per_layer[a:b].sum() * cm.expert_bytes)
+            # The weights of the stage's layers, remembered per layer range (a batching sweep prices
+            # one structure's memory dozens of times): the same sum, in the same order, as inline.
+            weights = stage_bytes.get((a, b))
+            if weights is None:
+                weights = stage_bytes[(a, b)] = (workspace + cm.nonexpert_bytes[a:b].sum(),
+                                                 experts_per_layer[a:b].sum() * cm.expert_bytes)
+            add(stage.device, weights[0] + (b - a) * seqs * ctx * m.kv_bytes_per_token_per_layer + weights[1])
             if stage.first_layer == 0:
                 add(stage.device, m.embedding_params * db)
             if stage.end_layer == m.num_layers and not (m.tie_word_embeddings and stage.first_layer == 0):
@@ -74,3 +82,4 @@ def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
 
 
 _MEMO_KEY = ("memory", "moved")
+_STAGE_KEY = ("memory", "stage weights")

@@ -356,6 +356,27 @@ class PassExperts:
         return hit
 
 
+def round_trip_floor(cm: CostModel, pipe: Pipeline, tokens: float) -> float:
+    """A lower bound (s) on the latency of one pass of ``tokens`` tokens through ``pipe``: per layer
+    whose experts are placed away, the slowest remote device's round-trip propagation weighted by
+    the probability that the pass calls it (each layer's critical time is at least that; the bytes,
+    expert times and everything else of the pass only add). 0 without placed experts. The call
+    probability grows with the tokens, so the floor at one token bounds every micro-batch size."""
+    gates = gated_layers(cm, pipe)
+    placement, known = _placement_by_layer(cm, pipe, gates)
+    if not placement:
+        return 0.0
+    experts = known.get("pass")
+    if experts is None:
+        experts = known["pass"] = PassExperts(cm, pipe, placement)
+    m = cm.model
+    if cm.weighted_remote_calls:
+        calls = np.where(experts.remote, remote_call_probabilities(experts.mass, tokens, m.top_k, m.num_experts), 0.0)
+    else:
+        calls = experts.remote.astype(float)
+    return float((calls * experts.latency).max(axis=1).sum())
+
+
 def _expert_times(cm: CostModel, device: str, prob: np.ndarray, tokens: float) -> np.ndarray:
     """Time (s) on ``device`` of routed experts each selected with probability ``prob`` per token,
     for ``tokens`` tokens: the expert's weights are read when a token picks it."""

@@ -249,8 +249,11 @@ def _all_sound(instance: Instance, placement, sound: dict) -> bool:
             if not (e.layer in layers and 0 <= e.expert < E and len(shares) == 1 and shares[0] >= 0
                     and abs(shares[0] - 1.0) <= SHARE_TOL and devices[0] in known):
                 return False
-        elif not (e.layer in layers and _entry_is_sound(m, known, e)):
-            return False
+        else:
+            names = set(devices)
+            if not (e.layer in layers and 0 <= e.expert < E and 0 < len(devices) == len(shares) == len(names)
+                    and min(shares) >= 0 and abs(sum(shares) - 1.0) <= SHARE_TOL and names <= known.keys()):
+                return False
     if len(sound) + len(unknown) >= _SOUND_ENTRIES_SIZE:
         sound.clear()
     sound.update((id(e), e) for e in unknown if isinstance(e.devices, tuple) and isinstance(e.shares, tuple))

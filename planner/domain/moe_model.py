@@ -8,6 +8,7 @@ table saying where the figures come from. Parameter counts, FLOPs and bytes are 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from planner.domain import fields as F
@@ -67,13 +68,18 @@ class MoEModel:
             and i not in self.dense_layers
         )
 
+    @cached_property
+    def _moe_layers(self) -> tuple[int, ...]:
+        # Computed once per model (the cost model and the validator ask for it on every pass).
+        return tuple(i for i in range(self.num_layers) if self.is_moe_layer(i))
+
     @property
     def moe_layers(self) -> list[int]:
-        return [i for i in range(self.num_layers) if self.is_moe_layer(i)]
+        return list(self._moe_layers)
 
     @property
     def num_moe_layers(self) -> int:
-        return len(self.moe_layers)
+        return len(self._moe_layers)
 
     # ----- parameters (elements) -------------------------------------------------------------
     @property

@@ -79,6 +79,7 @@ from models.chain import evaluate as chain_evaluate
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better, is_within
+from planner.cost.passes import round_trip_floor
 from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
@@ -363,14 +364,25 @@ def _pipeline_stages(instance: Instance, cm: CostModel, path: list[str], b: int,
     return terms, stages, depth
 
 
+def _codec_cuts(instance: Instance, pipe: Pipeline) -> list[int]:
+    """The cuts of ``pipe`` where a codec may pay: the origin's (when it runs the first stage) and
+    every cut between two tiers (end / edge / cloud: the slow links of a fleet)."""
+    stages = pipe.stages
+    tier = [instance.device(s.device).tier for s in stages]
+    return [c for c in range(len(stages) - 1)
+            if (c == 0 and stages[0].device == instance.workload.origin) or tier[c] != tier[c + 1]]
+
+
 def _with_codecs(instance: Instance, plan: Plan) -> list[Plan]:
-    """``plan`` and, when the origin runs the first stage, each allowed codec rank at its cut."""
+    """``plan`` and each allowed codec rank at one of its :func:`_codec_cuts` (one cut at a time)."""
     pipe = plan.pipelines[0]
-    if len(pipe.stages) < 2 or pipe.stages[0].device != instance.workload.origin:
-        return [plan]
-    rest = (None,) * (len(pipe.stages) - 2)
-    return [plan] + [replace(plan, pipelines=(replace(pipe, codec_ranks=(r, *rest)),))
-                     for r in instance.constraints.codec.ranks]
+    out = [plan]
+    for c in _codec_cuts(instance, pipe):
+        for r in instance.constraints.codec.ranks:
+            ranks = [None] * (len(pipe.stages) - 1)
+            ranks[c] = r
+            out.append(replace(plan, pipelines=(replace(pipe, codec_ranks=tuple(ranks)),)))
+    return out
 
 
 def _paths(instance: Instance) -> list[list[str]]:
@@ -474,6 +486,30 @@ def _expert_groups(instance: Instance) -> list[list[str]]:
 _EP_SCREEN = 0.10  # Step 7 tunes an expert-parallel structure's batching when it is this close to the best so far
 
 
+def _cannot_reach(instance: Instance, cm: CostModel, pipe: Pipeline, group: list[str], reference: float | None) -> bool:
+    """Whether no batching of the expert-parallel ``pipe`` over ``group`` can reach ``reference``
+    (then Step 7 does not price it). A decode step takes at least the remote experts' round trips
+    (:func:`planner.cost.passes.round_trip_floor` at one token), a request at least ``output - 1``
+    steps, and at most ``max_batch`` requests are in flight: throughput <= ``max_batch x output /
+    ((output - 1) x floor)``, latency >= ``(output - 1) x floor``. For throughput only when the
+    devices outside the group cannot hold the model's weights (so no other pipeline can run beside
+    it, Step 9). Energy: never."""
+    kind, w = instance.objective, instance.workload
+    if reference is None or kind == "energy" or w.output_tokens <= 1:
+        return False
+    if kind == "throughput":
+        m = instance.model
+        inside = set(group)
+        if sum(d.memory_bytes for d in instance.devices if d.name not in inside) >= m.total_params * m.dtype_bytes:
+            return False
+    floor = round_trip_floor(cm, pipe, 1.0) * (w.output_tokens - 1)
+    if floor <= 0:
+        return False
+    if kind == "latency":
+        return floor * 1e3 > reference
+    return w.max_batch * w.output_tokens / floor < reference
+
+
 def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: float,
                                 reference: float | None) -> list[tuple[float, Plan]]:
     """Step 7: pipelines whose experts are spread over a group of devices. Every group first gets
@@ -493,6 +529,8 @@ def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: flo
             break
         for redundant in (1, 0):
             pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="eplb", redundant=redundant)
+            if pipe is not None and _cannot_reach(instance, cm, pipe, group, reference):
+                break
             found = None if pipe is None else _tune_batching(instance, cm, Plan((pipe,), instance.name, "route-aware"),
                                                              screen_sizes)
             if found is not None:
@@ -503,6 +541,8 @@ def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: flo
         best_group = min(screened, key=lambda c: -c[0] if kind == "throughput" else c[0])[2]
     for group in ([best_group] if best_group else _expert_groups(instance)[:1]):
         pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="greedy-placement")
+        if pipe is not None and _cannot_reach(instance, cm, pipe, group, reference):
+            pipe = None
         found = None if pipe is None else _tune_batching(instance, cm, Plan((pipe,), instance.name, "route-aware"),
                                                          screen_sizes)
         if found is not None:
@@ -586,6 +626,21 @@ def _gate_variants(instance: Instance, cm: CostModel, plan: Plan) -> list[tuple[
                           for e in pipe.expert_placement)
         cand = replace(plan, pipelines=(replace(pipe, expert_placement=placement,
                                                 group_gate=(GroupGate(origin, tuple(layers)),)),))
+        ev, bad = evaluate_checked(instance, cand, cm)
+        if not bad:
+            out.append((ev.objective(instance.objective), cand))
+    return out
+
+
+def _codec_variants(instance: Instance, cm: CostModel, plan: Plan) -> list[tuple[float, Plan]]:
+    """Step 10, continued: the one-pipeline ``plan`` with each allowed codec rank at one of its
+    :func:`_codec_cuts`, its batching kept (Step 5 tried them at its own batching); the valid ones, scored."""
+    if len(plan.pipelines) != 1 or len(plan.pipelines[0].stages) < 2:
+        return []
+    out = []
+    for cand in _with_codecs(instance, plan)[1:]:
+        if cand.pipelines[0].codec_ranks == plan.pipelines[0].codec_ranks:
+            continue
         ev, bad = evaluate_checked(instance, cand, cm)
         if not bad:
             out.append((ev.objective(instance.objective), cand))
@@ -743,7 +798,7 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
                       stop_reason="no candidate")
     order = sorted(range(len(candidates)), key=lambda i: (-candidates[i][0] if kind == "throughput" else candidates[i][0], i))
     best_obj, best_plan = candidates[order[0]]
-    for found in _gate_variants(instance, cm, best_plan):                        # Step 10
+    for found in _gate_variants(instance, cm, best_plan) + _codec_variants(instance, cm, best_plan):  # Step 10
         if is_better(kind, found[0], best_obj):
             best_obj, best_plan = found
     moves = _step11_moves(best_plan, lns_moves, instance.model.num_layers)

@@ -75,6 +75,16 @@ def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str]
     memory = np.array([instance.device(n).memory_bytes for n in group], dtype=float)
     if placement == "eplb":
         slots = math.ceil(E / B) + (redundant if B > 1 else 0)
+        # EPLB gives every device ``slots`` physical experts per layer, of which at most the B x slots
+        # - E extra copies can duplicate one another: a device holds at least the rest, whatever EPLB
+        # decides. When that alone overflows the smallest device, say so without running EPLB.
+        least = max(1, slots - (B * slots - E)) * m.num_moe_layers * cm.expert_bytes
+        b = int(np.argmin(memory))
+        if least >= memory[b]:
+            return None, (f"infeasible: EPLB gives each of the {B} edge and cloud devices {slots} expert slots per MoE "
+                          f"layer; device {group[b]!r} then holds at least {least / GB:.2f} GB of experts and has "
+                          f"{memory[b] / GB:.2f} GB"), {"slots_per_device": slots,
+                                                         "redundant_per_device": redundant if B > 1 else 0}
         # EPLB's global policy on B identical bins (speed 1, no memory limit); its solution holds
         # every expert's devices (replicas) and equal shares per EPLB copy (copies / logcnt).
         placed = solve_eplb(ReplicatedAssignment.build(np.asarray(cm.q, dtype=float), np.ones(B), slots=slots,
