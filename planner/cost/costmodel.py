@@ -47,7 +47,7 @@ import numpy as np
 from planner.cost.compute import LayerTimes
 from planner.cost.evaluation import Evaluation, Fork, PhaseCost, PipelineMetrics, Step
 from planner.cost.memory import memory_bytes
-from planner.cost.network import Network
+from planner.cost.network import network_of
 from planner.cost.passes import gated_layers, walk
 from planner.domain.instance import Instance
 from planner.domain.memo import IdentityMemo
@@ -95,7 +95,7 @@ class CostModel:
         for layer, k in self.moe_index.items():
             self.Q[layer] = self.q[k]
         self.experts_per_layer = np.array([m.num_experts if m.is_moe_layer(i) else 0 for i in range(m.num_layers)])  # [L] routed experts
-        self.network = Network(instance)
+        self.network = network_of(instance)
         self.times = LayerTimes(instance, self.Q, self.prompt, self.output)
         self.expert_flops_per_token = self.times.expert_flops_per_token
         self.expert_bytes = self.times.expert_bytes

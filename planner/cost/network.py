@@ -28,6 +28,23 @@ def _weight(link: Link) -> float:
     return link.one_way_s + _ROUTE_REFERENCE_BYTES / link.bandwidth_bytes_per_s
 
 
+_SHARED: dict = {}  # id(instance) -> (instance, Network): cost models of one instance share its routes
+_SHARED_KEPT = 8
+
+
+def network_of(instance: Instance) -> Network:
+    """The :class:`Network` of ``instance``, shared by the cost models of that (frozen) instance
+    object: its routes are found once, not once per solve (the last few instances are kept)."""
+    hit = _SHARED.get(id(instance))
+    if hit is not None and hit[0] is instance:
+        return hit[1]
+    net = Network(instance)
+    _SHARED[id(instance)] = (instance, net)  # the entry keeps the instance alive: its id is not reused
+    while len(_SHARED) > _SHARED_KEPT:
+        _SHARED.pop(next(iter(_SHARED)))
+    return net
+
+
 class Network:
     """The links of ``instance`` as a graph of routes (cached per pair of devices)."""
 

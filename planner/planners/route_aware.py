@@ -52,7 +52,8 @@ Then, on the best plan so far:
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
   served by the group gate from its local experts instead, all at once and each alone.
 * Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
-  ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`); on small models
+  ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`), none above
+  :data:`STEP11_MAX_ENTRIES`; on small models
   (:data:`SMALL_PLAN`) rounds of :data:`SMALL_PLAN_MOVES` moves, each from the last improvement,
   until one finds nothing (at most :data:`SMALL_PLAN_ROUNDS`).
 
@@ -676,9 +677,12 @@ def _two_tier_batching(instance: Instance, cm: CostModel, best, b0: int, m0: int
     return None if broken else (ev.objective(instance.objective), plan)
 
 
-# Step 11 scores at most this many placement entries in all (a move re-scores the whole plan): 24
-# moves on a plan of 2,000 entries, 4 on DeepSeek-V3's 15,000, where they gained 0.01 % for 2 s.
+# Step 11 scores at most this many placement entries in all (a move re-scores the whole plan), and
+# makes at least 4 moves: 24 on a plan of 2,000 entries. A plan of more than STEP11_MAX_ENTRIES
+# (DeepSeek-V3 over a GPU group: 15,000) skips it: there 4 moves cost 50 ms of a 330 ms solve and
+# gained nothing on the shipped and scale-suite instances (local-search can follow, on its own clock).
 STEP11_WORK = 50_000
+STEP11_MAX_ENTRIES = 10_000
 # A plan of a model this small (layers, and placement entries) is scored in about 0.1 ms: Step 11
 # then makes at least SMALL_PLAN_MOVES moves (24 missed a 35 % better energy plan that 100 found on
 # a 2-layer model). Real models have 16 layers or more and keep ``lns_moves``.
@@ -695,6 +699,8 @@ def _step11_moves(plan: Plan, lns_moves: int, num_layers: int) -> int:
     entries = sum(len(p.expert_placement) for p in plan.pipelines)
     if num_layers <= SMALL_PLAN[0] and entries <= SMALL_PLAN[1]:
         return max(lns_moves, SMALL_PLAN_MOVES)
+    if entries > STEP11_MAX_ENTRIES:
+        return 0
     return min(lns_moves, max(4, STEP11_WORK // max(entries, 1)))
 
 
