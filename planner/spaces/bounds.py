@@ -49,6 +49,7 @@ from scipy.sparse import coo_matrix
 
 from planner.cost.compute import op_time_s
 from planner.cost.costmodel import CostModel
+from planner.cost.passes import remote_call_probability
 from planner.domain.instance import Instance
 from planner.domain.units import GB
 from solvers.highs_arrays import solve_arrays
@@ -168,21 +169,51 @@ class _Terms:
         self.origin_class = next(k for k, c in enumerate(classes) if cm.instance.workload.origin in c.devices)
 
 
-def _origin_round_trip(cm: CostModel) -> tuple[float, bool]:
-    """(the least round trip (s) from the origin to another device, whether a token must leave the
-    origin at all: it must when the origin cannot hold the whole model)."""
+def _origin_round_trip(cm: CostModel) -> tuple[float, float]:
+    """(the least round trip (s) from the origin to another device, the least expected number of such
+    round trips per pass: 0 when the origin can hold the whole model, else 1 when a pass's every
+    remote call is charged in full (``CostModel(weighted_remote_calls=False)``), else
+    :func:`_least_remote_calls`)."""
     inst = cm.instance
     m = inst.model
     origin = inst.device(inst.workload.origin)
-    best = math.inf
+    best, reachable = math.inf, 0
     for d in inst.devices:
         if d.name == origin.name:
             continue
         try:
             best = min(best, 2.0 * cm.network.route_terms(origin.name, d.name)[0])
+            reachable += 1
         except ValueError:
             continue
-    return (0.0 if not math.isfinite(best) else best), origin.memory_bytes < m.total_params * m.dtype_bytes
+    deficit = m.total_params * m.dtype_bytes - origin.memory_bytes
+    if deficit <= 0 or not reachable:
+        least = 0.0
+    else:
+        least = _least_remote_calls(cm, deficit, reachable) if cm.weighted_remote_calls else 1.0
+    return (0.0 if not math.isfinite(best) else best), least
+
+
+def _least_remote_calls(cm: CostModel, deficit: float, others: int) -> float:
+    """A lower bound on the expected round trips per pass from the origin when ``deficit`` bytes of
+    the model cannot stay there and ``others`` devices can take them.
+
+    Either a layer's non-expert block leaves (its pass goes there and back: one round trip), or only
+    routed experts do: at least ``n = ceil(deficit / expert bytes)`` of them. A layer whose remote
+    devices hold a routing share ``x_d`` each pays the slowest call, made with probability
+    ``P(x_d)`` (:func:`planner.cost.passes.remote_call_probability`, at one token: it grows with the
+    tokens); ``P`` is increasing and concave with ``P(0) = 0``, so ``sum_layers max_d P(x_d) >=
+    sum_layers P(x_layer / others) >= P(min(1, S / others))``, ``S`` the layers' total share, at
+    least the sum of the ``n`` smallest shares ``q / top_k`` over all MoE layers."""
+    m = cm.model
+    if m.num_experts == 0 or m.num_moe_layers == 0 or cm.expert_bytes <= 0:
+        return 1.0
+    n = math.ceil(deficit / cm.expert_bytes)
+    shares = np.sort(np.asarray(cm.q, dtype=float).ravel()) / max(m.top_k, 1)
+    if n > shares.size:
+        return 1.0
+    x = min(1.0, float(shares[:n].sum()) / others)
+    return min(1.0, remote_call_probability(x * m.top_k, 1.0, m.top_k, m.num_experts))
 
 
 def _remote_round_trips(cm: CostModel, classes: list[_Class]) -> np.ndarray:
@@ -208,12 +239,12 @@ class _Outcome:
 
 
 def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_weight: float, period: bool,
-        loop_concurrency: float | None, round_trip_s: float, must_leave: bool, tokens_out: float,
+        loop_concurrency: float | None, round_trip_s: float, least_leave: float, tokens_out: float,
         single_pipeline: bool = False, integral: bool = True, remote_rtt_s: np.ndarray | None = None,
         time_limit: float | None = None) -> _Outcome:
     """Build and solve one relaxation. Variables: f, g, gl, h, u, s ([L, K] each), tau [L], z [K], v, T.
     ``v``: whether tokens leave the origin (a round trip of ``round_trip_s`` per pass when they do;
-    at least 1 when ``must_leave``).
+    at least ``least_leave``, :func:`_origin_round_trip`).
     ``period``: busy_k <= n_k T (minimise T); otherwise minimise ``latency_weight * latency +
     busy_weight * sum_k power_k busy_k``. ``loop_concurrency``: add latency <= c T.
     ``single_pipeline``: every layer's non-expert block on exactly one device (``f`` binary) and a
@@ -307,7 +338,7 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
     upper = np.concatenate([np.ones(3 * nf), np.full(nf, np.inf), np.ones(nf), np.ones(nf), np.full(L, np.inf),
                             np.ones(K), [1.0], [np.inf]])
     lower = np.zeros(nv)
-    lower[V] = 1.0 if must_leave else 0.0
+    lower[V] = least_leave
     integrality = np.zeros(nv)
     if single_pipeline and integral:
         integrality[F:F + nf] = 1
@@ -366,14 +397,16 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
     classes = _classes(cm)
     B = instance.workload.max_batch
     out = cm.output
-    rtt, must_leave = _origin_round_trip(cm)
-    remote = _remote_round_trips(cm, classes)
+    rtt, least_leave = _origin_round_trip(cm)
+    # A round trip per pass for experts away from their layer's home holds for full-price calls only:
+    # weighted, a call happens with a probability that may be small (a few unpopular experts away).
+    remote = _remote_round_trips(cm, classes) if not cm.weighted_remote_calls else np.zeros(len(classes))
     kind = instance.objective
 
     def left(share: float = 1.0):
         return None if deadline is None else max(0.1, (deadline - time.perf_counter()) * share)
 
-    common = dict(round_trip_s=rtt, must_leave=must_leave, tokens_out=out, remote_rtt_s=remote)
+    common = dict(round_trip_s=rtt, least_leave=least_leave, tokens_out=out, remote_rtt_s=remote)
     if kind == "latency":
         res = _lp(_Terms(cm, classes, 1), classes, latency_weight=1.0, busy_weight=0.0, period=False,
                   loop_concurrency=None, single_pipeline=True, time_limit=left(), **common)
