@@ -200,7 +200,8 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
     m = instance.model
     gated = _group_gate_violations(instance, pipe, where, out)
     sound = _SOUND.get((instance,), dict)
-    if not gated and not out and _all_sound(instance, pipe.expert_placement, sound):
+    if not gated and not out and _SOUND_PLACEMENTS.get((instance, pipe.expert_placement),
+                                                      lambda: _all_sound(instance, pipe.expert_placement, sound)):
         return out
     seen, dropped = set(), {}
     for e in pipe.expert_placement:
@@ -296,6 +297,9 @@ _SOUND_ENTRIES_SIZE = 1 << 18  # entries remembered as sound per instance before
 # Per instance (the last few), id(entry) -> entry for the placement entries found sound on their
 # own; a frozen ExpertPlacement is kept alive there, so its id is not reused meanwhile.
 _SOUND = IdentityMemo(8)
+# (instance, placement) -> whether _all_sound holds: the same placement under other stages, batchings
+# or pipeline positions (a replicated plan, a moved boundary) is not walked again.
+_SOUND_PLACEMENTS = IdentityMemo(64)
 
 
 def _route_violations(instance: Instance, plan: Plan) -> list[Violation]:
