@@ -157,3 +157,29 @@ def test_a_heuristic_plan_becomes_a_mip_start(line):
 
 def plan_value(inst, plan):
     return CostModel(inst).evaluate(plan).objective(inst.objective)
+
+
+def test_a_time_limit_is_split_between_the_two_tier_solve_and_the_bound():
+    import time
+
+    from planner.planners.exact import TWO_TIER_SHARE, _budget
+
+    t0 = time.perf_counter()
+    opts = _budget({"time_limit": 10.0, "seed": 3}, t0)
+    assert opts["overall_time_limit"] == 10.0 and opts["seed"] == 3
+    assert 0 < opts["time_limit"] <= TWO_TIER_SHARE * 10.0
+    assert _budget({"time_limit": 1.0}, t0 - 5.0)["time_limit"] == 0.0  # the warm start took it all
+    assert _budget({"seed": 0}, t0) == {"seed": 0}  # no limit: nothing to split
+
+
+@pytest.mark.parametrize("solver", ["milp", "cpsat"])
+def test_a_subproblem_too_big_to_build_in_the_time_left_is_skipped(line, monkeypatch, solver):
+    """The time limit binds the solve, not the model's build: a subproblem whose build would outlast
+    it is skipped (the two-tier bound given up) and the warm start comes back, valid."""
+    from planner.planners import exact
+
+    monkeypatch.setattr(exact, "_BUILD_S_PER_PAIR", 1e6)
+    res = api.solve(line, solver, time_limit=5.0)
+    assert res.solution is not None and api.validate(line, res.solution) == []
+    assert res.extra["two_tier_status"] in ("time_limit", "feasible")
+    assert res.objective >= api.solve(line, "route-aware").objective * (1 - 1e-12)

@@ -56,3 +56,48 @@ def test_route_aware_spreads_experts_away_evenly_where_it_pays():
     res = route_aware(inst)
     assert validate(inst, res.solution) == []
     assert res.objective >= 0.99 * 346.126
+
+
+def test_a_codec_at_a_cut_between_tiers_is_found_without_local_search():
+    """Mixtral on Orin + RTX 4090 + A100: the best pipeline skips the origin (RTX 4090 | A100); a
+    codec at that edge-cloud cut pays, and Steps 5 and 10 find it (local search used to)."""
+    inst = load("mixtral-orin-edge-cloud.toml")
+    res = route_aware(inst, lns_moves=0)
+    pipe = res.solution.pipelines[0]
+    assert [inst.device(s.device).tier for s in pipe.stages] == ["edge", "cloud"]
+    assert pipe.codec_ranks and pipe.codec_ranks[0] is not None
+    assert res.objective >= route_aware(inst).objective * (1 - 1e-9)
+
+
+def test_step_7_skips_an_expert_parallel_structure_its_round_trips_keep_below_the_best():
+    """Over the RTX 4090 and A100 (20 ms apart) every layer calls the other device: the floor of
+    those round trips caps the structure below the pipeline already found, so it is not priced;
+    priced anyway, it is indeed far below."""
+    from planner.cost.costmodel import CostModel
+    from planner.domain.plan import Plan
+    from planner.planners.route_aware import _cannot_reach, _expert_groups, _tune_batching
+    from planner.spaces.expert_parallel import expert_parallel_pipeline
+
+    inst = load("mixtral-orin-edge-cloud.toml")
+    cm = CostModel(inst)
+    best = route_aware(inst).objective
+    group = _expert_groups(inst)[0]
+    pipe, _, _ = expert_parallel_pipeline(inst, cm, group, placement="greedy-placement")
+    assert _cannot_reach(inst, cm, pipe, group, best)
+    assert not _cannot_reach(inst, cm, pipe, group, None)
+    priced = _tune_batching(inst, cm, Plan((pipe,), inst.name, "x"))
+    assert priced is None or priced[0] < best
+
+
+def test_step_11_is_skipped_on_plans_of_more_than_its_entry_cap():
+    from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
+    from planner.planners.route_aware import STEP11_MAX_ENTRIES, _step11_moves
+
+    def plan(entries: int) -> Plan:
+        placement = tuple(ExpertPlacement(layer, e, ("b",), (1.0,)) for layer in range(64) for e in range(256))[:entries]
+        return Plan((Pipeline((Stage("a", 0, 64),), expert_placement=placement),))
+
+    assert _step11_moves(plan(STEP11_MAX_ENTRIES + 1), 24, 64) == 0
+    assert _step11_moves(plan(STEP11_MAX_ENTRIES), 24, 64) == 5
+    assert _step11_moves(plan(100), 24, 64) == 24
+    assert _step11_moves(plan(100), 0, 64) == 0

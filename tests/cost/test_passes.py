@@ -1,0 +1,78 @@
+"""One pass priced at once (PassExperts) against its steps, the round-trip floor, the call probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from planner.cost.costmodel import CostModel
+from planner.cost.evaluation import Fork
+from planner.cost.passes import remote_call_probabilities, remote_call_probability, round_trip_floor
+from planner.planners.route_aware import _expert_groups
+from planner.spaces.expert_parallel import expert_parallel_pipeline
+from tests.helpers import load
+
+
+def _flat(steps):
+    for s in steps:
+        if isinstance(s, Fork):
+            for branch in s.branches:
+                yield from branch
+        else:
+            yield s
+
+
+@pytest.fixture(scope="module")
+def ep_pipeline():
+    """Mixtral's experts spread over an A100, two L4 and two T4 (the speed-aware placement)."""
+    inst = load("a100-l4-t4-cluster.toml")
+    cm = CostModel(inst)
+    pipe, why, _ = expert_parallel_pipeline(inst, cm, _expert_groups(inst)[0], placement="greedy-placement")
+    assert pipe is not None, why
+    assert len({d for e in pipe.expert_placement for d in e.devices}) >= 3
+    return inst, cm, pipe
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+def test_an_expert_parallel_pass_priced_at_once_adds_up_its_steps(ep_pipeline, prefill):
+    """Every moved layer at once (arrays [layers, devices]) gives what the steps, one layer at a time, add up to."""
+    _, cm, pipe = ep_pipeline
+    tokens, context = (cm.prompt, cm.prompt / 2.0) if prefill else (16.0, cm.decode_context)
+    whole = cm.pass_cost(pipe, tokens, context, prefill)
+    steps = cm.pass_steps(pipe, tokens, context, prefill)
+    assert sum(s.latency_s for s in steps) == pytest.approx(whole.latency_s, rel=1e-12)
+    busy: dict = {}
+    for s in _flat(steps):
+        busy[s.key] = busy.get(s.key, 0.0) + s.hold_s
+    assert busy.keys() == whole.busy_s.keys()
+    for key, value in whole.busy_s.items():
+        assert busy[key] == pytest.approx(value, rel=1e-12, abs=1e-18)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_the_round_trip_floor_bounds_every_pass(ep_pipeline, weighted):
+    inst, _, pipe = ep_pipeline
+    cm = CostModel(inst, weighted_remote_calls=weighted)
+    floor = round_trip_floor(cm, pipe, 1.0)
+    assert floor > 0
+    for tokens in (1.0, 2.0, 8.0, 64.0):
+        assert round_trip_floor(cm, pipe, tokens) >= floor * (1 - 1e-12)  # calls grow with the tokens
+        assert cm.pass_cost(pipe, tokens, cm.decode_context, False).latency_s >= round_trip_floor(cm, pipe, tokens)
+
+
+def test_no_placement_has_no_floor():
+    inst = load("default.toml")
+    cm = CostModel(inst)
+    from planner import api
+    plan = api.solve(inst, "dp").solution
+    assert round_trip_floor(cm, plan.pipelines[0], 1.0) == 0.0
+
+
+def test_call_probabilities_at_once_are_the_scalar_ones():
+    rng = np.random.default_rng(0)
+    for top_k, experts in ((1, 8), (2, 8), (8, 256), (6, 64)):
+        mass = np.concatenate([[0.0, top_k], rng.uniform(0, top_k, 20)])
+        for tokens in (0.0, 1.0, 3.0, 512.0):
+            many = remote_call_probabilities(mass, tokens, top_k, experts)
+            one = [remote_call_probability(x, tokens, top_k, experts) for x in mass]
+            assert many.tolist() == pytest.approx(one, rel=1e-12, abs=1e-15)
