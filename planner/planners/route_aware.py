@@ -30,8 +30,9 @@ partners whose memory together with the origin's cannot hold the weights are ski
 * Step 5 (more than two devices, or no pair fits): per batching, a min-max DP over the path (the
   least bottleneck busy time, :func:`solvers.dp.best_stages`); while the latency loop binds
   (``R / (b m)`` above the bottleneck), the least-latency DP under the cap ``R / (b m)``, which
-  lowers the request period each round; then every codec rank at the origin's cut, scored with the
-  cost model; first at ``(max_batch / 2) x 2``, then with as many micro-batches as stages.
+  lowers the request period each round; then every codec rank at the origin's cut and at each cut
+  between two tiers (:func:`_codec_cuts`), one cut at a time, scored with the cost model; first at
+  ``(max_batch / 2) x 2``, then with as many micro-batches as stages.
   Step 4 runs on the better of the two structures (on both when they are within 10 %). On
   fleets of three or more Step 5 runs first, and a partner whose first two-tier structure trails
   its pipeline by more than 30 % is not searched at its second batching.
@@ -44,13 +45,17 @@ Then, on the best plan so far:
 * Step 7, expert parallelism: pipelines whose routed experts are spread (and replicated) over a
   group of devices (the edge and cloud devices, and the cloud devices alone): EPLB's placement on
   each group, then the speed- and memory-aware greedy placement (:mod:`solvers.placement`) on the
-  best group; the better structure's batching tuned when it comes within 10 % of the best.
+  best group; the better structure's batching tuned when it comes within 10 % of the best. A
+  structure whose remote round trips alone keep it below the best plan so far is not priced
+  (:func:`_cannot_reach`: a lower bound, :func:`planner.cost.passes.round_trip_floor`), nor an
+  EPLB placement that overflows a device before it runs (the least it can put there).
 * Step 8: the whole model on one device, one of each kind that holds it; for latency and energy
   also ``dp``'s exact chain along the default path.
 * Step 9 (throughput): the candidates copied over the devices they leave free (several pipelines
   with request shares).
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
-  served by the group gate from its local experts instead, all at once and each alone.
+  served by the group gate from its local experts instead, all at once and each alone; and (every
+  instance) each codec rank at each of :func:`_codec_cuts` of a one-pipeline plan, at its batching.
 * Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
   ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`), none above
   :data:`STEP11_MAX_ENTRIES`; on small models
