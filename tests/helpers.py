@@ -222,3 +222,21 @@ def market_split(m_rows: int = 5, n: int = 40, seed: int = 1):
 
 def mesh_links(names, **link):
     return [{"a": a, "b": b, **link} for a, b in itertools.combinations(names, 2)]
+
+
+def assert_steps_add_up(cm, pipe, tokens: float, context: float, prefill: bool):
+    """The steps of one pass (:meth:`CostModel.pass_steps`, remote experts as forks of branches) add
+    up to the pass's cost (:meth:`CostModel.pass_cost`): latency, and busy time per key. Returns the steps."""
+    from planner.cost.evaluation import Step
+
+    steps = cm.pass_steps(pipe, tokens, context, prefill)
+    whole = cm.pass_cost(pipe, tokens, context, prefill)
+    assert sum(s.latency_s for s in steps) == pytest.approx(whole.latency_s, rel=1e-12)
+    busy: dict = {}
+    for s in steps:
+        for x in ((s,) if isinstance(s, Step) else (x for branch in s.branches for x in branch)):
+            busy[x.key] = busy.get(x.key, 0.0) + x.hold_s
+    assert busy.keys() == whole.busy_s.keys()
+    for key, value in whole.busy_s.items():
+        assert busy[key] == pytest.approx(value, rel=1e-12, abs=1e-18)
+    return steps

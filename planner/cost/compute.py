@@ -25,6 +25,7 @@ import numpy as np
 
 from planner.domain.device import Device
 from planner.domain.instance import Instance
+from planner.domain.memo import Identity
 
 # Time tables of the most recent (model, popularity, request sizes) combinations, shared by cost models.
 _TABLES: dict = {}
@@ -75,22 +76,7 @@ def _hardware_signature(dev: Device) -> tuple:
     """What a device's operation times depend on. A device with a measured profile is its own
     hardware (the profile object is kept in the signature, so its identity cannot be reused)."""
     return (dev.kind, dev.memory_bandwidth_bytes_per_s, tuple(sorted(dev.peak_flops_per_s.items())),
-            dev.compute_efficiency, dev.bandwidth_efficiency, _Identity(dev.profile) if dev.profile is not None else None)
-
-
-class _Identity:
-    """Hashable by identity: keeps ``obj`` alive as long as the key that holds it."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _Identity) and other.obj is self.obj
+            dev.compute_efficiency, dev.bandwidth_efficiency, Identity(dev.profile) if dev.profile is not None else None)
 
 
 def op_time_s(device: Device, flops, nbytes, dtype_bytes: float):

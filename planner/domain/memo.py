@@ -38,3 +38,20 @@ class IdentityMemo:
         value = compute()
         self._entries[key] = (parts, value)
         return value
+
+
+class Identity:
+    """A key part hashed and compared by the identity of ``obj``, which it keeps alive (so that the
+    id cannot be reused while the key exists): a device's profile in a hardware signature, a large
+    placement in a search's cache key."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Identity) and other.obj is self.obj

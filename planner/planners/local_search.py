@@ -38,6 +38,7 @@ import numpy as np
 from planner.cost.costmodel import CostModel
 from planner.cost.validator import validate
 from planner.domain.instance import Instance
+from planner.domain.memo import Identity
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage, home_device, make_pipeline, ranks_of, with_pipeline
 from planner.spaces.batching import batch_grid
 from solvers import registry
@@ -140,21 +141,6 @@ class Scorer:
         return out
 
 
-class _Same:
-    """Hashed and compared by identity (and kept alive): a large placement in a cache key."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, _Same) and other.obj is self.obj
-
-
 _HASHED_ENTRIES = 256  # placements up to this size are keyed by value, larger ones by identity
 
 
@@ -164,7 +150,7 @@ def _plan_key(plan: Plan) -> tuple:
     score; the moves keep an unchanged placement's tuple, so an equal placement that is a distinct
     tuple only costs one more evaluation)."""
     return (plan.instance, plan.solver, tuple(
-        tuple(_Same(v) if name == "expert_placement" and len(v) > _HASHED_ENTRIES else v
+        tuple(Identity(v) if name == "expert_placement" and len(v) > _HASHED_ENTRIES else v
               for name, v in ((f, getattr(p, f)) for f in _PIPELINE_FIELDS))
         for p in plan.pipelines))
 

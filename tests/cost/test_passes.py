@@ -6,20 +6,10 @@ import numpy as np
 import pytest
 
 from planner.cost.costmodel import CostModel
-from planner.cost.evaluation import Fork
 from planner.cost.passes import remote_call_probabilities, remote_call_probability, round_trip_floor
 from planner.planners.route_aware import _expert_groups
 from planner.spaces.expert_parallel import expert_parallel_pipeline
-from tests.helpers import load
-
-
-def _flat(steps):
-    for s in steps:
-        if isinstance(s, Fork):
-            for branch in s.branches:
-                yield from branch
-        else:
-            yield s
+from tests.helpers import assert_steps_add_up, load
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +28,7 @@ def test_an_expert_parallel_pass_priced_at_once_adds_up_its_steps(ep_pipeline, p
     """Every moved layer at once (arrays [layers, devices]) gives what the steps, one layer at a time, add up to."""
     _, cm, pipe = ep_pipeline
     tokens, context = (cm.prompt, cm.prompt / 2.0) if prefill else (16.0, cm.decode_context)
-    whole = cm.pass_cost(pipe, tokens, context, prefill)
-    steps = cm.pass_steps(pipe, tokens, context, prefill)
-    assert sum(s.latency_s for s in steps) == pytest.approx(whole.latency_s, rel=1e-12)
-    busy: dict = {}
-    for s in _flat(steps):
-        busy[s.key] = busy.get(s.key, 0.0) + s.hold_s
-    assert busy.keys() == whole.busy_s.keys()
-    for key, value in whole.busy_s.items():
-        assert busy[key] == pytest.approx(value, rel=1e-12, abs=1e-18)
+    assert_steps_add_up(cm, pipe, tokens, context, prefill)
 
 
 @pytest.mark.parametrize("weighted", [True, False])

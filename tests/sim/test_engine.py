@@ -10,14 +10,14 @@ import tomli_w
 
 from planner.cli.main import main
 from planner.cost.costmodel import CostModel
-from planner.cost.evaluation import Fork, Step
+from planner.cost.evaluation import Fork
 from planner.domain.changes import changed_instance
 from planner.domain.data_files import RequestTrace
 from planner.domain.instance import load_instance
 from planner.domain.plan import ExpertPlacement, Pipeline, Plan, Stage
 from planner.planners.migration import migration
 from planner.sim import ReplanHook, SimEvent, SimResult, simulate
-from tests.helpers import LINE, REPO, build
+from tests.helpers import LINE, REPO, assert_steps_add_up, build
 
 # Compute-bound devices (slow FLOP/s, fast memory) joined by a fast link: the work of a decode step
 # grows with the sequences in it, so the cost model's busy-time bound is what saturation reaches.
@@ -55,11 +55,6 @@ def at_rate(instance, plan, factor):
     return changed_instance(instance, arrival_rate_per_s=factor * CostModel(instance).evaluate(plan).requests_per_s)
 
 
-def flat(steps):
-    for s in steps:
-        yield from ((s,) if isinstance(s, Step) else (x for branch in s.branches for x in branch))
-
-
 # ----- the cost model's steps ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("prefill", [False, True])
@@ -67,15 +62,7 @@ def test_pass_steps_add_up_to_the_cost_models_pass(line, prefill):
     cm = CostModel(line)
     pipe = remote_line_plan().pipelines[0]
     tokens, context = (64.0, 32.0) if prefill else (3.0, cm.decode_context)
-    steps = cm.pass_steps(pipe, tokens, context, prefill)
-    whole = cm.pass_cost(pipe, tokens, context, prefill)
-    assert sum(s.latency_s for s in steps) == pytest.approx(whole.latency_s, rel=1e-12)
-    busy: dict = {}
-    for s in flat(steps):
-        busy[s.key] = busy.get(s.key, 0.0) + s.hold_s
-    assert busy.keys() == whole.busy_s.keys()
-    for key, value in whole.busy_s.items():
-        assert busy[key] == pytest.approx(value, rel=1e-12, abs=1e-18)
+    steps = assert_steps_add_up(cm, pipe, tokens, context, prefill)
     forks = [s for s in steps if isinstance(s, Fork)]
     assert len(forks) == 2 and {len(f.branches) for f in forks} == {2}
 
