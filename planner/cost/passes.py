@@ -117,10 +117,10 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
 
 
 def _placement_by_layer(cm: CostModel, pipe: Pipeline, gates: dict) -> tuple[dict[int, list], dict]:
-    """The placement entries of ``pipe`` per layer, group-gated layers left out, and a dict for the
-    :class:`LayerShares` of (layer, home device) the passes find. Cached per (placement, gates,
-    stages) of a plan, like :func:`gated_layers`: a pass of a plan with thousands of placed experts
-    would otherwise spend a third of its time regrouping them."""
+    """The placement entries of ``pipe`` per layer, group-gated layers left out, and a dict for what
+    the passes derive from them (``"pass"``: its :class:`PassExperts`). Cached per (placement,
+    gates, stages) of a plan, like :func:`gated_layers`: a pass of a plan with thousands of placed
+    experts would otherwise spend a third of its time regrouping them."""
     key = ("by layer", id(pipe.expert_placement), id(pipe.group_gate), id(pipe.stages))
     parts = (pipe.expert_placement, pipe.group_gate, pipe.stages)
     hit = cm.instance_cache.get(key)
