@@ -69,10 +69,11 @@ def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
         for stage in pipe.stages:
             home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
         kept = [e for e in pipe.expert_placement if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]]
+        homes = [home[e.layer] for e in kept]
         gained = Counter(chain.from_iterable(e.devices for e in kept))
-        lost = Counter(home[e.layer] for e in kept)
+        lost = Counter(homes)
         # Devices in the order the entries name them (each entry: its home, then its devices).
-        order = dict.fromkeys(chain.from_iterable((home[e.layer], *e.devices) for e in kept))
+        order = dict.fromkeys(chain.from_iterable((h, *e.devices) for h, e in zip(homes, kept)))
         return {d: gained.get(d, 0) - lost.get(d, 0) for d in order}
 
     memo = cm.instance_cache.get(_MEMO_KEY)

@@ -52,10 +52,7 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
     stages = pipe.stages
     experts = None
     if placement and not steps:
-        experts = known.get("pass")
-        if experts is None:
-            experts = known["pass"] = PassExperts(cm, pipe, placement)
-        experts = experts.cost(cm, tokens)
+        experts = _pass_experts(cm, pipe, placement, known).cost(cm, tokens)
         items.extend(experts.holds)
 
     def hops(a: str, b: str, nbytes: float) -> None:
@@ -329,6 +326,14 @@ class PassExperts:
         self.flat = [(rep, np.concatenate(pos), np.concatenate(qi), np.concatenate(sv)) for rep, pos, qi, sv in flat.values()]
         self._memo: dict = {}
 
+    def calls(self, cm: CostModel, tokens: float) -> np.ndarray:
+        """[layers, devices] probability that a pass of ``tokens`` tokens calls each remote device
+        (1 when calls are priced in full; 0 where a layer sends nothing, and at its home)."""
+        if not cm.weighted_remote_calls:
+            return self.remote.astype(float)
+        m = cm.model
+        return np.where(self.remote, remote_call_probabilities(self.mass, tokens, m.top_k, m.num_experts), 0.0)
+
     def cost(self, cm: CostModel, tokens: float) -> ExpertsCost:
         """The experts' critical times and holds for a pass of ``tokens`` tokens (cached per tokens)."""
         key = (tokens, cm.weighted_remote_calls)
@@ -342,10 +347,7 @@ class PassExperts:
         for rep, pos, qi, share in self.flat:
             t += np.bincount(pos, weights=_expert_times(cm, rep, q[qi] * share, tokens), minlength=n * u)
         t = t.reshape(n, u)
-        if cm.weighted_remote_calls:
-            calls = np.where(self.remote, remote_call_probabilities(self.mass, tokens, m.top_k, m.num_experts), 0.0)
-        else:
-            calls = self.remote.astype(float)
+        calls = self.calls(cm, tokens)
         t = t + calls * self.overhead
         hb = m.hidden_bytes_per_token
         remote = np.where(self.remote, calls * self.latency + self.mass * tokens * hb * self.per_byte + t, 0.0)
@@ -362,19 +364,19 @@ def round_trip_floor(cm: CostModel, pipe: Pipeline, tokens: float) -> float:
     the probability that the pass calls it (each layer's critical time is at least that; the bytes,
     expert times and everything else of the pass only add). 0 without placed experts. The call
     probability grows with the tokens, so the floor at one token bounds every micro-batch size."""
-    gates = gated_layers(cm, pipe)
-    placement, known = _placement_by_layer(cm, pipe, gates)
+    placement, known = _placement_by_layer(cm, pipe, gated_layers(cm, pipe))
     if not placement:
         return 0.0
+    experts = _pass_experts(cm, pipe, placement, known)
+    return float((experts.calls(cm, tokens) * experts.latency).max(axis=1).sum())
+
+
+def _pass_experts(cm: CostModel, pipe: Pipeline, placement: dict[int, list], known: dict) -> PassExperts:
+    """The :class:`PassExperts` of ``pipe``, kept in ``known`` (:func:`_placement_by_layer`'s dict)."""
     experts = known.get("pass")
     if experts is None:
         experts = known["pass"] = PassExperts(cm, pipe, placement)
-    m = cm.model
-    if cm.weighted_remote_calls:
-        calls = np.where(experts.remote, remote_call_probabilities(experts.mass, tokens, m.top_k, m.num_experts), 0.0)
-    else:
-        calls = experts.remote.astype(float)
-    return float((calls * experts.latency).max(axis=1).sum())
+    return experts
 
 
 def _expert_times(cm: CostModel, device: str, prob: np.ndarray, tokens: float) -> np.ndarray:
