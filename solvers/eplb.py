@@ -50,19 +50,27 @@ def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np
     if per_pack == 1:
         return np.broadcast_to(np.arange(n), weight.shape).copy(), np.zeros(weight.shape, dtype=np.int64)
     order = np.argsort(-weight, axis=1, kind="stable")  # [X, n] items by weight, heaviest first
-    rows = np.arange(num_layers)
-    pack_index = np.full(weight.shape, -1, dtype=np.int64)
-    rank_in_pack = np.full(weight.shape, -1, dtype=np.int64)
-    pack_weight = np.zeros((num_layers, num_packs), dtype=np.float32)
-    pack_items = np.zeros((num_layers, num_packs), dtype=np.int64)
+    # Flat indices, and the packs' weights with +inf once full (what the lightest-open-pack choice
+    # compares): the same float32 sums as adding to the weights and masking full packs each step.
+    row_items = np.arange(num_layers) * n
+    row_packs = np.arange(num_layers) * num_packs
+    pack_index = np.full(num_layers * n, -1, dtype=np.int64)
+    rank_in_pack = np.full(num_layers * n, -1, dtype=np.int64)
+    open_weight = np.zeros(num_layers * num_packs, dtype=np.float32)
+    pack_items = np.zeros(num_layers * num_packs, dtype=np.int64)
+    flat_weight = weight.reshape(-1)
     for k in range(n):
-        item = order[:, k]
-        pack = np.argmin(np.where(pack_items < per_pack, pack_weight, np.inf), axis=1)
-        pack_index[rows, item] = pack
-        rank_in_pack[rows, item] = pack_items[rows, pack]
-        pack_weight[rows, pack] += weight[rows, item]
-        pack_items[rows, pack] += 1
-    return pack_index, rank_in_pack
+        item = order[:, k] + row_items
+        pack = open_weight.reshape(num_layers, num_packs).argmin(axis=1)
+        at = pack + row_packs
+        pack_index[item] = pack
+        count = pack_items[at]
+        rank_in_pack[item] = count
+        open_weight[at] += flat_weight[item]
+        count += 1
+        pack_items[at] = count
+        open_weight[at[count >= per_pack]] = np.inf
+    return pack_index.reshape(num_layers, n), rank_in_pack.reshape(num_layers, n)
 
 
 def replicate_experts(weight: np.ndarray, num_phy: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,11 +88,13 @@ def replicate_experts(weight: np.ndarray, num_phy: int) -> tuple[np.ndarray, np.
     phy2log = np.broadcast_to(np.arange(num_phy), (n, num_phy)).copy()
     rank = np.zeros((n, num_phy), dtype=np.int64)
     logcnt = np.ones((n, num_log), dtype=np.int64)
+    per_replica = weight / logcnt  # kept up to date one entry per row (the same quotients)
     for p in range(num_log, num_phy):
-        hottest = np.argmax(weight / logcnt, axis=1)
+        hottest = np.argmax(per_replica, axis=1)
         phy2log[:, p] = hottest
         rank[:, p] = logcnt[rows, hottest]
         logcnt[rows, hottest] += 1
+        per_replica[rows, hottest] = weight[rows, hottest] / logcnt[rows, hottest]
     return phy2log, rank, logcnt
 
 

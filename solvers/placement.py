@@ -262,21 +262,40 @@ def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False)
     width = int(column.max()) + 1
     table = np.full((n, width), -1)
     table[rows, column] = items
-    used = np.zeros((n, width, st.y.shape[2]), dtype=bool)           # bins taken by each colour
+    B = st.y.shape[2]
     colour = np.full((n, width), -1)
     everyone = np.arange(n)
     colours = 0  # colours in use: colour ``colours`` is free in every group, so the search stops there
-    for j in range(width):
-        here = table[:, j] >= 0
-        bins = st.y[groups, np.maximum(table[:, j], 0)] & here[:, None]
-        k = colours + 1
-        c = np.argmin((used[:, :k] & bins[:, None, :]).any(axis=2), axis=1)  # first colour without a shared bin
-        used[everyone, c] |= bins
-        colour[here, j] = c[here]
-        if here.any():
-            colours = max(colours, int(c[here].max()) + 1)
-    return [_FillBatch(st, groups[np.nonzero(colour == c)[0]], table[colour == c], hold_shares)
-            for c in range(int(colour.max()) + 1)]
+    if B <= 64:
+        # Bins as the bits of one word: the same search on [n, colours] words instead of [n, colours, B].
+        bit = np.left_shift(np.uint64(1), np.arange(B, dtype=np.uint64))
+        words = np.bitwise_or.reduce(np.where(st.y[groups], bit, np.uint64(0)), axis=2)   # [n, I]
+        used_words = np.zeros((n, width), dtype=np.uint64)                                # bins taken by each colour
+        for j in range(width):
+            here = table[:, j] >= 0
+            bins = np.where(here, words[everyone, np.maximum(table[:, j], 0)], np.uint64(0))
+            k = colours + 1
+            c = np.argmin((used_words[:, :k] & bins[:, None]) != 0, axis=1)  # first colour without a shared bin
+            used_words[everyone, c] |= bins
+            colour[here, j] = c[here]
+            if here.any():
+                colours = max(colours, int(c[here].max()) + 1)
+    else:
+        used = np.zeros((n, width, B), dtype=bool)                                       # bins taken by each colour
+        for j in range(width):
+            here = table[:, j] >= 0
+            bins = st.y[groups, np.maximum(table[:, j], 0)] & here[:, None]
+            k = colours + 1
+            c = np.argmin((used[:, :k] & bins[:, None, :]).any(axis=2), axis=1)  # first colour without a shared bin
+            used[everyone, c] |= bins
+            colour[here, j] = c[here]
+            if here.any():
+                colours = max(colours, int(c[here].max()) + 1)
+    out = []
+    for c in range(int(colour.max()) + 1):
+        at = colour == c
+        out.append(_FillBatch(st, groups[np.nonzero(at)[0]], table[at], hold_shares))
+    return out
 
 
 def _balance_shares(st: _State, groups: np.ndarray, max_sweeps: int = SHARE_SWEEPS, tol: float = SHARE_TOL) -> None:
@@ -947,8 +966,8 @@ def solve_eplb(problem: ReplicatedAssignment, *, time_limit=None, seed=0, initia
     g = np.repeat(np.arange(G), B * per_bin)
     items = phy2log.ravel()
     bins = np.tile(np.repeat(np.arange(B), per_bin), G)
-    shares = np.zeros((G, I, B))
-    np.add.at(shares, (g, items, bins), 1.0 / logcnt[g, items])
+    # Each copy's share 1 / logcnt, copies on one bin added (np.add.at's sums, in slot order).
+    shares = np.bincount((g * I + items) * B + bins, weights=1.0 / logcnt[g, items], minlength=G * I * B).reshape(G, I, B)
     replicas = np.zeros((G, I, B), dtype=bool)
     replicas[g, items, bins] = True
     sol = AssignmentSolution(replicas, shares)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from planner.domain.memo import IdentityMemo
 from planner.domain.plan import Pipeline, Plan
@@ -70,10 +73,24 @@ def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
             home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
         kept = [e for e in pipe.expert_placement if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]]
         homes = [home[e.layer] for e in kept]
-        gained = Counter(chain.from_iterable(e.devices for e in kept))
+        devices = list(map(attrgetter("devices"), kept))
+        names = list(chain.from_iterable(devices))
+        gained = Counter(names)
         lost = Counter(homes)
-        # Devices in the order the entries name them (each entry: its home, then its devices).
-        order = dict.fromkeys(chain.from_iterable((h, *e.devices) for h, e in zip(homes, kept)))
+        # Devices in the order the entries name them (each entry: its home, then its devices): by
+        # each name's first position in that sequence (entry j's home at j + the devices before it,
+        # device i of the flat list at i + its entry + 1), found without building the sequence.
+        counts = np.fromiter(map(len, devices), dtype=np.intp, count=len(devices))
+        before = np.cumsum(counts) - counts
+        entry = np.repeat(np.arange(len(devices)), counts)
+        first_home = dict(zip(reversed(homes), range(len(homes) - 1, -1, -1)))
+        first_name = dict(zip(reversed(names), range(len(names) - 1, -1, -1)))
+        first = {d: int(j + before[j]) for d, j in first_home.items()}
+        for d, i in first_name.items():
+            at = int(i + entry[i] + 1)
+            if at < first.get(d, at + 1):
+                first[d] = at
+        order = sorted(first, key=first.__getitem__)
         return {d: gained.get(d, 0) - lost.get(d, 0) for d in order}
 
     memo = cm.instance_cache.get(_MEMO_KEY)

@@ -18,6 +18,7 @@ holder its per-call overhead, weighted by the same probability.
 from __future__ import annotations
 
 from itertools import chain
+from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -292,38 +293,86 @@ class PassExperts:
     def __init__(self, cm: CostModel, pipe: Pipeline, placement: dict[int, list]):
         home_of = {layer: s.device for s in pipe.stages for layer in s.layers}
         layers = [layer for s in pipe.stages for layer in s.layers if layer in placement]
-        shares = [layer_shares(cm, placement[layer], layer, home_of[layer]) for layer in layers]
-        cols = {d: i for i, d in enumerate(dict.fromkeys(chain.from_iterable(sh.devices for sh in shares)))}
+        E = cm.model.num_experts
+        entries = [e for layer in layers for e in placement[layer]]
+        devices_of = list(map(attrgetter("devices"), entries))
+        counts = np.fromiter(map(len, devices_of), dtype=np.intp, count=len(entries))
+        names = list(chain.from_iterable(devices_of))
+        # Per layer, in order: its home device, then the devices its entries name (first appearance);
+        # the columns are every layer's devices in that order.
+        ends = np.cumsum([len(placement[layer]) for layer in layers]).tolist()
+        name_ends = np.concatenate(([0], np.cumsum(counts)))[[0, *ends]].tolist()
+        per_layer = [list(dict.fromkeys([home_of[layer], *names[a:z]]))
+                     for layer, a, z in zip(layers, name_ends, name_ends[1:])]
+        cols = {d: i for i, d in enumerate(dict.fromkeys(chain.from_iterable(per_layer)))}
         n, u = len(layers), len(cols)
         self.index = {layer: i for i, layer in enumerate(layers)}
         self.devices = list(cols)
-        self.home = np.array([cols[sh.devices[0]] for sh in shares], dtype=np.intp)
-        self.mass = np.zeros((n, u))
+        self.home = np.array([cols[ds[0]] for ds in per_layer], dtype=np.intp)
+        # Every (layer row, device column, expert, share) triple: the entries' devices, then the
+        # home device's share 1 of each expert no entry of its layer moves.
+        row = np.repeat(np.arange(n, dtype=np.intp), np.diff([0, *ends]))
+        expert = np.fromiter(map(attrgetter("expert"), entries), dtype=np.intp, count=len(entries))
+        col = np.fromiter(map(cols.__getitem__, names), dtype=np.intp, count=len(names))
+        share = np.fromiter(chain.from_iterable(map(attrgetter("shares"), entries)), dtype=float, count=len(names))
+        moved = np.zeros((n, E), dtype=bool)
+        moved[row, expert] = True
+        kept_row, kept_expert = np.nonzero(~moved)
+        rows = np.concatenate([np.repeat(row, counts), kept_row])
+        cells = np.concatenate([np.repeat(expert, counts), kept_expert])
+        cols_all = np.concatenate([col, self.home[kept_row]])
+        values = np.concatenate([share, np.ones(kept_row.size)])
+        nonzero = values != 0
+        rows, cells, cols_all, values = rows[nonzero], cells[nonzero], cols_all[nonzero], values[nonzero]
+        order = np.lexsort((cells, cols_all, rows))  # per (layer, device) the experts in order, as one layer's sum
+        rows, cells, cols_all, values = rows[order], cells[order], cols_all[order], values[order]
+        qrow = np.array([cm.moe_index[layer] for layer in layers], dtype=np.intp)[rows] * E
+        pos = rows * u + cols_all
+        self.mass = np.bincount(pos, weights=values * cm.q.reshape(-1)[qrow + cells], minlength=n * u).reshape(n, u)
+        # Round trips per (home, device) pair, in the order the layers name them; a link's bytes per
+        # routed token are the masses over its bandwidth, summed per pair first.
+        pairs: dict = {}
+        remote_rows, remote_cols, remote_pairs = [], [], []
+        for i, ds in enumerate(per_layer):
+            home = ds[0]
+            for d in ds[1:]:
+                remote_rows.append(i)
+                remote_cols.append(cols[d])
+                remote_pairs.append(pairs.setdefault((home, d), len(pairs)))
+        r = np.array(remote_rows, dtype=np.intp)
+        c = np.array(remote_cols, dtype=np.intp)
+        net = cm.network
+        terms = [(net.route_terms(home, d), net.route_terms(d, home)) for home, d in pairs]
+        pair_latency = np.array([there[0] + back[0] for there, back in terms])
+        pair_per_byte = np.array([there[1] + back[1] for there, back in terms])
+        pair_overhead = np.array([expert_call_overhead_s(cm.devices[d]) for _, d in pairs])
+        at = np.array(remote_pairs, dtype=np.intp)
         self.remote = np.zeros((n, u), dtype=bool)
         self.latency = np.zeros((n, u))
         self.per_byte = np.zeros((n, u))
         self.overhead = np.zeros((n, u))
+        if at.size:
+            self.remote[r, c] = True
+            self.latency[r, c] = pair_latency[at]
+            self.per_byte[r, c] = pair_per_byte[at]
+            self.overhead[r, c] = pair_overhead[at]
+        pair_mass = np.bincount(at, weights=self.mass[r, c], minlength=len(pairs)).tolist() if at.size else []
         links: dict = {}
-        E = cm.model.num_experts
-        flat: dict = {}  # hardware -> (representative device, [positions], [q indices], [shares])
-        for i, (layer, sh) in enumerate(zip(layers, shares)):
-            at = np.array([cols[d] for d in sh.devices], dtype=np.intp)
-            latency, per_byte, overhead, layer_links = sh.round_trips(cm)
-            self.mass[i, at] = sh.mass
-            self.remote[i, at[1:]] = True
-            self.latency[i, at] = latency
-            self.per_byte[i, at] = per_byte
-            self.overhead[i, at] = overhead
-            for key, coef in layer_links:
-                links[key] = links.get(key, 0.0) + coef
-            row0 = cm.moe_index[layer] * E
-            for rep, rows, experts, share in sh.groups:
-                entry = flat.setdefault(cm.times.hardware_of(rep), (rep, [], [], []))
-                entry[1].append(i * u + at[rows])
-                entry[2].append(row0 + experts)
-                entry[3].append(share)
+        for (home, d), mass in zip(pairs, pair_mass):
+            for key, bw, _ in net.route_hops(home, d) + net.route_hops(d, home):
+                links[key] = links.get(key, 0.0) + mass / bw
         self.links = list(links.items())
-        self.flat = [(rep, np.concatenate(pos), np.concatenate(qi), np.concatenate(sv)) for rep, pos, qi, sv in flat.values()]
+        # Expert times: the triples grouped by the hardware of their device, one vectorised call per kind.
+        hw = [cm.times.hardware_of(d) for d in self.devices]
+        kinds = {k: i for i, k in enumerate(dict.fromkeys(hw))}
+        kind_of_col = np.array([kinds[k] for k in hw], dtype=np.intp)[cols_all]
+        reps = {}
+        for d, k in zip(self.devices, hw):
+            reps.setdefault(k, d)
+        self.flat = []
+        for k, ki in kinds.items():
+            at = kind_of_col == ki
+            self.flat.append((reps[k], pos[at], (qrow + cells)[at], values[at]))
         self._memo: dict = {}
 
     def calls(self, cm: CostModel, tokens: float) -> np.ndarray:

@@ -9,6 +9,10 @@ latency SLOs and the accuracy-loss budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain, compress
+from operator import attrgetter
+
+import numpy as np
 
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import Evaluation
@@ -236,29 +240,41 @@ def _check_placement(instance: Instance, where: str, pipe: Pipeline) -> list[Vio
 
 def _all_sound(instance: Instance, placement, sound: dict) -> bool:
     """Whether every entry of an ungated ``placement`` is sound and no (layer, expert) comes twice:
-    :func:`_check_placement`'s verdict without its messages, one comprehension per test (a placement
-    of 15,000 entries is checked in a few ms). The entries found sound join ``sound``."""
-    if len({(e.layer, e.expert) for e in placement}) != len(placement):
+    :func:`_check_placement`'s verdict without its messages, each test over all entries at once (a
+    placement of 15,000 entries is checked in a few ms). The entries found sound join ``sound``."""
+    layer_of, expert_of = attrgetter("layer"), attrgetter("expert")
+    if len(set(zip(map(layer_of, placement), map(expert_of, placement)))) != len(placement):
         return False
-    unknown = [e for e in placement if sound.get(id(e)) is not e]
+    seen = list(map(sound.get, map(id, placement)))
+    unknown = [e for e, hit in zip(placement, seen) if hit is not e] if any(seen) else list(placement)
+    if not unknown:
+        return True
     m, known = instance.model, instance.device_index
-    layers = frozenset(m.moe_layers)
-    E = m.num_experts
-    for e in unknown:
-        devices, shares = e.devices, e.shares
-        if len(devices) == 1:
-            if not (e.layer in layers and 0 <= e.expert < E and len(shares) == 1 and shares[0] >= 0
-                    and abs(shares[0] - 1.0) <= SHARE_TOL and devices[0] in known):
-                return False
-        else:
-            names = set(devices)
-            if not (e.layer in layers and 0 <= e.expert < E and 0 < len(devices) == len(shares) == len(names)
-                    and min(shares) >= 0 and abs(sum(shares) - 1.0) <= SHARE_TOL and names <= known.keys()):
-                return False
+    experts = list(map(expert_of, unknown))
+    devices = list(map(attrgetter("devices"), unknown))
+    shares = list(map(attrgetter("shares"), unknown))
+    counts = list(map(len, devices))
+    if not (set(map(layer_of, unknown)) <= frozenset(m.moe_layers) and 0 <= min(experts) and max(experts) < m.num_experts
+            and counts == list(map(len, shares)) and min(counts) > 0 and set(chain.from_iterable(devices)) <= known.keys()
+            and _distinct(compress(devices, map((1).__lt__, counts)))):
+        return False
+    flat = np.fromiter(chain.from_iterable(shares), dtype=float, count=sum(counts))
+    sums = np.add.reduceat(flat, np.concatenate(([0], np.cumsum(counts[:-1]))).astype(np.intp))
+    if not (flat.min() >= 0 and np.abs(sums - 1.0).max() <= SHARE_TOL):  # NaN fails both
+        return False
     if len(sound) + len(unknown) >= _SOUND_ENTRIES_SIZE:
         sound.clear()
-    sound.update((id(e), e) for e in unknown if isinstance(e.devices, tuple) and isinstance(e.shares, tuple))
+    if set(map(type, devices)) | set(map(type, shares)) == {tuple}:  # frozen all the way down
+        sound.update(zip(map(id, unknown), unknown))
+    else:
+        sound.update((id(e), e) for e, d, sh in zip(unknown, devices, shares) if type(d) is tuple and type(sh) is tuple)
     return True
+
+
+def _distinct(groups) -> bool:
+    """Whether no group (of device names) names a device twice."""
+    groups = list(groups)
+    return list(map(len, map(set, groups))) == list(map(len, groups))
 
 
 def _entry_is_sound(m, known, e) -> bool:

@@ -90,7 +90,7 @@ from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 from planner.planners.outcome import collector_paused
-from planner.spaces.batching import batch_grid, full_batching_sweep
+from planner.spaces.batching import batch_grid, full_batching_sweep, throughput_ceiling
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
 from planner.spaces.codec_choice import prefer_accuracy
 from planner.spaces.expert_parallel import expert_parallel_pipeline
@@ -776,25 +776,38 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     two_tier_value = instance_value(instance, best[0]) if best is not None else None
     use_pipe = piped is not None and (two_tier_value is None or is_within(instance.objective, piped[0], two_tier_value, _CLOSE))
     use_two_tier = best is not None and (piped is None or is_within(instance.objective, two_tier_value, piped[0], _CLOSE))
+    kind = instance.objective
+    # Step 7 (expert parallelism) before Step 4, against the structures' objectives as found; a
+    # structure whose batching ceiling stays below its best plan is then not tuned (throughput).
+    expert_parallel = []
+    if tune:
+        found_values = ([two_tier_value] if use_two_tier else []) + ([piped[0]] if use_pipe else [])
+        reference = (max(found_values) if kind == "throughput" else min(found_values)) if found_values else None
+        expert_parallel = _expert_parallel_candidates(instance, cm, deadline, reference)  # Step 7
+        out_of_time()  # records a Step 7 the deadline cut short
+    to_beat = max((c[0] for c in expert_parallel), default=None) if kind == "throughput" else None
+
+    def worth_tuning(plan: Plan) -> bool:
+        """Whether some batching of ``plan``'s structure may beat Step 7's best plan."""
+        return tune and (to_beat is None or throughput_ceiling(instance, cm, plan) >= to_beat * (1 - 1e-9))
+
     chosen = None
     if use_two_tier:
-        chosen = _two_tier_batching(instance, cm, best, b0, m0) if tune else _two_tier_as_found(instance, cm, best)
+        chosen = None if tune and to_beat is None else _two_tier_as_found(instance, cm, best)
+        if tune and (chosen is None or worth_tuning(chosen[1])):
+            chosen = _two_tier_batching(instance, cm, best, b0, m0)
     if use_pipe:
-        found = _tune_batching(instance, cm, piped[1]) if tune else piped
+        found = _tune_batching(instance, cm, piped[1]) if worth_tuning(piped[1]) else piped
         if found is not None and (chosen is None or is_better(instance.objective, found[0], chosen[0])):
             chosen = found
-    kind = instance.objective
     candidates = [chosen] if chosen is not None else []
-    if chosen is not None and chosen[1].pipelines[0].expert_placement and tune:
+    if chosen is not None and chosen[1].pipelines[0].expert_placement and worth_tuning(chosen[1]):
         # Step 4 over the whole grid for an offloading structure (the two-tier equations tried two shapes).
         swept = _tune_batching(instance, cm, chosen[1])
         if swept is not None and is_better(kind, swept[0], chosen[0]):
             candidates = [swept]
+    candidates += expert_parallel
     if not out_of_time():
-        reference = max(c[0] for c in candidates) if candidates and kind == "throughput" else (
-            min(c[0] for c in candidates) if candidates else None)
-        candidates += _expert_parallel_candidates(instance, cm, deadline, reference)  # Step 7
-        out_of_time()  # records a Step 7 the deadline cut short
         candidates += _single_device_candidates(instance, cm)                   # Step 8
         if kind != "throughput":
             candidates += _chain_candidates(instance, cm)                       # Step 8, continued

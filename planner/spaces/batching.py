@@ -7,6 +7,7 @@ weights, and a pipeline built from such ranges.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -81,6 +82,38 @@ def batching_sweep(instance: Instance, cm: CostModel, plan: Plan) -> tuple[Plan 
         if best is None or is_better(instance.objective, obj, best_obj):
             best, best_obj = cand, obj
     return best, best_obj, last
+
+
+def throughput_ceiling(instance: Instance, cm: CostModel, plan: Plan) -> float:
+    """Tokens/s that no batching of the one-pipeline ``plan``'s structure (stages, codecs, expert
+    placement) exceeds, from its evaluations at ``(b, 1)`` for ``b`` = 1, 2, 4, ... and
+    ``max_batch`` (passes that a batching sweep of the structure reuses).
+
+    A request holds each device and link for its prefill (independent of the batching) plus
+    ``output - 1`` decode steps' share, ``busy(b) / b``. Every decode term's time per token is
+    non-increasing in the micro-batch size ``b``: rooflines and measured profiles are affine in the
+    FLOPs and bytes, of which the weights, the framework overheads and the codec matrices are
+    fixed per pass, the KV cache, hidden states and FLOPs grow with ``b``, and an expert's touched
+    weights (``1 - (1 - q)^b``) and a remote holder's call probability are concave in ``b`` with
+    value 0 at 0. So the busy rate ``f(b) = 1 / max(busy per request)`` does not fall as ``b``
+    grows. Each term of a pass takes no less time for more tokens, so a request's latency does not
+    fall either, and with at most ``max_batch`` requests in flight the loop's rate ``g(b) =
+    max_batch / latency(b)`` does not grow. Between two points ``lo < hi`` every batching serves at
+    most ``output x min(f(hi), g(lo))`` (memory may forbid some; the bound stays valid).
+    """
+    pipe = plan.pipelines[0]
+    B = instance.workload.max_batch
+    points = sorted({2 ** k for k in range(B.bit_length()) if 2 ** k <= B} | {B})
+    busy, loop = [], []
+    for b in points:
+        pm = cm.evaluate(replace(plan, pipelines=(replace(pipe, micro_batch_size=b, num_micro_batches=1),))).pipelines[0]
+        worst = max(pm.request_busy_s.values(), default=0.0)
+        busy.append(math.inf if worst <= 0 else 1.0 / worst)
+        loop.append(math.inf if pm.latency_s <= 0 else B / pm.latency_s)
+    best = min(busy[0], loop[0])
+    for i in range(1, len(points)):
+        best = max(best, min(busy[i], loop[i - 1]))
+    return instance.workload.output_tokens * best
 
 
 def micro_batch_sizes(max_batch: int, exact_up_to: int = 32) -> list[int]:

@@ -91,3 +91,54 @@ def test_eplb_reports_what_it_cannot_do():
     res = solve("eplb", masked)
     assert res.status is Status.INFEASIBLE and "not a candidate" in res.message
     assert solve("greedy-placement", masked).status is Status.FEASIBLE
+
+
+def _packing_row_by_row(weight: np.ndarray, num_packs: int):
+    """EPLB's balanced_packing as the original writes it: one row at a time, one item at a time (one
+    item per pack: item i in pack i)."""
+    weight = np.asarray(weight, dtype=np.float32)
+    rows, n = weight.shape
+    per_pack = n // num_packs
+    if per_pack == 1:
+        return np.tile(np.arange(n), (rows, 1)), np.zeros((rows, n), dtype=np.int64)
+    pack_index = np.full((rows, n), -1, dtype=np.int64)
+    rank_in_pack = np.full((rows, n), -1, dtype=np.int64)
+    for r in range(rows):
+        pack_weight = [np.float32(0.0)] * num_packs
+        items = [0] * num_packs
+        for i in np.argsort(-weight[r], kind="stable"):
+            pack = min((p for p in range(num_packs) if items[p] < per_pack), key=lambda p: (pack_weight[p], p))
+            pack_index[r, i], rank_in_pack[r, i] = pack, items[pack]
+            pack_weight[pack] = np.float32(pack_weight[pack] + weight[r, i])
+            items[pack] += 1
+    return pack_index, rank_in_pack
+
+
+def _replication_row_by_row(weight: np.ndarray, num_phy: int):
+    """EPLB's replicate_experts as the original writes it: each spare replica to the largest load per replica."""
+    weight = np.asarray(weight, dtype=np.float32)
+    rows, num_log = weight.shape
+    phy2log = np.tile(np.arange(num_phy), (rows, 1))
+    rank = np.zeros((rows, num_phy), dtype=np.int64)
+    logcnt = np.ones((rows, num_log), dtype=np.int64)
+    for r in range(rows):
+        for p in range(num_log, num_phy):
+            hottest = int(np.argmax(weight[r] / logcnt[r]))
+            phy2log[r, p], rank[r, p] = hottest, logcnt[r, hottest]
+            logcnt[r, hottest] += 1
+    return phy2log, rank, logcnt
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 6), st.integers(1, 4), st.integers(0, 3), st.integers(0, 10_000),
+       st.booleans())
+def test_the_lockstep_loops_equal_the_row_by_row_ones(rows, packs, per_pack, spare, seed, ties):
+    """Packing and replication in lockstep over the rows (with the packs' weights kept masked and the
+    loads per replica kept up to date) give the original's row-by-row maps, ties included."""
+    rng = np.random.default_rng(seed)
+    n = packs * per_pack
+    weight = (rng.integers(0, 4, size=(rows, n)) if ties else rng.random((rows, n)) * 100).astype(float)
+    for got, want in zip(balanced_packing(weight, packs), _packing_row_by_row(weight, packs)):
+        assert got.tolist() == want.tolist()
+    for got, want in zip(replicate_experts(weight, n + spare * packs), _replication_row_by_row(weight, n + spare * packs)):
+        assert got.tolist() == want.tolist()
