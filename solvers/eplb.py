@@ -163,6 +163,21 @@ def eplb_rebalance(weight, num_replicas: int, num_gpus: int, *, num_groups: int 
     and logcnt [layers, experts]; physical slot ``p`` lies on GPU ``p // (num_replicas // num_gpus)``.
     """
     weight = np.atleast_2d(np.asarray(weight, dtype=np.float32))
+    key = (weight.shape, weight.tobytes(), int(num_replicas), int(num_gpus), int(num_groups), int(num_nodes))
+    hit = _RECENT.get(key)
+    if hit is None:
+        hit = _RECENT[key] = _rebalance(weight, num_replicas, num_gpus, num_groups, num_nodes)
+        while len(_RECENT) > _RECENT_KEPT:
+            _RECENT.pop(next(iter(_RECENT)))
+    return tuple(a.copy() for a in hit)
+
+
+_RECENT: dict = {}  # the last few rebalances (a pure function of its inputs): a caller that checks a
+_RECENT_KEPT = 4    # placement before solving with it does not pay for EPLB twice
+
+
+def _rebalance(weight: np.ndarray, num_replicas: int, num_gpus: int, num_groups: int, num_nodes: int):
+    """:func:`eplb_rebalance` on a float32 ``weight`` (not remembered)."""
     num_layers, num_logical = weight.shape
     if num_groups % num_nodes == 0:
         phy2log, phyrank, logcnt = _rebalance_hierarchical(weight, num_replicas, num_groups, num_nodes, num_gpus)

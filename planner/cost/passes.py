@@ -369,10 +369,15 @@ class PassExperts:
         reps = {}
         for d, k in zip(self.devices, hw):
             reps.setdefault(k, d)
+        # Per kind: the positions, the experts' rows of ``cm.q`` and of ``cm.Q`` (by layer), the
+        # shares, and which shares are whole (those experts' times are the cached matrix's entries).
         self.flat = []
+        qlayer = np.array(layers, dtype=np.intp)[rows] * E + cells
         for k, ki in kinds.items():
             at = kind_of_col == ki
-            self.flat.append((reps[k], pos[at], (qrow + cells)[at], values[at]))
+            share = values[at]
+            whole = share == 1.0
+            self.flat.append((reps[k], pos[at], (qrow + cells)[at], share, qlayer[at], whole, bool(whole.all())))
         self._memo: dict = {}
 
     def calls(self, cm: CostModel, tokens: float) -> np.ndarray:
@@ -393,8 +398,17 @@ class PassExperts:
         m = cm.model
         q = cm.q.reshape(-1)
         t = np.zeros(n * u)
-        for rep, pos, qi, share in self.flat:
-            t += np.bincount(pos, weights=_expert_times(cm, rep, q[qi] * share, tokens), minlength=n * u)
+        for rep, pos, qi, share, qlayer, whole, all_whole in self.flat:
+            # A whole expert's time is the cached matrix's entry (the same operations on the same
+            # numbers); only split experts are priced here.
+            full = cm.times.expert_matrix(rep, tokens).reshape(-1)
+            if all_whole:
+                times = full[qlayer]
+            else:
+                times = np.where(whole, full[qlayer], 0.0)
+                part = ~whole
+                times[part] = _expert_times(cm, rep, q[qi[part]] * share[part], tokens)
+            t += np.bincount(pos, weights=times, minlength=n * u)
         t = t.reshape(n, u)
         calls = self.calls(cm, tokens)
         t = t + calls * self.overhead

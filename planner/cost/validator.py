@@ -9,7 +9,7 @@ latency SLOs and the accuracy-loss budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain, compress
+from itertools import chain, compress, repeat
 from operator import attrgetter
 
 import numpy as np
@@ -337,11 +337,12 @@ def _pipeline_routes(instance: Instance, pi: int, pipe: Pipeline) -> list[Violat
     hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
     home = {layer: s.device for s in pipe.stages for layer in s.layers}
     gated = pipe.gated_layers(instance.model.is_moe_layer)
-    reached: dict[str, set] = {}  # a stage's device -> the devices its layers' experts are on
-    for e in pipe.expert_placement:
-        if e.layer not in gated:  # a gated layer's experts are on its own device
-            reached.setdefault(home[e.layer], set()).update(e.devices)
-    hops.update((a, d) for a, devices in reached.items() for d in devices)
+    # Each layer's stage device to the devices its experts are on (a gated layer's experts are on
+    # its own device), every pair at once.
+    placed = [e for e in pipe.expert_placement if e.layer not in gated] if gated else pipe.expert_placement
+    devices = list(map(attrgetter("devices"), placed))
+    homes = map(home.__getitem__, map(attrgetter("layer"), placed))
+    hops.update(zip(chain.from_iterable(map(repeat, homes, map(len, devices))), chain.from_iterable(devices)))
     return [Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}")
             for a, b in sorted(hops) if component.get(a) != component.get(b)]
 

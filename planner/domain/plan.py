@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ class Pipeline:
         """The devices its placed experts are on (a new set; remembered per placement, which may hold
         15,000 entries)."""
         return set(_EXPERT_DEVICES.get((self.expert_placement,), lambda: frozenset(
-            chain.from_iterable(p.devices for p in self.expert_placement))))
+            chain.from_iterable(map(attrgetter("devices"), self.expert_placement)))))
 
     def local_experts(self, device: str) -> dict[int, list[int]]:
         """Routed experts that run on ``device``: layer -> experts (the local candidates of an end device)."""

@@ -516,6 +516,15 @@ def _cannot_reach(instance: Instance, cm: CostModel, pipe: Pipeline, group: list
     return w.max_batch * w.output_tokens / floor < reference
 
 
+def _screen_plan(instance: Instance, pipe: Pipeline) -> Plan:
+    """The plan Step 7 screens an expert-parallel ``pipe`` in: for throughput at one batch of
+    ``max_batch`` (a screening size; one micro-batch serves least, by the batching ceiling's
+    argument), else at its own 1 x 1 (the least latency)."""
+    if instance.objective == "throughput":
+        pipe = replace(pipe, micro_batch_size=instance.workload.max_batch, num_micro_batches=1)
+    return Plan((pipe,), instance.name, "route-aware")
+
+
 def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: float,
                                 reference: float | None) -> list[tuple[float, Plan]]:
     """Step 7: pipelines whose experts are spread over a group of devices. Every group first gets
@@ -537,8 +546,7 @@ def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: flo
             pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="eplb", redundant=redundant)
             if pipe is not None and _cannot_reach(instance, cm, pipe, group, reference):
                 break
-            found = None if pipe is None else _tune_batching(instance, cm, Plan((pipe,), instance.name, "route-aware"),
-                                                             screen_sizes)
+            found = None if pipe is None else _tune_batching(instance, cm, _screen_plan(instance, pipe), screen_sizes)
             if found is not None:
                 screened.append((*found, group))
                 break
@@ -549,8 +557,7 @@ def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: flo
         pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="greedy-placement")
         if pipe is not None and _cannot_reach(instance, cm, pipe, group, reference):
             pipe = None
-        found = None if pipe is None else _tune_batching(instance, cm, Plan((pipe,), instance.name, "route-aware"),
-                                                         screen_sizes)
+        found = None if pipe is None else _tune_batching(instance, cm, _screen_plan(instance, pipe), screen_sizes)
         if found is not None:
             screened.append((*found, group))
     if not screened:

@@ -31,6 +31,7 @@ from planner.domain.plan import ExpertPlacement, Pipeline
 from planner.domain.units import GB
 from planner.spaces.batching import pipeline_from_ranges, split_by_weights
 from planner.spaces.placement import placement_problem
+from solvers.eplb import eplb_rebalance
 from solvers.placement import solve_eplb
 from solvers.registry import get
 
@@ -85,6 +86,19 @@ def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str]
                           f"layer; device {group[b]!r} then holds at least {least / GB:.2f} GB of experts and has "
                           f"{memory[b] / GB:.2f} GB"), {"slots_per_device": slots,
                                                          "redundant_per_device": redundant if B > 1 else 0}
+        # Each device holds its slots' distinct experts: when that overflows one, say so before
+        # building the solution (the rebalance is remembered for solve_eplb below).
+        phy2log = eplb_rebalance(np.asarray(cm.q, dtype=np.float32), B * slots, B)[0]
+        blocks = np.sort(phy2log.reshape(phy2log.shape[0], B, slots), axis=2)
+        distinct = 1 + (np.diff(blocks, axis=2) != 0).sum(axis=2)                     # [G, B]
+        experts_bytes = distinct.sum(axis=0) * cm.expert_bytes
+        free = memory - experts_bytes
+        if (free <= 0).any():
+            b = int(np.argmin(free))
+            return None, (f"infeasible: EPLB gives each of the {B} edge and cloud devices {slots} expert slots per MoE "
+                          f"layer; device {group[b]!r} then holds {experts_bytes[b] / GB:.2f} GB of experts and has "
+                          f"{memory[b] / GB:.2f} GB"), {"slots_per_device": slots,
+                                                       "redundant_per_device": redundant if B > 1 else 0}
         # EPLB's global policy on B identical bins (speed 1, no memory limit); its solution holds
         # every expert's devices (replicas) and equal shares per EPLB copy (copies / logcnt).
         placed = solve_eplb(ReplicatedAssignment.build(np.asarray(cm.q, dtype=float), np.ones(B), slots=slots,
