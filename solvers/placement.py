@@ -180,14 +180,20 @@ class _FillBatch:
     ``on`` the flat indices and positions of the replica entries. Items of one group in a batch
     must have no bin in common."""
 
-    def __init__(self, st: _State, gs: np.ndarray, items: np.ndarray, hold_shares: bool = False):
+    def __init__(self, st: _State, gs: np.ndarray, items: np.ndarray, hold_shares: bool = False,
+                 rows: tuple | None = None):
         p = st.p
         G, I, B = st.y.shape
-        keep = p.load[gs, items] > 0
-        gs, items = gs[keep], items[keep]
-        y_rows = st.y[gs, items]
-        width = max(int(y_rows.sum(axis=1).max(initial=1)), 1)
-        bins = np.argsort(~y_rows, axis=1, kind="stable")[:, :width]
+        if rows is None:
+            keep = p.load[gs, items] > 0
+            gs, items = gs[keep], items[keep]
+            y_rows = st.y[gs, items]
+            order = np.argsort(~y_rows, axis=1, kind="stable")
+            count = y_rows.sum(axis=1)
+        else:  # the rows' replicas [n, B], their bins replicas first (a stable argsort of ~y) and counts
+            y_rows, order, count = rows
+        width = max(int(count.max(initial=1)), 1)
+        bins = order[:, :width]
         on = np.take_along_axis(y_rows, bins, axis=1)
         self.n = gs.size
         self.x = p.load[gs, items][:, None]
@@ -291,10 +297,18 @@ def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False)
             colour[here, j] = c[here]
             if here.any():
                 colours = max(colours, int(c[here].max()) + 1)
+    # Every row's replicas and bins at once (each batch then takes its rows): one sort, not one a batch.
+    position = np.full((n, width), -1)
+    position[rows, column] = np.arange(rows.size)
+    y_all = st.y[groups[rows], items]
+    order_all = np.argsort(~y_all, axis=1, kind="stable")
+    count_all = y_all.sum(axis=1)
     out = []
     for c in range(int(colour.max()) + 1):
         at = colour == c
-        out.append(_FillBatch(st, groups[np.nonzero(at)[0]], table[at], hold_shares))
+        mine = position[at]
+        out.append(_FillBatch(st, groups[np.nonzero(at)[0]], table[at], hold_shares,
+                              rows=(y_all[mine], order_all[mine], count_all[mine])))
     return out
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import chain
-from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from planner.domain.memo import IdentityMemo
-from planner.domain.plan import Pipeline, Plan
+from planner.domain.plan import Pipeline, Plan, placement_columns
 
 if TYPE_CHECKING:
     from planner.cost.costmodel import CostModel
@@ -71,9 +70,15 @@ def _moved(cm: CostModel, pipe: Pipeline) -> dict[str, int]:
         home = [None] * m.num_layers
         for stage in pipe.stages:
             home[stage.first_layer:stage.end_layer] = [stage.device] * (stage.end_layer - stage.first_layer)
-        kept = [e for e in pipe.expert_placement if 0 <= e.layer < m.num_layers and experts_per_layer[e.layer]]
-        homes = [home[e.layer] for e in kept]
-        devices = list(map(attrgetter("devices"), kept))
+        columns = placement_columns(pipe.expert_placement)
+        L = m.num_layers
+        if all(0 <= layer < L and experts_per_layer[layer] for layer in set(columns.layers)):
+            homes = list(map(home.__getitem__, columns.layers))
+            devices = columns.devices
+        else:
+            kept = [i for i, layer in enumerate(columns.layers) if 0 <= layer < L and experts_per_layer[layer]]
+            homes = [home[columns.layers[i]] for i in kept]
+            devices = [columns.devices[i] for i in kept]
         names = list(chain.from_iterable(devices))
         gained = Counter(names)
         lost = Counter(homes)

@@ -17,7 +17,8 @@ holder its per-call overhead, weighted by the same probability.
 
 from __future__ import annotations
 
-from itertools import chain
+import operator
+from itertools import chain, islice
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from planner.cost.compute import expert_call_overhead_s, op_time_s, pass_overhead_s
 from planner.cost.evaluation import Fork, Step
-from planner.domain.plan import Pipeline
+from planner.domain.plan import Pipeline, placement_columns
 
 if TYPE_CHECKING:
     from planner.cost.costmodel import CostModel
@@ -294,8 +295,18 @@ class PassExperts:
         home_of = {layer: s.device for s in pipe.stages for layer in s.layers}
         layers = [layer for s in pipe.stages for layer in s.layers if layer in placement]
         E = cm.model.num_experts
-        entries = [e for layer in layers for e in placement[layer]]
-        devices_of = list(map(attrgetter("devices"), entries))
+        columns = placement_columns(pipe.expert_placement)
+        if len(columns.layers) == sum(map(len, placement.values())) and all(map(operator.le, columns.layers,
+                                                                              islice(columns.layers, 1, None))):
+            # Every entry counts and the placement is in layer order (as stage order lists layers):
+            # its columns, read once per placement.
+            devices_of, experts_of, shares_of = columns.devices, columns.experts, columns.shares
+        else:
+            entries = [e for layer in layers for e in placement[layer]]
+            devices_of = list(map(attrgetter("devices"), entries))
+            experts_of = list(map(attrgetter("expert"), entries))
+            shares_of = list(map(attrgetter("shares"), entries))
+        entries = devices_of  # one per entry
         counts = np.fromiter(map(len, devices_of), dtype=np.intp, count=len(entries))
         names = list(chain.from_iterable(devices_of))
         # Per layer, in order: its home device, then the devices its entries name (first appearance);
@@ -312,9 +323,9 @@ class PassExperts:
         # Every (layer row, device column, expert, share) triple: the entries' devices, then the
         # home device's share 1 of each expert no entry of its layer moves.
         row = np.repeat(np.arange(n, dtype=np.intp), np.diff([0, *ends]))
-        expert = np.fromiter(map(attrgetter("expert"), entries), dtype=np.intp, count=len(entries))
+        expert = np.fromiter(experts_of, dtype=np.intp, count=len(entries))
         col = np.fromiter(map(cols.__getitem__, names), dtype=np.intp, count=len(names))
-        share = np.fromiter(chain.from_iterable(map(attrgetter("shares"), entries)), dtype=float, count=len(names))
+        share = np.fromiter(chain.from_iterable(shares_of), dtype=float, count=len(names))
         moved = np.zeros((n, E), dtype=bool)
         moved[row, expert] = True
         kept_row, kept_expert = np.nonzero(~moved)

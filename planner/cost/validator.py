@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain, compress, repeat
-from operator import attrgetter
 
 import numpy as np
 
@@ -18,7 +17,7 @@ from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import Evaluation
 from planner.domain.instance import Instance
 from planner.domain.memo import IdentityMemo
-from planner.domain.plan import Pipeline, Plan
+from planner.domain.plan import Pipeline, Plan, placement_columns
 from planner.domain.units import GB
 
 SHARE_TOL = 1e-6
@@ -242,19 +241,24 @@ def _all_sound(instance: Instance, placement, sound: dict) -> bool:
     """Whether every entry of an ungated ``placement`` is sound and no (layer, expert) comes twice:
     :func:`_check_placement`'s verdict without its messages, each test over all entries at once (a
     placement of 15,000 entries is checked in a few ms). The entries found sound join ``sound``."""
-    layer_of, expert_of = attrgetter("layer"), attrgetter("expert")
-    if len(set(zip(map(layer_of, placement), map(expert_of, placement)))) != len(placement):
+    if not placement:
+        return True
+    columns = placement_columns(placement)
+    if len(set(zip(columns.layers, columns.experts))) != len(placement):
         return False
     seen = list(map(sound.get, map(id, placement)))
-    unknown = [e for e, hit in zip(placement, seen) if hit is not e] if any(seen) else list(placement)
-    if not unknown:
-        return True
+    if any(seen):
+        fresh = [i for i, (e, hit) in enumerate(zip(placement, seen)) if hit is not e]
+        if not fresh:
+            return True
+        unknown = [placement[i] for i in fresh]
+        layers, experts, devices, shares = ([column[i] for i in fresh] for column in columns)
+    else:
+        unknown = placement
+        layers, experts, devices, shares = columns
     m, known = instance.model, instance.device_index
-    experts = list(map(expert_of, unknown))
-    devices = list(map(attrgetter("devices"), unknown))
-    shares = list(map(attrgetter("shares"), unknown))
     counts = list(map(len, devices))
-    if not (set(map(layer_of, unknown)) <= frozenset(m.moe_layers) and 0 <= min(experts) and max(experts) < m.num_experts
+    if not (set(layers) <= frozenset(m.moe_layers) and 0 <= min(experts) and max(experts) < m.num_experts
             and counts == list(map(len, shares)) and min(counts) > 0 and set(chain.from_iterable(devices)) <= known.keys()
             and _distinct(compress(devices, map((1).__lt__, counts)))):
         return False
@@ -339,9 +343,13 @@ def _pipeline_routes(instance: Instance, pi: int, pipe: Pipeline) -> list[Violat
     gated = pipe.gated_layers(instance.model.is_moe_layer)
     # Each layer's stage device to the devices its experts are on (a gated layer's experts are on
     # its own device), every pair at once.
-    placed = [e for e in pipe.expert_placement if e.layer not in gated] if gated else pipe.expert_placement
-    devices = list(map(attrgetter("devices"), placed))
-    homes = map(home.__getitem__, map(attrgetter("layer"), placed))
+    columns = placement_columns(pipe.expert_placement)
+    if gated:
+        kept = [i for i, layer in enumerate(columns.layers) if layer not in gated]
+        layers, devices = [columns.layers[i] for i in kept], [columns.devices[i] for i in kept]
+    else:
+        layers, devices = columns.layers, columns.devices
+    homes = map(home.__getitem__, layers)
     hops.update(zip(chain.from_iterable(map(repeat, homes, map(len, devices))), chain.from_iterable(devices)))
     return [Violation("link", f"pipeline {pi}: no network path from {a!r} to {b!r}")
             for a, b in sorted(hops) if component.get(a) != component.get(b)]

@@ -52,11 +52,15 @@ def _placement_entries(instance: Instance, group: list[str], stages, replicas: n
     key = g_idx * replicas.shape[1] + i_idx
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).tolist()
     ends = [*starts[1:], int(key.size)]
-    names = [group[b] for b in b_idx.tolist()]
+    bins = b_idx.tolist()
+    names = [group[b] for b in bins]
     share = shares[g_idx, i_idx, b_idx].tolist()
     gs, items = g_idx[starts].tolist(), i_idx[starts].tolist()
     layers = m.moe_layers
-    out = [ExpertPlacement(layers[g], i, tuple(names[a:z]), tuple(share[a:z]))
+    # Most experts sit whole on one device: those entries share their (immutable) tuples.
+    alone, whole = [(name,) for name in group], (1.0,)
+    out = [ExpertPlacement(layers[g], i, alone[bins[a]], whole) if z - a == 1 and share[a] == 1.0
+           else ExpertPlacement(layers[g], i, tuple(names[a:z]), tuple(share[a:z]))
            for g, i, a, z in zip(gs, items, starts, ends, strict=True)]
     return tuple(out)
 
