@@ -71,8 +71,8 @@ def _forward(problem: ChainPartition, objective: str, cap: float, use_memory: bo
     # at once when that table is small, else per boundary k (the same values either way).
     table = None
     if D * (L + 1) ** 2 <= _STAGE_TABLE_MAX:
-        T = P[:, None, :] - P[:, :, None]
-        table = np.where((M[:, None, :] - M[:, :, None] <= capacity[:, None, None]) & (T <= cap), T, np.inf)
+        T, fitting = _stage_table(problem, capacity, use_memory)
+        table = fitting if cap == np.inf else np.where(T <= cap, fitting, np.inf)
     for k in range(1, L + 1):
         # Step 1: best stage on each d ending at k, over starts j < k.
         if table is not None:
@@ -95,6 +95,25 @@ def _forward(problem: ChainPartition, objective: str, cap: float, use_memory: bo
     last = int(np.argmin(final))
     value = float(final[last])
     return _Tables(f, from_item, from_device, value, last if math.isfinite(value) else -1)
+
+
+_RECENT_TABLES: dict = {}  # (id(problem), use_memory) -> (problem, T, T where memory fits): the last few
+
+
+def _stage_table(problem: ChainPartition, capacity: np.ndarray, use_memory: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stage times T [d, j, k] of every stage [j, k) and the same with +inf where the stage breaks
+    memory, remembered per (frozen) problem: the DPs of one problem under several caps share them."""
+    key = (id(problem), use_memory)
+    hit = _RECENT_TABLES.get(key)
+    if hit is not None and hit[0] is problem:
+        return hit[1], hit[2]
+    P, M = problem.compute_prefix, problem.memory_prefix
+    T = P[:, None, :] - P[:, :, None]
+    fitting = np.where((M[:, None, :] - M[:, :, None] <= capacity[:, None, None]) & (T <= np.inf), T, np.inf)  # NaN: inf
+    _RECENT_TABLES[key] = (problem, T, fitting)  # the entry keeps the problem alive: its id is not reused
+    while len(_RECENT_TABLES) > 4:
+        _RECENT_TABLES.pop(next(iter(_RECENT_TABLES)))
+    return T, fitting
 
 
 def _backtrack(t: _Tables) -> list[Stage]:
