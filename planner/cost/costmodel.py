@@ -184,6 +184,8 @@ class CostModel:
     def evaluate(self, plan: Plan) -> Evaluation:
         """Predicted figures of ``plan`` (assumes a structurally valid plan: see :mod:`planner.cost.validator`)."""
         pms = [self.pipeline_metrics(p) for p in plan.pipelines]
+        if len(pms) == 1:
+            return self._one_pipeline(plan, pms[0])
         shares = np.array([p.request_share for p in plan.pipelines], dtype=float)
         shares = shares / shares.sum() if shares.sum() > 0 else np.full(len(pms), 1.0 / len(pms))
         # Requests split by share: the whole serves rps until the first pipeline saturates, or a link
@@ -225,4 +227,32 @@ class CostModel:
             bytes_per_token=bytes_per_token,
             bottleneck=bottleneck,
             pipelines=pms,
+        )
+
+    def _one_pipeline(self, plan: Plan, pm: PipelineMetrics) -> Evaluation:
+        """:meth:`evaluate` of a one-pipeline plan (its share is the whole): the same figures, without
+        the arrays that weigh several pipelines."""
+        pipe = plan.pipelines[0]
+        memory = self.memory_bytes(plan)
+        bytes_per_token: dict[str, float] = {}
+        for key, busy in pm.decode_busy_s.items():
+            if isinstance(key, tuple):
+                bw = self.network.link(*key).bandwidth_bytes_per_s
+                name = f"{key[0]}<->{key[1]}"
+                bytes_per_token[name] = bytes_per_token.get(name, 0.0) + 1.0 * busy * bw / pipe.micro_batch_size
+        rps = pm.requests_per_s
+        return Evaluation(
+            throughput_tokens_per_s=float(rps * self.output),
+            requests_per_s=float(rps),
+            latency_s=float(pm.latency_s),
+            ttft_s=float(pm.ttft_s),
+            tpot_s=float(pm.tpot_s),
+            decode_tokens_per_s=pm.decode_tokens_per_s,
+            energy_j_per_token=float(pm.energy_j_per_token),
+            accuracy_loss=pm.accuracy_loss,
+            memory_bytes=memory,
+            memory_capacity_bytes={d: self.devices[d].memory_bytes for d in memory},
+            bytes_per_token=bytes_per_token,
+            bottleneck=pm.bottleneck,
+            pipelines=[pm],
         )

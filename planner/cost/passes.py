@@ -186,14 +186,25 @@ def remote_call_probability(mass: float, tokens: float, top_k: int, num_experts:
 
 def remote_call_probabilities(mass: np.ndarray, tokens: float, top_k: int, num_experts: int) -> np.ndarray:
     """:func:`remote_call_probability` of every device of ``mass`` at once (the same operations, elementwise)."""
+    return calls_from_misses(*token_misses(mass, top_k, num_experts), tokens)
+
+
+def token_misses(mass: np.ndarray, top_k: int, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the probability that one token misses each device of ``mass``, whether nothing routes there):
+    what :func:`remote_call_probabilities` needs before the token count."""
     k, e = max(int(top_k), 1), max(int(num_experts), 1)
     m = np.minimum(np.maximum(np.asarray(mass, dtype=float) / k, 0.0), 1.0)
-    if tokens <= 0:
-        return np.zeros_like(m)
     miss = np.ones_like(m)
     for i in range(min(k, e)):
         miss *= np.maximum(e * (1.0 - m) - i, 0.0) / (e - i)
-    return np.where(m <= 0.0, 0.0, 1.0 - miss ** float(tokens))
+    return miss, m <= 0.0
+
+
+def calls_from_misses(miss: np.ndarray, nothing: np.ndarray, tokens: float) -> np.ndarray:
+    """Call probabilities of ``tokens`` independent tokens from :func:`token_misses`."""
+    if tokens <= 0:
+        return np.zeros_like(miss)
+    return np.where(nothing, 0.0, 1.0 - miss ** float(tokens))
 
 
 class LayerShares:
@@ -390,14 +401,18 @@ class PassExperts:
             whole = share == 1.0
             self.flat.append((reps[k], pos[at], (qrow + cells)[at], share, qlayer[at], whole, bool(whole.all())))
         self._memo: dict = {}
+        self._misses = None
 
     def calls(self, cm: CostModel, tokens: float) -> np.ndarray:
         """[layers, devices] probability that a pass of ``tokens`` tokens calls each remote device
         (1 when calls are priced in full; 0 where a layer sends nothing, and at its home)."""
         if not cm.weighted_remote_calls:
             return self.remote.astype(float)
-        m = cm.model
-        return np.where(self.remote, remote_call_probabilities(self.mass, tokens, m.top_k, m.num_experts), 0.0)
+        if self._misses is None:  # independent of the tokens: once per placement
+            m = cm.model
+            miss, nothing = token_misses(self.mass, m.top_k, m.num_experts)
+            self._misses = (miss, nothing | ~self.remote)
+        return calls_from_misses(*self._misses, tokens)
 
     def cost(self, cm: CostModel, tokens: float) -> ExpertsCost:
         """The experts' critical times and holds for a pass of ``tokens`` tokens (cached per tokens)."""

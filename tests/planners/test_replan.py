@@ -114,15 +114,17 @@ def test_lost_device_gives_a_valid_plan_without_it(fleet, deployed, lost):
 
 
 def cluster_expert_on_t4():
-    """The Mixtral cluster, route-aware's plan with one placed expert moved to t4-0 by hand (so the
-    plan depends on t4-0), and the cluster without t4-0: (instance, current plan, changed instance, expert)."""
+    """The Mixtral cluster, route-aware's plan of the cluster without t4-0 with one placed expert moved
+    to t4-0 by hand (so the plan depends on t4-0 through that expert only), and the cluster without
+    t4-0: (instance, current plan, changed instance, expert)."""
     inst = api.load_instance(REPO / "instances" / "a100-l4-t4-cluster.toml")
-    ra = api.solve(inst, "route-aware").solution
+    without = changed_instance(inst, drop_device="t4-0")
+    ra = replace(api.solve(without, "route-aware").solution, instance=inst.name)
     pipe = ra.pipelines[0]
-    first = pipe.expert_placement[0]
-    moved = (ExpertPlacement(first.layer, first.expert, ("t4-0",), (1.0,)),) + pipe.expert_placement[1:]
+    first = next(e for e in pipe.expert_placement if len(e.devices) == 1)
+    moved = tuple(ExpertPlacement(e.layer, e.expert, ("t4-0",), (1.0,)) if e is first else e for e in pipe.expert_placement)
     current = replace(ra, pipelines=(replace(pipe, expert_placement=moved),))
-    return inst, current, changed_instance(inst, drop_device="t4-0"), first
+    return inst, current, without, first
 
 
 def test_lost_expert_host_on_the_mixtral_cluster_is_repaired():
