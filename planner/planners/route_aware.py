@@ -89,6 +89,7 @@ from planner.cost.passes import round_trip_floor
 from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
+from planner.planners.neighbourhood import Scorer, improve, plan_key
 from planner.planners.outcome import collector_paused
 from planner.spaces.batching import batch_grid, full_batching_sweep, throughput_ceiling
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
@@ -925,22 +926,26 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
     for found in _gate_variants(instance, cm, best_plan) + _codec_variants(instance, cm, best_plan):  # Step 10
         if is_better(kind, found[0], best_obj):
             best_obj, best_plan = found
-    for found in _spill_variants(instance, cm, best_plan):  # Step 10, continued
+    for found in [] if out_of_time() else _spill_variants(instance, cm, best_plan):  # Step 10, continued
         if is_better(kind, found[0], best_obj):
             best_obj, best_plan = found
     moves = _step11_moves(best_plan, lns_moves, instance.model.num_layers)
     small = moves > lns_moves
+    # Step 11's scores are shared by its rounds; the start is known valid, at its objective.
+    scorer = Scorer(instance, cm)
+    scorer.cache[plan_key(best_plan)] = (best_obj, "")
     for _ in range(SMALL_PLAN_ROUNDS if small else STEP11_ROUNDS):
         if not moves or out_of_time():
             break
         # Step 11: a deterministic local improvement (a fixed number of moves, a fixed seed); on a
         # small model again from each improved plan until a round finds nothing, so that
         # local-search with this seed and at most as many moves cannot improve the plan returned.
-        improved = registry.get("local-search", problem="instance").func(
-            instance, initial_solution=best_plan, cost_model=cm, max_moves=moves, seed=seed, time_budget_s=None)
-        if improved.solution is None or not is_better(kind, improved.objective, best_obj):
+        improved = improve(instance, best_plan, cost_model=cm, max_moves=moves, seed=seed, scorer=scorer)
+        if not is_better(kind, improved.objective, best_obj):
             break
-        best_obj, best_plan = improved.objective, replace(improved.solution, solver="route-aware")
+        best_obj, best_plan = improved.objective, improved.plan
+        if best_plan.solver != "route-aware":
+            best_plan = replace(best_plan, solver="route-aware")
         if not small:  # an improving round earns a longer one, within the work cap
             entries = sum(len(p.expert_placement) for p in best_plan.pipelines)
             moves = min(2 * moves, STEP11_ROUND_MOVES, max(4, STEP11_WORK // max(entries, 1)))
