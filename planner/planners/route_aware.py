@@ -26,7 +26,9 @@ partners whose memory together with the origin's cannot hold the weights are ski
   leave the origin, Step 3 again from starts that send them away evenly over the layers
   (:func:`_spread_away`).
 * Step 4: tune micro-batching on the best structure (the two-tier equations score offloaded
-  structures, the cost model the others).
+  structures, the cost model the others). It runs after Step 7: for throughput a structure whose
+  batching ceiling (:func:`planner.spaces.batching.throughput_ceiling`, a bound over every
+  batching) stays below Step 7's best plan keeps the batching it was found at.
 * Step 5 (more than two devices, or no pair fits): per batching, a min-max DP over the path (the
   least bottleneck busy time, :func:`solvers.dp.best_stages`); while the latency loop binds
   (``R / (b m)`` above the bottleneck), the least-latency DP under the cap ``R / (b m)``, which
@@ -42,25 +44,30 @@ partners whose memory together with the origin's cannot hold the weights are ski
 
 Then, on the best plan so far:
 
-* Step 7, expert parallelism: pipelines whose routed experts are spread (and replicated) over a
-  group of devices (the edge and cloud devices, and the cloud devices alone): EPLB's placement on
-  each group, then the speed- and memory-aware greedy placement (:mod:`solvers.placement`) on the
-  best group; the better structure's batching tuned when it comes within 10 % of the best. A
-  structure whose remote round trips alone keep it below the best plan so far is not priced
-  (:func:`_cannot_reach`: a lower bound, :func:`planner.cost.passes.round_trip_floor`), nor an
-  EPLB placement that overflows a device before it runs (the least it can put there).
+* Step 7 (before Step 4, against the structures' objectives as found), expert parallelism: pipelines
+  whose routed experts are spread (and replicated) over a group of devices (the edge and cloud
+  devices, and the cloud devices alone): EPLB's placement on each group, then the speed- and
+  memory-aware greedy placement (:mod:`solvers.placement`) on the best group; the better structure's
+  batching tuned when it comes within 10 % of the best. A structure whose remote round trips alone
+  keep it below the best plan so far is not priced (:func:`_cannot_reach`: a lower bound,
+  :func:`planner.cost.passes.round_trip_floor`), nor an EPLB placement that overflows a device
+  before it runs (the least it can put there).
 * Step 8: the whole model on one device, one of each kind that holds it; for latency and energy
   also ``dp``'s exact chain along the default path.
 * Step 9 (throughput): the candidates copied over the devices they leave free (several pipelines
   with request shares).
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
   served by the group gate from its local experts instead, all at once and each alone; and (every
-  instance) each codec rank at each of :func:`_codec_cuts` of a one-pipeline plan, at its batching.
+  instance) each codec rank at each of :func:`_codec_cuts` of a one-pipeline plan, at its batching;
+  then (:func:`_spill_variants`) the last cut moved earlier, the last device's memory freed by
+  sending experts it holds on to devices the plan leaves idle.
 * Step 11: local search (``local-search``) from the best plan, a fixed seed and a move cap:
   ``lns_moves``, fewer on plans with many placement entries (:data:`STEP11_WORK`), none above
-  :data:`STEP11_MAX_ENTRIES`; on small models
-  (:data:`SMALL_PLAN`) rounds of :data:`SMALL_PLAN_MOVES` moves, each from the last improvement,
-  until one finds nothing (at most :data:`SMALL_PLAN_ROUNDS`).
+  :data:`STEP11_MAX_ENTRIES`, again from each improvement in rounds twice as long (at most
+  :data:`STEP11_ROUND_MOVES` moves, :data:`STEP11_ROUNDS` rounds) until a round finds nothing; on
+  small models (:data:`SMALL_PLAN`) rounds of :data:`SMALL_PLAN_MOVES` moves, each from the last
+  improvement, until one finds nothing (at most :data:`SMALL_PLAN_ROUNDS`). The rounds share one
+  scorer (:mod:`planner.planners.neighbourhood`).
 
 Deterministic: Step 3 stops at a local optimum or after ``max_evaluations`` scored moves per
 partner and batching; the time budget is only a safety net: ``time_limit`` when given (it may
@@ -519,8 +526,9 @@ def _cannot_reach(instance: Instance, cm: CostModel, pipe: Pipeline, group: list
 
 def _screen_plan(instance: Instance, pipe: Pipeline) -> Plan:
     """The plan Step 7 screens an expert-parallel ``pipe`` in: for throughput at one batch of
-    ``max_batch`` (a screening size; one micro-batch serves least, by the batching ceiling's
-    argument), else at its own 1 x 1 (the least latency)."""
+    ``max_batch``, a screening size anyway (its own 1 x 1 serves the least: every resource's busy
+    time per token is largest there, see the batching ceiling; the final tune still tries it), else
+    at its own 1 x 1 (the least latency)."""
     if instance.objective == "throughput":
         pipe = replace(pipe, micro_batch_size=instance.workload.max_batch, num_micro_batches=1)
     return Plan((pipe,), instance.name, "route-aware")
