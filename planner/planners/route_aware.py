@@ -686,7 +686,8 @@ def _spill_variants(instance: Instance, cm: CostModel, plan: Plan) -> list[tuple
     pipe = plan.pipelines[0]
     prev, last = pipe.stages[-2], pipe.stages[-1]
     used = set(pipe.devices) | pipe.expert_devices()
-    idle = [x for x in instance.devices if x.name not in used]
+    component = instance.component_of  # only idle devices the network connects to the last stage's
+    idle = [x for x in instance.devices if x.name not in used and component.get(x.name) == component.get(last.device)]
     if not idle or not any(e.devices == (last.device,) and e.layer < last.first_layer for e in pipe.expert_placement):
         return []
     cuts = list(range(last.first_layer - 1, prev.first_layer, -1))  # the last stage grows, one layer at a time
