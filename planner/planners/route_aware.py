@@ -92,7 +92,6 @@ from models.chain import evaluate as chain_evaluate
 from models.twotier import FAR, NEAR, TwoTierProblem, TwoTierSolution, evaluate, evaluate_many, violations
 from planner.cost.costmodel import CostModel
 from planner.cost.evaluation import is_better, is_within
-from planner.cost.passes import round_trip_floor
 from planner.cost.validator import evaluate_checked
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
@@ -101,7 +100,7 @@ from planner.planners.outcome import collector_paused
 from planner.spaces.batching import batch_grid, full_batching_sweep, throughput_ceiling
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
 from planner.spaces.codec_choice import prefer_accuracy
-from planner.spaces.expert_parallel import expert_parallel_pipeline
+from planner.spaces.expert_parallel import expert_parallel_pipeline, layout_round_trip_floor
 from planner.spaces.replicas import fill_with_replicas, pipeline_devices
 from planner.spaces.twotier import instance_value, partner_candidates, plan_from_solution, two_tier_problem
 from solvers import dp, registry
@@ -500,10 +499,15 @@ def _expert_groups(instance: Instance) -> list[list[str]]:
 _EP_SCREEN = 0.10  # Step 7 tunes an expert-parallel structure's batching when it is this close to the best so far
 
 
-def _cannot_reach(instance: Instance, cm: CostModel, pipe: Pipeline, group: list[str], reference: float | None) -> bool:
-    """Whether no batching of the expert-parallel ``pipe`` over ``group`` can reach ``reference``
-    (then Step 7 does not price it). A decode step takes at least the remote experts' round trips
-    (:func:`planner.cost.passes.round_trip_floor` at one token), a request at least ``output - 1``
+_OUT_OF_REACH = "its remote round trips alone keep it below the best plan so far"
+
+
+def _cannot_reach(instance: Instance, cm: CostModel, floor, group: list[str], reference: float | None) -> bool:
+    """Whether no batching of an expert-parallel pipeline over ``group`` can reach ``reference``
+    (then Step 7 does not price it); ``floor()`` gives its round-trip floor at one token
+    (:func:`planner.cost.passes.round_trip_floor`, or from the layout's arrays,
+    :func:`planner.spaces.expert_parallel.layout_round_trip_floor`), asked only when needed. A
+    decode step takes at least the remote experts' round trips, a request at least ``output - 1``
     steps, and at most ``max_batch`` requests are in flight: throughput <= ``max_batch x output /
     ((output - 1) x floor)``, latency >= ``(output - 1) x floor``. For throughput only when the
     devices outside the group cannot hold the model's weights (so no other pipeline can run beside
@@ -516,7 +520,7 @@ def _cannot_reach(instance: Instance, cm: CostModel, pipe: Pipeline, group: list
         inside = set(group)
         if sum(d.memory_bytes for d in instance.devices if d.name not in inside) >= m.total_params * m.dtype_bytes:
             return False
-    floor = round_trip_floor(cm, pipe, 1.0) * (w.output_tokens - 1)
+    floor = floor() * (w.output_tokens - 1)
     if floor <= 0:
         return False
     if kind == "latency":
@@ -547,13 +551,22 @@ def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: flo
         return []
     B = instance.workload.max_batch
     screen_sizes = sorted({B, max(1, B // 2)})
+
+    def screen(group: list[str]):
+        """The floor check on a layout's arrays, before its pipeline is built: ``_OUT_OF_REACH`` or None."""
+        def check(stages, replicas, shares) -> str | None:
+            floor = lambda: layout_round_trip_floor(instance, cm, group, stages, replicas, shares)  # noqa: E731
+            return _OUT_OF_REACH if _cannot_reach(instance, cm, floor, group, reference) else None
+        return check
+
     screened = []  # (objective, plan, group)
     for group in _expert_groups(instance):
         if screened and time.perf_counter() >= deadline:
             break
         for redundant in (1, 0):
-            pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="eplb", redundant=redundant)
-            if pipe is not None and _cannot_reach(instance, cm, pipe, group, reference):
+            pipe, why, _ = expert_parallel_pipeline(instance, cm, group, placement="eplb", redundant=redundant,
+                                                    screen=screen(group))
+            if why == _OUT_OF_REACH:
                 break
             found = None if pipe is None else _tune_batching(instance, cm, _screen_plan(instance, pipe), screen_sizes)
             if found is not None:
@@ -563,9 +576,7 @@ def _expert_parallel_candidates(instance: Instance, cm: CostModel, deadline: flo
     if screened:
         best_group = min(screened, key=lambda c: -c[0] if kind == "throughput" else c[0])[2]
     for group in ([best_group] if best_group else _expert_groups(instance)[:1]):
-        pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="greedy-placement")
-        if pipe is not None and _cannot_reach(instance, cm, pipe, group, reference):
-            pipe = None
+        pipe, _, _ = expert_parallel_pipeline(instance, cm, group, placement="greedy-placement", screen=screen(group))
         found = None if pipe is None else _tune_batching(instance, cm, _screen_plan(instance, pipe), screen_sizes)
         if found is not None:
             screened.append((*found, group))

@@ -26,6 +26,7 @@ import numpy as np
 
 from models.assignment import ReplicatedAssignment
 from planner.cost.costmodel import CostModel
+from planner.cost.passes import remote_call_probabilities
 from planner.domain.instance import Instance
 from planner.domain.plan import ExpertPlacement, Pipeline
 from planner.domain.units import GB
@@ -65,13 +66,42 @@ def _placement_entries(instance: Instance, group: list[str], stages, replicas: n
     return tuple(out)
 
 
+def layout_round_trip_floor(instance: Instance, cm: CostModel, group: list[str], stages, replicas: np.ndarray,
+                            shares: np.ndarray, tokens: float = 1.0) -> float:
+    """:func:`planner.cost.passes.round_trip_floor` of the pipeline the layout (``stages``, and
+    ``replicas`` / ``shares`` [G, I, B] over ``group``) makes, from the arrays: per MoE layer the
+    largest call probability x round-trip propagation over the devices other than its stage's that
+    hold a copy of one of its experts (the same terms, summed in another order)."""
+    m = instance.model
+    home_of = {layer: group.index(s.device) for s in stages for layer in s.layers}
+    home = np.array([home_of[layer] for layer in m.moe_layers], dtype=np.intp)                # [G]
+    B = len(group)
+    remote = replicas.any(axis=1)                                                            # [G, B]
+    remote[np.arange(home.size), home] = False
+    if not remote.any():
+        return 0.0
+    mass = np.einsum("gi,gib->gb", np.asarray(cm.q, dtype=float), shares)
+    calls = (remote_call_probabilities(mass, tokens, m.top_k, m.num_experts) if cm.weighted_remote_calls
+             else np.ones_like(mass))
+    net = cm.network
+    latency = np.zeros((B, B))
+    for h in np.unique(home).tolist():
+        for b in range(B):
+            if b != h:
+                latency[h, b] = net.route_terms(group[h], group[b])[0] + net.route_terms(group[b], group[h])[0]
+    return float(np.where(remote, calls * latency[home], 0.0).max(axis=1).sum())
+
+
 def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str], *, placement: str = "eplb",
-                             redundant: int = 1) -> tuple[Pipeline | None, str, dict]:
+                             redundant: int = 1, screen=None) -> tuple[Pipeline | None, str, dict]:
     """(the pipeline, "" , details) of experts spread over ``group``, or (None, why not, details).
 
     ``placement``: ``"eplb"`` (``redundant`` spare slots per device when ``B > 1``) or
     ``"greedy-placement"``. The pipeline has micro-batch 1 x 1; its devices are ``group`` in order
-    (those that get layers run stages).
+    (those that get layers run stages). ``screen`` (optional): called with (stages, replicas,
+    shares) once the layout is known; a reason it returns is returned instead of the pipeline,
+    before its thousands of placement entries are built (route-aware's Step 7 screens by
+    :func:`layout_round_trip_floor`).
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
@@ -127,4 +157,7 @@ def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str]
         return None, (f"infeasible: the placement puts {experts_bytes[b] / GB:.2f} GB of experts on device {group[b]!r}, "
                       f"which has {memory[b] / GB:.2f} GB"), details
     stages = pipeline_from_ranges(group, split_by_weights(L, list(free))).stages
+    why = screen(stages, replicas, shares) if screen is not None else None
+    if why:
+        return None, why, details
     return Pipeline(stages, expert_placement=_placement_entries(instance, group, stages, replicas, shares)), "", details

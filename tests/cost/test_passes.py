@@ -58,3 +58,23 @@ def test_call_probabilities_at_once_are_the_scalar_ones():
             many = remote_call_probabilities(mass, tokens, top_k, experts)
             one = [remote_call_probability(x, tokens, top_k, experts) for x in mass]
             assert many.tolist() == pytest.approx(one, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", ["a100-l4-t4-cluster.toml", "mixtral-orin-edge-cloud.toml", "deepseek-v3-mixed-cloud.toml"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_the_floor_from_a_layouts_arrays_is_the_pipelines(name, weighted):
+    """layout_round_trip_floor (Step 7's screen, before the entries exist) equals round_trip_floor
+    of the pipeline built from the same layout."""
+    from planner.spaces.expert_parallel import layout_round_trip_floor
+
+    inst = load(name)
+    cm = CostModel(inst, weighted_remote_calls=weighted)
+    for group in _expert_groups(inst):
+        seen = []
+        pipe, _, _ = expert_parallel_pipeline(inst, cm, group, placement="greedy-placement",
+                                              screen=lambda *layout, seen=seen: seen.append(layout))
+        if pipe is None:
+            continue
+        for tokens in (1.0, 8.0):
+            assert layout_round_trip_floor(inst, cm, group, *seen[0], tokens=tokens) == pytest.approx(
+                round_trip_floor(cm, pipe, tokens), rel=1e-12, abs=1e-15)

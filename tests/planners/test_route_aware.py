@@ -74,6 +74,7 @@ def test_step_7_skips_an_expert_parallel_structure_its_round_trips_keep_below_th
     those round trips caps the structure below the pipeline already found, so it is not priced;
     priced anyway, it is indeed far below."""
     from planner.cost.costmodel import CostModel
+    from planner.cost.passes import round_trip_floor
     from planner.domain.plan import Plan
     from planner.planners.route_aware import _cannot_reach, _expert_groups, _tune_batching
     from planner.spaces.expert_parallel import expert_parallel_pipeline
@@ -83,8 +84,13 @@ def test_step_7_skips_an_expert_parallel_structure_its_round_trips_keep_below_th
     best = route_aware(inst).objective
     group = _expert_groups(inst)[0]
     pipe, _, _ = expert_parallel_pipeline(inst, cm, group, placement="greedy-placement")
-    assert _cannot_reach(inst, cm, pipe, group, best)
-    assert not _cannot_reach(inst, cm, pipe, group, None)
+    floor = lambda: round_trip_floor(cm, pipe, 1.0)  # noqa: E731
+    assert _cannot_reach(inst, cm, floor, group, best)
+    assert not _cannot_reach(inst, cm, floor, group, None)
+    # Step 7 screens the layout before the pipeline is built, by the same floor from its arrays.
+    screened, why, _ = expert_parallel_pipeline(inst, cm, group, placement="greedy-placement",
+                                                screen=lambda *layout: "out" if _cannot_reach(inst, cm, floor, group, best) else None)
+    assert screened is None and why == "out"
     priced = _tune_batching(inst, cm, Plan((pipe,), inst.name, "x"))
     assert priced is None or priced[0] < best
 
