@@ -101,6 +101,7 @@ class CostModel:
         self.expert_bytes = self.times.expert_bytes
         self.nonexpert_bytes = self.times.nonexpert_bytes
         self._passes = IdentityMemo(_PASS_CACHE_SIZE)
+        self._memory_of: tuple = (None, {})  # (the last plan, its memory): plans are frozen
         self.instance_cache: dict = {}
 
     # ----- one pass ---------------------------------------------------------------------------
@@ -129,8 +130,12 @@ class CostModel:
         return walk(self, pipe, tokens, context, prefill)[1]
 
     def memory_bytes(self, plan: Plan) -> dict[str, float]:
-        """Bytes each device of the plan holds (weights + KV cache + activation workspace)."""
-        return memory_bytes(self, plan)
+        """Bytes each device of the plan holds (weights + KV cache + activation workspace). The last
+        plan's figures are remembered (a search checks a plan's memory, then evaluates it); a copy
+        is returned."""
+        if plan is not self._memory_of[0]:
+            self._memory_of = (plan, memory_bytes(self, plan))
+        return dict(self._memory_of[1])
 
     # ----- whole plan -------------------------------------------------------------------------
     def _pass_cached(self, pipe: Pipeline, tokens: float, context: float, prefill: bool) -> PhaseCost:
