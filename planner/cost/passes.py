@@ -215,7 +215,7 @@ class LayerShares:
     (``groups``: representative device, rows, experts and shares of its pairs), one vectorised call
     per kind; an operation of no tokens and no bytes takes no time, so the zero pairs add nothing."""
 
-    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_calls", "_routes")
+    __slots__ = ("devices", "share", "mass", "groups", "_memo", "_calls")
 
     def __init__(self, cm: CostModel, devices: list[str], share: np.ndarray, q: np.ndarray):
         self.devices = devices
@@ -231,7 +231,6 @@ class LayerShares:
             self.groups.append((rep, np.asarray(idx, dtype=np.intp)[r], e, sub[r, e]))
         self._memo: dict = {}
         self._calls: dict = {}
-        self._routes = None
 
     def call_probability(self, cm: CostModel, tokens: float) -> np.ndarray:
         """[D] probability that a pass of ``tokens`` tokens calls each device (home: 1), from
@@ -246,25 +245,6 @@ class LayerShares:
                 hit = np.ones(len(self.devices))
             self._calls[(tokens, cm.weighted_remote_calls)] = hit
         return hit
-
-    def round_trips(self, cm: CostModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
-        """Per device [D] (0 for the home device, the first): the one-way latencies (s) and the
-        seconds per byte of the round trip from the home device and back, and the fixed seconds of
-        one call of its experts; per link, the bytes per routed token it carries there and back
-        (the sum of ``mass / bandwidth`` over the devices it leads to). Cached."""
-        if self._routes is None:
-            home = self.devices[0]
-            latency = np.zeros(len(self.devices))
-            per_byte = np.zeros(len(self.devices))
-            links: dict = {}
-            for i, d in enumerate(self.devices[1:], start=1):
-                for key, bw, one_way in cm.network.route_hops(home, d) + cm.network.route_hops(d, home):
-                    latency[i] += one_way
-                    per_byte[i] += 1.0 / bw
-                    links[key] = links.get(key, 0.0) + self.mass[i] / bw
-            overhead = np.array([0.0] + [expert_call_overhead_s(cm.devices[d]) for d in self.devices[1:]])
-            self._routes = (latency, per_byte, overhead, list(links.items()))
-        return self._routes
 
     def times(self, cm: CostModel, layer: int, tokens: float) -> np.ndarray:
         """[D] time (s) of each device's share of the layer's experts for ``tokens`` tokens (cached per tokens)."""
