@@ -441,10 +441,23 @@ def round_trip_floor(cm: CostModel, pipe: Pipeline, tokens: float) -> float:
 
 
 def _pass_experts(cm: CostModel, pipe: Pipeline, placement: dict[int, list], known: dict) -> PassExperts:
-    """The :class:`PassExperts` of ``pipe``, kept in ``known`` (:func:`_placement_by_layer`'s dict)."""
+    """The :class:`PassExperts` of ``pipe``, kept in ``known`` (:func:`_placement_by_layer`'s dict).
+    It depends on the stages only through the devices of the layers that move experts, so a plan
+    whose other stages changed (a local-search move: a boundary elsewhere, another device for a
+    stage without such layers) shares the one of the same placement and gates."""
     experts = known.get("pass")
     if experts is None:
-        experts = known["pass"] = PassExperts(cm, pipe, placement)
+        homes = tuple(s.device for s in pipe.stages for layer in s.layers if layer in placement)
+        key = ("pass experts", id(pipe.expert_placement), id(pipe.group_gate), homes)
+        hit = cm.instance_cache.get(key)
+        if hit is not None and hit[0] is pipe.expert_placement and hit[1] is pipe.group_gate:
+            experts = hit[2]
+        else:
+            experts = PassExperts(cm, pipe, placement)
+            if len(cm.instance_cache) >= _SHARES_CACHE_SIZE:
+                cm.instance_cache.clear()
+            cm.instance_cache[key] = (pipe.expert_placement, pipe.group_gate, experts)
+        known["pass"] = experts
     return experts
 
 
