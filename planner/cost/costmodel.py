@@ -102,6 +102,7 @@ class CostModel:
         self.nonexpert_bytes = self.times.nonexpert_bytes
         self._passes = IdentityMemo(_PASS_CACHE_SIZE)
         self._memory_of: tuple = (None, {})  # (the last plan, its memory): plans are frozen
+        self.stage_bodies: dict = {}  # a pass's steps of a stage with no moved or gated layer (planner.cost.passes.walk)
         self.instance_cache: dict = {}
 
     # ----- one pass ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from planner.cost.costmodel import CostModel
 
 TOKEN_ID_BYTES = 4.0
+_BODIES_KEPT = 1 << 16  # stages whose steps are remembered (CostModel.stage_bodies) before it starts over
 _SHARES_CACHE_SIZE = 4096  # placements whose per-device shares are remembered before the cache starts over
 
 
@@ -64,36 +65,50 @@ def walk(cm: CostModel, pipe: Pipeline, tokens: float, context: float, prefill: 
 
     # Token ids reach the first stage.
     hops(origin, stages[0].device, tokens * TOKEN_ID_BYTES)
+    bodies = cm.stage_bodies
     for si, stage in enumerate(stages):
         dev = cm.devices[stage.device]
-        ne, ex = cm.times.layer_times(stage.device, tokens, context, prefill)
         a, b = stage.first_layer, stage.end_layer
         moved = [layer for layer in placement if a <= layer < b]
         gated = [layer for layer in gates if a <= layer < b]
-        # Layers whose experts all stay home: sums over the slice; a group-gated layer's experts are
-        # its local subset serving every token.
-        t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved)
-                       - sum(ex[layer] - gated_expert_time(cm, gates[layer], layer, stage.device, tokens) for layer in gated))
-        t_rest = t_home - sum(ne[layer] for layer in moved) + pass_overhead_s(dev)
-        items.append(Step(stage.device, t_rest))
-        terms.append(t_rest)
-        for layer in moved:
-            if steps:
-                critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
-                items.extend((Step(stage.device, ne[layer]), fork))
-            else:
-                critical = experts.critical[experts.index[layer]]
-                items.append(Step(stage.device, ne[layer]))
-            terms.append(ne[layer] + critical)
-        if stage.first_layer == 0:
-            t = float(op_time_s(dev, 0.0, tokens * hb, db))
-            items.append(Step(stage.device, t))
-            terms.append(t)
-        if stage.end_layer == m.num_layers:
-            lm_tokens = 1.0 if prefill else tokens
-            t = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * db, db))
-            items.append(Step(stage.device, t))
-            terms.append(t)
+        # A stage whose experts all stay home and that has no gate costs the same in every plan that
+        # has it (a search prices the same stages in many plans): its steps are remembered.
+        key = (stage.device, a, b, tokens, context, prefill) if not moved and not gated else None
+        body = bodies.get(key) if key is not None else None
+        if body is None:
+            body = ([], [])
+            body_items, body_terms = body
+            ne, ex = cm.times.layer_times(stage.device, tokens, context, prefill)
+            # Layers whose experts all stay home: sums over the slice; a group-gated layer's experts are
+            # its local subset serving every token.
+            t_home = float(ne[a:b].sum() + ex[a:b].sum() - sum(ex[layer] for layer in moved)
+                           - sum(ex[layer] - gated_expert_time(cm, gates[layer], layer, stage.device, tokens) for layer in gated))
+            t_rest = t_home - sum(ne[layer] for layer in moved) + pass_overhead_s(dev)
+            body_items.append(Step(stage.device, t_rest))
+            body_terms.append(t_rest)
+            for layer in moved:
+                if steps:
+                    critical, fork = experts_fork(cm, placement[layer], layer, stage.device, tokens)
+                    body_items.extend((Step(stage.device, ne[layer]), fork))
+                else:
+                    critical = experts.critical[experts.index[layer]]
+                    body_items.append(Step(stage.device, ne[layer]))
+                body_terms.append(ne[layer] + critical)
+            if stage.first_layer == 0:
+                t = float(op_time_s(dev, 0.0, tokens * hb, db))
+                body_items.append(Step(stage.device, t))
+                body_terms.append(t)
+            if stage.end_layer == m.num_layers:
+                lm_tokens = 1.0 if prefill else tokens
+                t = float(op_time_s(dev, lm_tokens * 2.0 * m.lm_head_params, m.lm_head_params * db, db))
+                body_items.append(Step(stage.device, t))
+                body_terms.append(t)
+            if key is not None:
+                if len(bodies) >= _BODIES_KEPT:
+                    bodies.clear()
+                bodies[key] = body
+        items.extend(body[0])
+        terms.extend(body[1])
         if si + 1 < len(stages):
             nxt = stages[si + 1].device
             rank = pipe.codec_ranks[si] if si < len(pipe.codec_ranks) else None
