@@ -138,6 +138,36 @@ def unused_devices(instance: Instance, plan: Plan) -> list[str]:
     return [d.name for d in instance.devices if d.name not in used]
 
 
+def weighted_index(rng: np.random.Generator, p: np.ndarray) -> int:
+    """``int(rng.choice(len(p), p=p))``, step for step (the same draw, the same index) without
+    numpy's argument checks: a move picks dozens of these (tests/planners/test_local_search.py
+    checks it against numpy's)."""
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))
+
+
+def weighted_sample(rng: np.random.Generator, k: int, p: np.ndarray) -> np.ndarray:
+    """``rng.choice(len(p), size=k, replace=False, p=p)``, step for step (numpy's draws: a batch of
+    uniforms for the picks still missing, the picked ones zeroed, duplicates dropped)."""
+    p = np.array(p, dtype=float)
+    found = np.zeros(k, dtype=np.int64)
+    n_uniq = 0
+    while n_uniq < k:
+        x = rng.random((k - n_uniq,))
+        if n_uniq > 0:
+            p[found[0:n_uniq]] = 0
+        cdf = np.cumsum(p)
+        cdf /= cdf[-1]
+        new = cdf.searchsorted(x, side="right")
+        _, first = np.unique(new, return_index=True)
+        first.sort()
+        new = new.take(first)
+        found[n_uniq:n_uniq + new.size] = new
+        n_uniq += new.size
+    return found
+
+
 class _Moves:
     """The neighbourhood: each move returns a new plan, or None where it does not apply."""
 
@@ -260,7 +290,7 @@ class _Moves:
 
     def _by_speed(self, targets: list[str]) -> str:
         w = np.array([self.speed[d] for d in targets], dtype=float)
-        return targets[int(self.rng.choice(len(targets), p=w / w.sum()))]
+        return targets[weighted_index(self.rng, w / w.sum())]
 
     def _expert(self, plan, pi, mem):
         pipe = plan.pipelines[pi]
@@ -290,7 +320,7 @@ class _Moves:
                 return None
             k = 1 if self.rng.random() < 0.7 else int(self.rng.integers(2, 5))
             k = min(k, int(free.sum()))
-            experts = self.rng.choice(self.model.num_experts, size=k, replace=False, p=w / w.sum())
+            experts = weighted_sample(self.rng, k, w / w.sum())
             targets = self._targets(plan, pipe, {home}, k * self.cm.expert_bytes, mem)
             if not targets:
                 return None

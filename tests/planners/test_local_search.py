@@ -127,3 +127,26 @@ def test_no_move_starts_when_a_mean_evaluation_would_overrun_the_budget(fleet):
     assert out.moves_tried == 0 and out.stop_reason == "time budget" and out.plan is start
     # Without that history the same budget runs moves.
     assert lns.improve(fleet, start, time_budget_s=0.05, seed=0).moves_tried > 0
+
+
+def test_the_weighted_picks_are_numpys_draw_for_draw():
+    """neighbourhood.weighted_index / weighted_sample give numpy's Generator.choice results and leave
+    the generator where it leaves it (so local-search's plans do not depend on which is used)."""
+    import numpy as np
+
+    from planner.planners.neighbourhood import weighted_index, weighted_sample
+
+    for seed in range(400):
+        setup = np.random.default_rng(seed)
+        n = int(setup.integers(1, 60))
+        w = setup.random(n) ** 3 + (0.0 if seed % 5 else 1e-12)
+        if seed % 7 == 0 and n > 1:
+            w[setup.integers(0, n, size=n // 2)] = 0.0
+        if not w.any():
+            continue
+        p = w / w.sum()
+        a, b = np.random.default_rng(seed + 1), np.random.default_rng(seed + 1)
+        assert weighted_index(a, p) == int(b.choice(n, p=p))
+        k = int(setup.integers(1, min(5, np.count_nonzero(p)) + 1))
+        assert weighted_sample(a, k, p).tolist() == b.choice(n, size=k, replace=False, p=p).tolist()
+        assert a.random() == b.random()
