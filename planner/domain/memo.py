@@ -13,6 +13,8 @@ from typing import Any
 
 _SCALARS = (str, int, float, bool, type(None))
 _MUTABLE = (list, dict, set, bytearray)
+_SCALAR_TYPES = frozenset(_SCALARS)  # exactly these types: by value
+_FROZEN_TYPES = frozenset((tuple, frozenset))  # exactly these: by identity (subclasses take the general path)
 
 
 class IdentityMemo:
@@ -26,9 +28,18 @@ class IdentityMemo:
         self._entries: dict[tuple, tuple[tuple, Any]] = {}
 
     def get(self, parts: tuple, compute: Callable[[], Any]) -> Any:
-        if any(isinstance(p, _MUTABLE) for p in parts):
-            return compute()
-        key = tuple(p if isinstance(p, _SCALARS) else id(p) for p in parts)
+        key = []
+        for p in parts:  # a loop, not generators: the cost model asks several times per plan it prices
+            t = type(p)
+            if t in _SCALAR_TYPES:
+                key.append(p)
+            elif t in _FROZEN_TYPES:
+                key.append(id(p))
+            elif isinstance(p, _MUTABLE):
+                return compute()
+            else:
+                key.append(p if isinstance(p, _SCALARS) else id(p))
+        key = tuple(key)
         hit = self._entries.get(key)
         # The key holds scalars by value; the objects must be the very ones remembered.
         if hit is not None and all(a is b or isinstance(b, _SCALARS) for a, b in zip(hit[0], parts, strict=True)):
