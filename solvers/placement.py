@@ -301,8 +301,12 @@ def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False)
     position = np.full((n, width), -1)
     position[rows, column] = np.arange(rows.size)
     y_all = st.y[groups[rows], items]
-    order_all = np.argsort(~y_all, axis=1, kind="stable")
-    count_all = y_all.sum(axis=1)
+    # A stable argsort of ~y_all by ranks: each row's replica bins in order, then its other bins.
+    on_before = np.cumsum(y_all, axis=1)
+    count_all = on_before[:, -1]
+    rank = np.where(y_all, on_before - 1, count_all[:, None] + np.cumsum(~y_all, axis=1) - 1)
+    order_all = np.empty_like(rank)
+    np.put_along_axis(order_all, rank, np.broadcast_to(np.arange(y_all.shape[1]), rank.shape), axis=1)
     out = []
     for c in range(int(colour.max()) + 1):
         at = colour == c

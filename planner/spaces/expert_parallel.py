@@ -44,7 +44,7 @@ def _placement_entries(instance: Instance, group: list[str], stages, replicas: n
     m = instance.model
     home_of = {layer: group.index(s.device) for s in stages for layer in s.layers}
     home = np.array([home_of[layer] for layer in m.moe_layers])
-    count = replicas.sum(axis=2)
+    count = np.count_nonzero(replicas, axis=2)
     solely_home = (count == 1) & replicas[np.arange(len(home)), :, home]  # [G, I]
     g_idx, i_idx, b_idx = np.nonzero(replicas & ~solely_home[:, :, None])  # sorted by (g, i), then b
     if g_idx.size == 0:
@@ -146,7 +146,7 @@ def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str]
             return None, f"infeasible: the speed-aware placement over {', '.join(group)} found none: {placed.message}", {}
         details = {"balancedness": placed.extra.get("balancedness")}
     replicas, shares = placed.solution.replicas, placed.solution.shares
-    experts_bytes = replicas.sum(axis=(0, 1)) * cm.expert_bytes
+    experts_bytes = np.count_nonzero(replicas, axis=(0, 1)) * cm.expert_bytes
     free = memory - experts_bytes
     if (free <= 0).any():
         b = int(np.argmin(free))
