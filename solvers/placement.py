@@ -188,8 +188,7 @@ class _FillBatch:
             keep = p.load[gs, items] > 0
             gs, items = gs[keep], items[keep]
             y_rows = st.y[gs, items]
-            order = np.argsort(~y_rows, axis=1, kind="stable")
-            count = y_rows.sum(axis=1)
+            order, count = _replicas_first(y_rows)
         else:  # the rows' replicas [n, B], their bins replicas first (a stable argsort of ~y) and counts
             y_rows, order, count = rows
         width = max(int(count.max(initial=1)), 1)
@@ -252,6 +251,17 @@ def _fill(st: _State, batch: _FillBatch) -> None:
     L[batch.at_L_on] = base.take(on) + batch.x_on * alloc.take(on)
 
 
+def _replicas_first(y_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of replicas [n, B]: the bins, its replica bins first, each part in bin order (a stable
+    argsort of ``~y_rows``, by ranks), and its replica count."""
+    on_before = np.cumsum(y_rows, axis=1)
+    count = on_before[:, -1] if y_rows.shape[1] else np.zeros(y_rows.shape[0], dtype=np.intp)
+    rank = np.where(y_rows, on_before - 1, count[:, None] + np.cumsum(~y_rows, axis=1) - 1)
+    order = np.empty_like(rank)
+    np.put_along_axis(order, rank, np.broadcast_to(np.arange(y_rows.shape[1]), rank.shape), axis=1)
+    return order, count
+
+
 def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False) -> list[_FillBatch]:
     """Step 3's batches: the replicated items of ``groups``, coloured greedily (heaviest first, all
     groups in lockstep) so that the items of one group in a batch share no bin; filling a batch at
@@ -272,41 +282,28 @@ def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False)
     colour = np.full((n, width), -1)
     everyone = np.arange(n)
     colours = 0  # colours in use: colour ``colours`` is free in every group, so the search stops there
-    if B <= 64:
-        # Bins as the bits of one word: the same search on [n, colours] words instead of [n, colours, B].
+    if B <= 64:  # bins as the bits of one word: the search on [n, colours] words, not [n, colours, B]
         bit = np.left_shift(np.uint64(1), np.arange(B, dtype=np.uint64))
-        words = np.bitwise_or.reduce(np.where(st.y[groups], bit, np.uint64(0)), axis=2)   # [n, I]
-        used_words = np.zeros((n, width), dtype=np.uint64)                                # bins taken by each colour
-        for j in range(width):
-            here = table[:, j] >= 0
-            bins = np.where(here, words[everyone, np.maximum(table[:, j], 0)], np.uint64(0))
-            k = colours + 1
-            c = np.argmin((used_words[:, :k] & bins[:, None]) != 0, axis=1)  # first colour without a shared bin
-            used_words[everyone, c] |= bins
-            colour[here, j] = c[here]
-            if here.any():
-                colours = max(colours, int(c[here].max()) + 1)
+        masks = np.bitwise_or.reduce(np.where(st.y[groups], bit, np.uint64(0)), axis=2)       # [n, I]
     else:
-        used = np.zeros((n, width, B), dtype=bool)                                       # bins taken by each colour
-        for j in range(width):
-            here = table[:, j] >= 0
-            bins = st.y[groups, np.maximum(table[:, j], 0)] & here[:, None]
-            k = colours + 1
-            c = np.argmin((used[:, :k] & bins[:, None, :]).any(axis=2), axis=1)  # first colour without a shared bin
-            used[everyone, c] |= bins
-            colour[here, j] = c[here]
-            if here.any():
-                colours = max(colours, int(c[here].max()) + 1)
+        masks = st.y[groups]                                                                  # [n, I, B]
+    extra = (1,) * (masks.ndim - 2)  # the bins axis of the bool masks
+    used = np.zeros((n, width, *masks.shape[2:]), dtype=masks.dtype)                          # bins taken by each colour
+    for j in range(width):
+        here = table[:, j] >= 0
+        bins = np.where(here.reshape(-1, *extra), masks[everyone, np.maximum(table[:, j], 0)], 0).astype(masks.dtype)
+        k = colours + 1
+        shared = used[:, :k] & bins[:, None]
+        c = np.argmin(shared.any(axis=2) if masks.ndim > 2 else shared != 0, axis=1)  # first colour without a shared bin
+        used[everyone, c] |= bins
+        colour[here, j] = c[here]
+        if here.any():
+            colours = max(colours, int(c[here].max()) + 1)
     # Every row's replicas and bins at once (each batch then takes its rows): one sort, not one a batch.
     position = np.full((n, width), -1)
     position[rows, column] = np.arange(rows.size)
     y_all = st.y[groups[rows], items]
-    # A stable argsort of ~y_all by ranks: each row's replica bins in order, then its other bins.
-    on_before = np.cumsum(y_all, axis=1)
-    count_all = on_before[:, -1]
-    rank = np.where(y_all, on_before - 1, count_all[:, None] + np.cumsum(~y_all, axis=1) - 1)
-    order_all = np.empty_like(rank)
-    np.put_along_axis(order_all, rank, np.broadcast_to(np.arange(y_all.shape[1]), rank.shape), axis=1)
+    order_all, count_all = _replicas_first(y_all)
     out = []
     for c in range(int(colour.max()) + 1):
         at = colour == c

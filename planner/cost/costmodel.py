@@ -212,13 +212,7 @@ class CostModel:
                     name = key if isinstance(key, str) else f"link {key[0]}<->{key[1]}"
                     bottleneck = f"{name}, shared by pipelines {', '.join(map(str, users))}"
         memory = self.memory_bytes(plan)
-        bytes_per_token: dict[str, float] = {}
-        for pipe, pm, s in zip(plan.pipelines, pms, shares):
-            for key, busy in pm.decode_busy_s.items():
-                if isinstance(key, tuple):
-                    bw = self.network.link(*key).bandwidth_bytes_per_s
-                    name = f"{key[0]}<->{key[1]}"
-                    bytes_per_token[name] = bytes_per_token.get(name, 0.0) + s * busy * bw / pipe.micro_batch_size
+        bytes_per_token = self._bytes_per_token(zip(plan.pipelines, pms, shares))
         return Evaluation(
             throughput_tokens_per_s=float(rps * self.output),
             requests_per_s=float(rps),
@@ -238,14 +232,8 @@ class CostModel:
     def _one_pipeline(self, plan: Plan, pm: PipelineMetrics) -> Evaluation:
         """:meth:`evaluate` of a one-pipeline plan (its share is the whole): the same figures, without
         the arrays that weigh several pipelines."""
-        pipe = plan.pipelines[0]
         memory = self.memory_bytes(plan)
-        bytes_per_token: dict[str, float] = {}
-        for key, busy in pm.decode_busy_s.items():
-            if isinstance(key, tuple):
-                bw = self.network.link(*key).bandwidth_bytes_per_s
-                name = f"{key[0]}<->{key[1]}"
-                bytes_per_token[name] = bytes_per_token.get(name, 0.0) + 1.0 * busy * bw / pipe.micro_batch_size
+        bytes_per_token = self._bytes_per_token([(plan.pipelines[0], pm, 1.0)])
         rps = pm.requests_per_s
         return Evaluation(
             throughput_tokens_per_s=float(rps * self.output),
@@ -262,3 +250,16 @@ class CostModel:
             bottleneck=pm.bottleneck,
             pipelines=[pm],
         )
+
+    def _bytes_per_token(self, weighted) -> dict[str, float]:
+        """Decode bytes per output token on each link ``"a<->b"``, over (pipeline, its metrics, its
+        request share) triples."""
+        out: dict[str, float] = {}
+        for pipe, pm, s in weighted:
+            for key, busy in pm.decode_busy_s.items():
+                if isinstance(key, tuple):
+                    bw = self.network.link(*key).bandwidth_bytes_per_s
+                    name = f"{key[0]}<->{key[1]}"
+                    out[name] = out.get(name, 0.0) + s * busy * bw / pipe.micro_batch_size
+        return out
+

@@ -312,8 +312,7 @@ class PassExperts:
             devices_of = list(map(attrgetter("devices"), entries))
             experts_of = list(map(attrgetter("expert"), entries))
             shares_of = list(map(attrgetter("shares"), entries))
-        entries = devices_of  # one per entry
-        counts = np.fromiter(map(len, devices_of), dtype=np.intp, count=len(entries))
+        counts = np.fromiter(map(len, devices_of), dtype=np.intp, count=len(devices_of))
         names = list(chain.from_iterable(devices_of))
         # Per layer, in order: its home device, then the devices its entries name (first appearance);
         # the columns are every layer's devices in that order.
@@ -329,7 +328,7 @@ class PassExperts:
         # Every (layer row, device column, expert, share) triple: the entries' devices, then the
         # home device's share 1 of each expert no entry of its layer moves.
         row = np.repeat(np.arange(n, dtype=np.intp), np.diff([0, *ends]))
-        expert = np.fromiter(experts_of, dtype=np.intp, count=len(entries))
+        expert = np.fromiter(experts_of, dtype=np.intp, count=len(devices_of))
         col = np.fromiter(map(cols.__getitem__, names), dtype=np.intp, count=len(names))
         share = np.fromiter(chain.from_iterable(shares_of), dtype=float, count=len(names))
         moved = np.zeros((n, E), dtype=bool)

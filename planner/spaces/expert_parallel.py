@@ -39,11 +39,16 @@ from solvers.registry import get
 PLACEMENTS = ("eplb", "greedy-placement")
 
 
+def _home_bins(m, group: list[str], stages) -> np.ndarray:
+    """[G] the position in ``group`` of each MoE layer's stage device."""
+    home_of = {layer: group.index(s.device) for s in stages for layer in s.layers}
+    return np.array([home_of[layer] for layer in m.moe_layers], dtype=np.intp)
+
+
 def _placement_entries(instance: Instance, group: list[str], stages, replicas: np.ndarray, shares: np.ndarray):
     """Placement entries [G, I, B] -> ExpertPlacement for every expert not solely at its layer's stage device."""
     m = instance.model
-    home_of = {layer: group.index(s.device) for s in stages for layer in s.layers}
-    home = np.array([home_of[layer] for layer in m.moe_layers])
+    home = _home_bins(m, group, stages)
     count = np.count_nonzero(replicas, axis=2)
     solely_home = (count == 1) & replicas[np.arange(len(home)), :, home]  # [G, I]
     g_idx, i_idx, b_idx = np.nonzero(replicas & ~solely_home[:, :, None])  # sorted by (g, i), then b
@@ -73,8 +78,7 @@ def layout_round_trip_floor(instance: Instance, cm: CostModel, group: list[str],
     largest call probability x round-trip propagation over the devices other than its stage's that
     hold a copy of one of its experts (the same terms, summed in another order)."""
     m = instance.model
-    home_of = {layer: group.index(s.device) for s in stages for layer in s.layers}
-    home = np.array([home_of[layer] for layer in m.moe_layers], dtype=np.intp)                # [G]
+    home = _home_bins(m, group, stages)                                                      # [G]
     B = len(group)
     remote = replicas.any(axis=1)                                                            # [G, B]
     remote[np.arange(home.size), home] = False
@@ -113,32 +117,31 @@ def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str]
         # EPLB gives every device ``slots`` physical experts per layer, of which at most the B x slots
         # - E extra copies can duplicate one another: a device holds at least the rest, whatever EPLB
         # decides. When that alone overflows the smallest device, say so without running EPLB.
-        least = max(1, slots - (B * slots - E)) * m.num_moe_layers * cm.expert_bytes
-        b = int(np.argmin(memory))
-        if least >= memory[b]:
-            return None, (f"infeasible: EPLB gives each of the {B} edge and cloud devices {slots} expert slots per MoE "
-                          f"layer; device {group[b]!r} then holds at least {least / GB:.2f} GB of experts and has "
-                          f"{memory[b] / GB:.2f} GB"), {"slots_per_device": slots,
-                                                         "redundant_per_device": redundant if B > 1 else 0}
+        spares = {"slots_per_device": slots, "redundant_per_device": redundant if B > 1 else 0}
+
+        def overflow(held: np.ndarray, at_least: bool) -> str:
+            b = int(np.argmin(memory - held))
+            return (f"infeasible: EPLB gives each of the {B} edge and cloud devices {slots} expert slots per MoE layer; "
+                    f"device {group[b]!r} then holds {'at least ' if at_least else ''}{held[b] / GB:.2f} GB of experts "
+                    f"and has {memory[b] / GB:.2f} GB")
+
+        least = np.full(B, max(1, slots - (B * slots - E)) * m.num_moe_layers * cm.expert_bytes)
+        if (least >= memory).any():
+            return None, overflow(least, True), spares
         # Each device holds its slots' distinct experts: when that overflows one, say so before
-        # building the solution (the rebalance is remembered for solve_eplb below).
+        # building the solution (the rebalance is remembered for solve_eplb below; the solution's
+        # replicas are these distinct experts, so no check after it is needed).
         phy2log = eplb_rebalance(np.asarray(cm.q, dtype=np.float32), B * slots, B)[0]
         blocks = np.sort(phy2log.reshape(phy2log.shape[0], B, slots), axis=2)
         distinct = 1 + (np.diff(blocks, axis=2) != 0).sum(axis=2)                     # [G, B]
-        experts_bytes = distinct.sum(axis=0) * cm.expert_bytes
-        free = memory - experts_bytes
-        if (free <= 0).any():
-            b = int(np.argmin(free))
-            return None, (f"infeasible: EPLB gives each of the {B} edge and cloud devices {slots} expert slots per MoE "
-                          f"layer; device {group[b]!r} then holds {experts_bytes[b] / GB:.2f} GB of experts and has "
-                          f"{memory[b] / GB:.2f} GB"), {"slots_per_device": slots,
-                                                       "redundant_per_device": redundant if B > 1 else 0}
+        held = distinct.sum(axis=0) * cm.expert_bytes
+        if (memory - held <= 0).any():
+            return None, overflow(held, False), spares
         # EPLB's global policy on B identical bins (speed 1, no memory limit); its solution holds
         # every expert's devices (replicas) and equal shares per EPLB copy (copies / logcnt).
         placed = solve_eplb(ReplicatedAssignment.build(np.asarray(cm.q, dtype=float), np.ones(B), slots=slots,
                                                        max_replicas=B * slots))
-        details = {"slots_per_device": slots, "redundant_per_device": redundant if B > 1 else 0,
-                   "balancedness": placed.extra["balancedness"], "merged_duplicates": placed.extra["merged_duplicates"]}
+        details = {**spares, "balancedness": placed.extra["balancedness"], "merged_duplicates": placed.extra["merged_duplicates"]}
     else:
         problem, _ = placement_problem(instance, devices=group, cost_model=cm)
         placed = get("greedy-placement", problem="assignment").func(problem)
@@ -150,10 +153,6 @@ def expert_parallel_pipeline(instance: Instance, cm: CostModel, group: list[str]
     free = memory - experts_bytes
     if (free <= 0).any():
         b = int(np.argmin(free))
-        if placement == "eplb":
-            return None, (f"infeasible: EPLB gives each of the {B} edge and cloud devices {details['slots_per_device']} expert "
-                          f"slots per MoE layer; device {group[b]!r} then holds {experts_bytes[b] / GB:.2f} GB of experts "
-                          f"and has {memory[b] / GB:.2f} GB"), details
         return None, (f"infeasible: the placement puts {experts_bytes[b] / GB:.2f} GB of experts on device {group[b]!r}, "
                       f"which has {memory[b] / GB:.2f} GB"), details
     stages = pipeline_from_ranges(group, split_by_weights(L, list(free))).stages
