@@ -28,7 +28,7 @@ from models.assignment import ReplicatedAssignment
 from planner.cost.costmodel import CostModel
 from planner.cost.passes import remote_call_probabilities
 from planner.domain.instance import Instance
-from planner.domain.plan import ExpertPlacement, Pipeline
+from planner.domain.plan import Pipeline, placement_from_columns
 from planner.domain.units import GB
 from planner.spaces.batching import pipeline_from_ranges, split_by_weights
 from planner.spaces.placement import placement_problem
@@ -65,10 +65,10 @@ def _placement_entries(instance: Instance, group: list[str], stages, replicas: n
     layers = m.moe_layers
     # Most experts sit whole on one device: those entries share their (immutable) tuples.
     alone, whole = [(name,) for name in group], (1.0,)
-    out = [ExpertPlacement(layers[g], i, alone[bins[a]], whole) if z - a == 1 and share[a] == 1.0
-           else ExpertPlacement(layers[g], i, tuple(names[a:z]), tuple(share[a:z]))
-           for g, i, a, z in zip(gs, items, starts, ends, strict=True)]
-    return tuple(out)
+    single = [z - a == 1 and share[a] == 1.0 for a, z in zip(starts, ends, strict=True)]
+    devices = [alone[bins[a]] if one else tuple(names[a:z]) for one, a, z in zip(single, starts, ends)]
+    fractions = [whole if one else tuple(share[a:z]) for one, a, z in zip(single, starts, ends)]
+    return placement_from_columns([layers[g] for g in gs], items, devices, fractions)
 
 
 def layout_round_trip_floor(instance: Instance, cm: CostModel, group: list[str], stages, replicas: np.ndarray,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from planner.domain.errors import InputError
-from planner.domain.plan import SCHEMA, ExpertPlacement, GroupGate, Pipeline, Plan, Stage
+from planner.domain.plan import SCHEMA, ExpertPlacement, GroupGate, Pipeline, Plan, Stage, placement_columns, placement_from_columns
 
 names = st.sampled_from(["phone", "edge", "gpu-0", "gpu-1"])
 
@@ -29,6 +29,33 @@ def plans(draw):
         pipes.append(Pipeline(stages, ranks, draw(st.integers(1, 64)), draw(st.integers(1, 8)),
                               draw(st.floats(0, 1)), placement))
     return Plan(tuple(pipes), "inst", "solver", {"throughput_tokens_per_s": 1.5}, {"gap": 0.0})
+
+
+columns = st.lists(st.tuples(st.integers(0, 60), st.integers(0, 255), st.lists(names, max_size=3, unique=True).map(tuple),
+                             st.lists(st.floats(0, 1), max_size=3).map(tuple)), max_size=20)
+
+
+@given(columns)
+def test_placement_from_columns_equals_the_constructor(rows):
+    layers, experts, devices, shares = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
+    bulk = placement_from_columns(layers, experts, devices, shares)
+    one_by_one = tuple(ExpertPlacement(*row) for row in rows)
+    assert bulk == one_by_one
+    assert list(map(hash, bulk)) == list(map(hash, one_by_one))
+    assert [vars(e) for e in bulk] == [vars(e) for e in one_by_one]
+    assert all(type(e) is ExpertPlacement for e in bulk)
+    assert tuple(placement_columns(bulk)) == (layers, experts, devices, shares)
+    if bulk:
+        with pytest.raises(AttributeError):  # still frozen
+            bulk[0].layer = 1
+
+
+def test_placement_from_columns_relies_on_a_plain_init():
+    # The bulk constructor skips __init__: sound only while it sets the four fields and nothing else.
+    assert not hasattr(ExpertPlacement, "__post_init__")
+    assert [f for f in ExpertPlacement.__dataclass_fields__] == ["layer", "expert", "devices", "shares"]
+    with pytest.raises(ValueError, match="one item per entry"):
+        placement_from_columns([0], [1], [("a",)], [])
 
 
 @given(plans())
