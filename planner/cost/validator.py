@@ -246,8 +246,11 @@ def _all_sound(instance: Instance, placement, sound: dict) -> bool:
     columns = placement_columns(placement)
     if len(set(zip(columns.layers, columns.experts))) != len(placement):
         return False
-    seen = list(map(sound.get, map(id, placement)))
-    if any(seen):
+    # A placement just built (an expert-parallel layout) shares no entry with the sound ones: three
+    # probes say so without looking every entry up (a move's placement shares almost all of them).
+    probes = (placement[0], placement[len(placement) // 2], placement[-1])
+    seen = list(map(sound.get, map(id, placement))) if any(sound.get(id(e)) is e for e in probes) else None
+    if seen and any(seen):
         fresh = [i for i, (e, hit) in enumerate(zip(placement, seen)) if hit is not e]
         if not fresh:
             return True
@@ -338,6 +341,8 @@ def _pipeline_routes(instance: Instance, pi: int, pipe: Pipeline) -> list[Violat
     """The missing hops of one pipeline (:func:`_route_violations`)."""
     origin = instance.workload.origin
     component = instance.component_of
+    if len({component.get(d) for d in (pipe.expert_devices() | set(pipe.devices) | {origin})}) == 1:
+        return []  # every device it names in one connected component: no hop can be missing
     hops = {(origin, pipe.stages[0].device), (pipe.stages[-1].device, origin)} | set(zip(pipe.devices, pipe.devices[1:]))
     home = {layer: s.device for s in pipe.stages for layer in s.layers}
     gated = pipe.gated_layers(instance.model.is_moe_layer)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
+
 from planner.cost.validator import validate
 from planner.domain.plan import ExpertPlacement, GroupGate, Pipeline, Plan, Stage
 from tests.helpers import LINE, build
@@ -108,3 +111,23 @@ def test_the_group_gate_loss_counts_in_the_accuracy_budget():
     tight = dict(GATED, constraints=dict(GATED["constraints"], accuracy_loss_budget=1e-6))
     plan = gated_plan([GroupGate("edge", (0,))], (ExpertPlacement(0, 7, (), ()),))
     assert "accuracy" in kinds(build(tight), plan)
+
+
+def test_every_hop_a_plan_uses_needs_a_network_path():
+    """Stages, the way back to the origin and each layer's experts must be reachable; devices of
+    another connected component are not (the check of a plan inside one component is short). A
+    loaded instance is connected (and a changed one drops what it cuts off): built here by hand."""
+    data = copy.deepcopy(LINE)
+    data["devices"].append({**data["devices"][2], "name": "island"})
+    data["links"].append({"a": "gpu", "b": "island", "bandwidth_gbps": 10, "rtt_ms": 1})
+    linked = build(data)
+    inst = replace(linked, links=tuple(link for link in linked.links if "island" not in (link.a, link.b)))
+    assert len(set(inst.component_of.values())) == 2
+    connected = (ExpertPlacement(1, 0, ("edge",), (1.0,)), ExpertPlacement(2, 3, ("gpu", "edge"), (0.5, 0.5)))
+    assert validate(inst, Plan((Pipeline((Stage("gpu", 0, 4),), expert_placement=connected),))) == []
+    stage = [v for v in validate(inst, Plan((Pipeline((Stage("edge", 0, 2), Stage("island", 2, 4))),))) if v.kind == "link"]
+    assert {v.message for v in stage} == {"pipeline 0: no network path from 'edge' to 'island'",
+                                          "pipeline 0: no network path from 'island' to 'phone'"}
+    far = (*connected, ExpertPlacement(3, 1, ("gpu", "island"), (0.5, 0.5)))
+    vs = validate(inst, Plan((Pipeline((Stage("gpu", 0, 4),), expert_placement=far),)))
+    assert [v.message for v in vs] == ["pipeline 0: no network path from 'gpu' to 'island'"]
