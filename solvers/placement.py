@@ -252,13 +252,23 @@ def _fill(st: _State, batch: _FillBatch) -> None:
 
 
 def _replicas_first(y_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of replicas [n, B]: the bins, its replica bins first, each part in bin order (a stable
-    argsort of ``~y_rows``, by ranks), and its replica count."""
-    on_before = np.cumsum(y_rows, axis=1)
-    count = on_before[:, -1] if y_rows.shape[1] else np.zeros(y_rows.shape[0], dtype=np.intp)
-    rank = np.where(y_rows, on_before - 1, count[:, None] + np.cumsum(~y_rows, axis=1) - 1)
-    order = np.empty_like(rank)
-    np.put_along_axis(order, rank, np.broadcast_to(np.arange(y_rows.shape[1]), rank.shape), axis=1)
+    """Per row of replicas [n, B]: the first ``max(1, most replicas of a row)`` bins of a stable
+    argsort of ``~y_rows`` (its replica bins in bin order, then as many of its other bins as pad it
+    to that width: all a :class:`_FillBatch` reads), and its replica count; from the nonzero cells,
+    not a rank per cell."""
+    n, B = y_rows.shape
+    count = np.count_nonzero(y_rows, axis=1)
+    width = min(max(int(count.max(initial=1)), 1), B)
+    order = np.empty((n, width), dtype=np.intp)
+    r, b = np.nonzero(y_rows)                                   # row by row, bins in order
+    order[r, np.arange(r.size) - np.repeat(np.cumsum(count) - count, count)] = b
+    short = np.flatnonzero(count < width)                       # padded with their first other bins
+    if short.size:
+        r, b = np.nonzero(~y_rows[short])
+        per = B - count[short]
+        at = np.arange(r.size) - np.repeat(np.cumsum(per) - per, per) + count[short][r]
+        keep = at < width
+        order[short[r[keep]], at[keep]] = b[keep]
     return order, count
 
 
@@ -283,22 +293,28 @@ def _disjoint_batches(st: _State, groups: np.ndarray, hold_shares: bool = False)
     everyone = np.arange(n)
     colours = 0  # colours in use: colour ``colours`` is free in every group, so the search stops there
     if B <= 64:  # bins as the bits of one word: the search on [n, colours] words, not [n, colours, B]
-        bit = np.left_shift(np.uint64(1), np.arange(B, dtype=np.uint64))
-        masks = np.bitwise_or.reduce(np.where(st.y[groups], bit, np.uint64(0)), axis=2)       # [n, I]
+        packed = np.packbits(st.y[groups], axis=2, bitorder="little")                       # bin b: bit b % 8 of byte b // 8
+        words = np.zeros((*packed.shape[:2], 8), dtype=np.uint8)
+        words[:, :, :packed.shape[2]] = packed
+        masks = words.view("<u8")[:, :, 0].astype(np.uint64)                                  # [n, I]: bit b = bin b
     else:
         masks = st.y[groups]                                                                  # [n, I, B]
     extra = (1,) * (masks.ndim - 2)  # the bins axis of the bool masks
     used = np.zeros((n, width, *masks.shape[2:]), dtype=masks.dtype)                          # bins taken by each colour
+    here = table >= 0
+    # Column j's bins of every group, column-major; a group without a j-th item has none (so it
+    # takes colour 0 and changes nothing there), and every column has some group's item.
+    bins_at = np.ascontiguousarray(np.moveaxis(np.where(here.reshape(*here.shape, *extra),
+                                                        masks[everyone[:, None], np.maximum(table, 0)], 0).astype(masks.dtype), 1, 0))
+    picked = np.empty((width, n), dtype=np.intp)
     for j in range(width):
-        here = table[:, j] >= 0
-        bins = np.where(here.reshape(-1, *extra), masks[everyone, np.maximum(table[:, j], 0)], 0).astype(masks.dtype)
-        k = colours + 1
-        shared = used[:, :k] & bins[:, None]
+        bins = bins_at[j]
+        shared = used[:, :colours + 1] & bins[:, None]
         c = np.argmin(shared.any(axis=2) if masks.ndim > 2 else shared != 0, axis=1)  # first colour without a shared bin
         used[everyone, c] |= bins
-        colour[here, j] = c[here]
-        if here.any():
-            colours = max(colours, int(c[here].max()) + 1)
+        picked[j] = c
+        colours = max(colours, int(c.max()) + 1)
+    colour[here] = picked.T[here]
     # Every row's replicas and bins at once (each batch then takes its rows): one sort, not one a batch.
     position = np.full((n, width), -1)
     position[rows, column] = np.arange(rows.size)
@@ -500,7 +516,10 @@ def _run_steps(problem: ReplicatedAssignment, steps: _Steps, barred: np.ndarray,
     candidate or holding it already, and 0 elsewhere, so adding it leaves the formula's value
     unchanged), and the work a step cannot need is skipped: ``barred`` only for items with several
     replicas or with a candidate mask, the check for a group with no bin left only where one can
-    arise (masks, memory, an item's second or later replica, groups done).
+    arise (masks, memory, an item's second or later replica, groups done). Memory is checked only
+    in the steps where it could bind: while every bin has room for a replica of its heaviest item
+    from every group at once (with a margin for rounding), no pick can overflow one, and the step
+    only adds its weights (the same additions, in the same order, as the admission would).
     """
     # Locals, not attributes: this loop is the hot path of the greedy.
     (_, active, item_k, w_k, w_kb, fill_k, inv_speed, barred_row, barred_at, everyone, set_barred, use_barred, check,
@@ -514,9 +533,14 @@ def _run_steps(problem: ReplicatedAssignment, steps: _Steps, barred: np.ndarray,
     ones = np.ones(G)
     score = np.empty((G, B))
     score_flat = score.ravel()
+    if memory_binds:
+        check_free = use_barred | ~everyone                 # ``check`` in a step where memory cannot bind
+        every_group = G * problem.weight.max(axis=0)      # [B] a replica of the heaviest item from every group
+        roomy = problem.capacity * (1.0 - 1e-9)           # the margin covers the additions' rounding
     for k in range(R):
         todo = None if everyone[k] else active[:, k]      # None: every group places a replica
         while True:
+            binds = memory_binds and not (mem + every_group <= roomy).all()
             np.multiply(spare, fill_k[k], out=score)
             score += level
             if w_kb is not None:
@@ -524,25 +548,30 @@ def _run_steps(problem: ReplicatedAssignment, steps: _Steps, barred: np.ndarray,
                 score *= inv_speed
             if use_barred[k]:
                 score += barred[barred_row[k]]
-            if memory_binds:
+            if binds:
                 score[mem + problem.weight[item_k[k]] > problem.capacity] = np.inf
             if todo is not None:
                 score[~todo] = np.inf
             flat = score.argmin(axis=1)
             flat += row_start
             w, r, retry = w_k[k], None, None
-            if check[k] and not score_flat[flat].dot(ones) < np.inf:   # some group has no bin left
-                take = score_flat[flat] < np.inf       # a replica that fits nowhere is dropped
-                if memory_binds:
+            if (check[k] if binds or not memory_binds else check_free[k]) and not score_flat[flat].dot(ones) < np.inf:
+                take = score_flat[flat] < np.inf       # some group has no bin left: its replica is dropped
+                if binds:
                     retry = _admit_memory(problem, mem, item_k[k], flat, row_start, np.flatnonzero(take))
                     take[retry] = False
                 r = np.flatnonzero(take)
                 flat, w = flat[r], w[r]
-            elif memory_binds:
+                if memory_binds and not binds:
+                    np.add.at(mem, flat - row_start[r], problem.weight[item_k[k, r], flat - row_start[r]])
+            elif binds:
                 retry = _admit_memory(problem, mem, item_k[k], flat, row_start, range(G))
                 if retry.any():
                     r = np.flatnonzero(~retry)
                     flat, w = flat[r], w[r]
+            elif memory_binds:
+                bins = flat - row_start
+                np.add.at(mem, bins, problem.weight[item_k[k], bins])
             if r is None:
                 placed[k] = flat
                 if set_barred[k]:
