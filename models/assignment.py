@@ -136,7 +136,7 @@ def violations(problem: ReplicatedAssignment, sol: AssignmentSolution, tol: floa
     s = np.asarray(sol.shares, dtype=float)
     if y.shape != (G, I, B) or s.shape != (G, I, B):
         return [f"solution arrays must have shape {(G, I, B)}"]
-    count = y.sum(axis=2)
+    count = np.count_nonzero(y, axis=2)
     limit = np.ones_like(problem.max_replicas) if problem.objective == "cost" else problem.max_replicas
     for g, i in zip(*np.nonzero(count < 1)):
         out.append(f"item ({g}, {i}) has no replica")
@@ -150,11 +150,11 @@ def violations(problem: ReplicatedAssignment, sol: AssignmentSolution, tol: floa
     bad = np.abs(s.sum(axis=2) - 1.0) > tol
     for g, i in zip(*np.nonzero(bad)):
         out.append(f"shares of item ({g}, {i}) sum to {s[g, i].sum():.6f}, not 1")
-    per_group = y.sum(axis=1)
+    per_group = np.count_nonzero(y, axis=1)
     for g, b in zip(*np.nonzero(per_group > problem.slots[None, :])):
         out.append(f"bin {b} holds {per_group[g, b]} replicas in group {g}, slots {problem.slots[b]}")
     if np.isfinite(problem.capacity).any() and problem.weight.any():
-        used = np.einsum("ib,gib->b", problem.weight, y.astype(float))
+        used = (problem.weight * np.count_nonzero(y, axis=0)).sum(axis=0)  # replicas of each item per bin, weighed
         for b in np.nonzero(used > problem.capacity * (1 + tol) + tol)[0]:
             out.append(f"bin {b} needs {used[b]:.6g} memory, capacity {problem.capacity[b]:.6g}")
     return out

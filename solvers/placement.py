@@ -155,7 +155,8 @@ class _State:
         self.L = np.einsum("gi,gib->gb", problem.load, s)
         self.cnt = y.sum(axis=1) if cnt is None else cnt
         self.rcount = y.sum(axis=2) if rcount is None else rcount
-        self.mem = np.einsum("ib,gib->b", problem.weight, y.astype(float)) if problem.weight.any() else np.zeros(y.shape[2])
+        self.mem = ((problem.weight * np.count_nonzero(y, axis=0)).sum(axis=0) if problem.weight.any()
+                    else np.zeros(y.shape[2]))
 
     def times(self, g) -> np.ndarray:
         return self.L[g] / self.p.speed

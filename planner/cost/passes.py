@@ -340,7 +340,10 @@ class PassExperts:
         values = np.concatenate([share, np.ones(kept_row.size)])
         nonzero = values != 0
         rows, cells, cols_all, values = rows[nonzero], cells[nonzero], cols_all[nonzero], values[nonzero]
-        order = np.lexsort((cells, cols_all, rows))  # per (layer, device) the experts in order, as one layer's sum
+        # Per (layer, device) the experts in order, as one layer's sum: the (row, column, expert)
+        # triples are distinct (an entry names a device once; kept experts are the unmoved ones), so
+        # one sort of a combined key orders them as a lexsort of the three would.
+        order = np.argsort((rows * u + cols_all) * E + cells)
         rows, cells, cols_all, values = rows[order], cells[order], cols_all[order], values[order]
         qrow = np.array([cm.moe_index[layer] for layer in layers], dtype=np.intp)[rows] * E
         pos = rows * u + cols_all
