@@ -199,7 +199,11 @@ def reference_place(problem: ReplicatedAssignment, count: np.ndarray) -> np.ndar
         per_replica = problem.load[g] / count[g]
         items.append([i for i in sorted(range(I), key=lambda i: -per_replica[i]) for _ in range(count[g, i])])
         w.append([float(per_replica[i]) for i in items[g]])
-        left.append([sum(w[g][k + 1:]) for k in range(len(w[g]))])
+        after, total = [0.0] * len(w[g]), 0.0  # the load placed after step k (the solver's sums, in its order)
+        for k in range(len(w[g]) - 1, -1, -1):
+            total += w[g][k]
+            after[k] = total - w[g][k]
+        left.append(after)
     level, free, mem = [[0.0] * B for _ in range(G)], [problem.slots.tolist() for _ in range(G)], [0.0] * B
     for k in range(max(map(len, items))):
         todo = [g for g in range(G) if k < len(items[g])]
