@@ -28,7 +28,10 @@ cost model (:mod:`planner.cost`), solved with HiGHS (:mod:`solvers.highs_arrays`
   origin cannot hold the model. A single pipeline serves at most ``b * m`` requests per latency
   (the latency loop): ``latency <= b m T``. Several pipelines (replicas on disjoint devices)
   escape that loop but not the busy times: then the bound is the smaller of the busy bound and
-  ``P (b m) / latency`` with ``P`` the most replicas the fleet's memory holds.
+  what ``P`` pipelines serve in their loops (``P`` the most replicas the fleet's memory holds): at
+  most one holds the origin, with at least the relaxation's latency; every other one sends its
+  tokens from the origin to its device nearest the origin and back (that round trip per token, on
+  top of the compute), and no two share that device (:func:`_replicas_loop_bound`).
 
 The micro-batch ``b`` is a decision, so the relaxation is solved for every ``b`` (with
 ``m = floor(max_batch / b)``, the most concurrency) and the best value kept. The bound is valid
@@ -214,6 +217,41 @@ def _least_remote_calls(cm: CostModel, deficit: float, others: int) -> float:
         return 1.0
     x = min(1.0, float(shares[:n].sum()) / others)
     return min(1.0, remote_call_probability(x * m.top_k, 1.0, m.top_k, m.num_experts))
+
+
+def _round_trips_from_origin(cm: CostModel) -> list[float]:
+    """Per device other than the origin (that the origin reaches): the least time (s) a token takes
+    from the origin to it and back, twice the shorter of the two one-way propagations (what a
+    pipeline holding that device as its nearest to the origin pays per token, at least)."""
+    inst = cm.instance
+    origin = inst.workload.origin
+    out = []
+    for d in inst.devices:
+        if d.name == origin:
+            continue
+        try:
+            out.append(2.0 * min(cm.network.route_terms(origin, d.name)[0], cm.network.route_terms(d.name, origin)[0]))
+        except ValueError:
+            continue
+    return out
+
+
+def _replicas_loop_bound(latency: float, conc: float, out: float, round_trip_s: float, away: list[float],
+                         replicas: int) -> float:
+    """The latency loop of several pipelines: each serves at most ``conc`` requests per its latency,
+    and they have disjoint devices, so at most one holds the origin. That one's latency is at least
+    ``latency`` (the relaxation's, round trips off the origin included as it prices them); every
+    other pipeline's tokens go from the origin to its nearest device ``d`` and back, ``away[d]``
+    per token (:func:`_round_trips_from_origin`), on top of compute that takes at least ``latency -
+    out x round_trip_s`` (the relaxation with every token leaving, at ``round_trip_s`` the least
+    round trip, is at most that compute plus ``out x round_trip_s``). So the pipelines serve at
+    most ``out x conc x (1 / latency + sum of the replicas - 1 largest 1 / max(latency, out x
+    away[d] + compute))`` tokens/s: each other pipeline counted at the device of its own nearest to
+    the origin, distinct devices."""
+    latency = max(latency, _TINY)
+    compute = max(0.0, latency - out * round_trip_s)
+    others = sorted((1.0 / max(latency, out * r + compute) for r in away), reverse=True)[:max(replicas - 1, 0)]
+    return out * conc * (1.0 / latency + sum(others))
 
 
 def _remote_round_trips(cm: CostModel, classes: list[_Class]) -> np.ndarray:
@@ -442,6 +480,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
         return Bound(best[0] / out, kind, best[1], "energy", time.perf_counter() - t0,
                      {"proven": best[2], "merged_after_deadline": merged})
     replicas = _max_replicas(instance)
+    away = _round_trips_from_origin(cm) if replicas > 1 else []
     detail = {"replicas": replicas, "round_trip_s": rtt, "per_micro_batch": {}, "merged_after_deadline": False}
     # Per interval: its relaxation's value (LP), then the MILP where the LP could beat the best MILP so far.
     candidates = []
@@ -460,7 +499,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
             continue
         lat = _lp(terms, classes, latency_weight=1.0, busy_weight=0.0, period=False, loop_concurrency=None,
                   single_pipeline=True, integral=False, **common)
-        loop_bound = math.inf if lat.value is None else out * replicas * conc / max(lat.value, _TINY)
+        loop_bound = math.inf if lat.value is None else _replicas_loop_bound(lat.value, conc, out, rtt, away, replicas)
         value, binding = (busy_bound, "busy time") if busy_bound <= loop_bound else (loop_bound, "latency loop")
         candidates.append((value, lo, hi, conc, terms, binding))
     if not candidates:
