@@ -53,7 +53,8 @@ Then, on the best plan so far:
   :func:`planner.cost.passes.round_trip_floor`), nor an EPLB placement that overflows a device
   before it runs (the least it can put there).
 * Step 8: the whole model on one device, one of each kind that holds it; for latency and energy
-  also ``dp``'s exact chain along the default path.
+  also ``dp``'s exact chain along the default path; for throughput, per kind with twins for two
+  copies, a pipeline over the fewest of them that hold the model (:func:`_compact_candidates`).
 * Step 9 (throughput): the candidates copied over the devices they leave free (several pipelines
   with request shares).
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
@@ -101,7 +102,7 @@ from planner.spaces.batching import batch_grid, full_batching_sweep, throughput_
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
 from planner.spaces.codec_choice import prefer_accuracy
 from planner.spaces.expert_parallel import expert_parallel_pipeline, layout_round_trip_floor
-from planner.spaces.replicas import fill_with_replicas, pipeline_devices
+from planner.spaces.replicas import device_kinds, fill_with_replicas, pipeline_devices
 from planner.spaces.twotier import instance_value, partner_candidates, plan_from_solution, two_tier_problem
 from solvers import dp, registry
 from solvers.registry import register
@@ -620,6 +621,38 @@ def _chain_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, Pl
     return [] if bad else [(ev.objective(instance.objective), plan)]
 
 
+_COMPACT_EXTRA = 2  # Step 8, continued: twins tried beyond the fewest whose memory holds the weights
+
+
+def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, Plan]]:
+    """Step 8, continued (throughput): per kind of device other than the origin (same hardware,
+    memory and power) with twins for at least two copies, a pipeline over the fewest of them that
+    hold the model (Step 5's DPs on that path at one batch and at as many micro-batches as twins,
+    then the whole batching grid), for Step 9 to copy over the others: Step 5's pipeline spans as
+    many devices as lower its bottleneck, and its latency loop then binds (Mixtral-8x7B over 12
+    H100: one 12-stage pipeline 652.5 tokens/s, six two-H100 copies 1922.5). Where the fewest do not
+    fit (KV cache, workspace), up to ``_COMPACT_EXTRA`` more are tried."""
+    m = instance.model
+    weights = m.total_params * m.dtype_bytes
+    B = instance.workload.max_batch
+    origin = instance.workload.origin
+    out = []
+    for names in device_kinds(cm, [d.name for d in instance.devices if d.name != origin]).values():
+        least = max(2, math.ceil(weights / instance.device(names[0]).memory_bytes))  # one device alone: Step 8
+        found = None
+        for k in range(least, min(least + _COMPACT_EXTRA, len(names) // 2) + 1):
+            for b, mb in sorted({(B, 1), (max(1, B // k), min(k, B))}, reverse=True):
+                f = _pipeline_plan(instance, cm, names[:k], b, mb)
+                if f is not None and (found is None or f[0] > found[0]):
+                    found = f[:2]
+            if found is not None:
+                break
+        if found is not None:
+            tuned = _tune_batching(instance, cm, found[1])
+            out.append(tuned if tuned is not None and tuned[0] > found[0] else found)
+    return out
+
+
 def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[float, Plan]]):
     """Step 9 (throughput): candidates copied over the devices they leave free (several pipelines),
     taken best first, and again most throughput per device first (a deep pipeline over many GPUs
@@ -938,6 +971,8 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         candidates += _single_device_candidates(instance, cm)                   # Step 8
         if kind != "throughput":
             candidates += _chain_candidates(instance, cm)                       # Step 8, continued
+    if replicas and kind == "throughput" and not out_of_time():
+        candidates += _compact_candidates(instance, cm)                         # Step 8, continued
     if replicas and kind == "throughput" and candidates and not out_of_time():
         replicated = _with_replicas(instance, cm, candidates)                  # Step 9
         if replicated is not None:

@@ -29,6 +29,15 @@ def _signature(cm: CostModel, name: str) -> tuple:
     return cm.times.hardware_of(name), d.memory_bytes, d.power_w, d.idle_power_w
 
 
+def device_kinds(cm: CostModel, names) -> dict[tuple, list[str]]:
+    """``names`` grouped by hardware signature, memory and power (twins a copy may swap), each group in
+    the order given."""
+    kinds: dict[tuple, list[str]] = {}
+    for x in names:
+        kinds.setdefault(_signature(cm, x), []).append(x)
+    return kinds
+
+
 def pipeline_devices(pipe: Pipeline) -> list[str]:
     """The devices a pipeline uses: its stages, then the devices holding its placed experts (first use order)."""
     # An insertion-ordered dict, remembered per (stages, placement): expert-parallel pipelines place
@@ -53,9 +62,8 @@ def renamed(pipe: Pipeline, mapping: dict[str, str]) -> Pipeline:
 def copy_on(cm: CostModel, pipe: Pipeline, free: list[str]) -> dict[str, str] | None:
     """A device mapping that puts a copy of ``pipe`` on devices of ``free`` (fleet order), or None."""
     origin = cm.instance.workload.origin
-    left: dict[tuple, deque] = {}  # free devices by signature, in fleet order (O(1) per pick, not a scan)
-    for x in free:
-        left.setdefault(_signature(cm, x), deque()).append(x)
+    # Free devices by signature, in fleet order (O(1) per pick, not a scan).
+    left = {key: deque(names) for key, names in device_kinds(cm, free).items()}
     mapping = {}
     for d in pipeline_devices(pipe):
         if d == origin:

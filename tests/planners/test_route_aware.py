@@ -145,3 +145,33 @@ def test_step_11_leaves_nothing_for_local_search_with_its_seed_on_the_cluster():
     res = route_aware(inst)
     out = improve(inst, res.solution, max_moves=STEP11_ROUND_MOVES, seed=0)
     assert out.objective <= res.objective * (1 + 1e-12)
+
+
+def test_compact_pipelines_are_copied_over_the_twins_where_one_deep_pipeline_loses():
+    """Mixtral-8x7B (93 GB) over 12 H100 (80 GB): Step 5's least-bottleneck pipeline spans all 12
+    and its latency loop binds (652.5 tokens/s); the fewest H100 that hold the model (2) as one
+    pipeline, copied six times, serve about three times as much. route-aware finds at least what
+    those hand-built copies serve, and each of its pipelines holds the model on few devices."""
+    from planner.bench.quality import scale_instances
+    from planner.cost.costmodel import CostModel
+    from planner.domain.plan import Pipeline, Plan, Stage
+    from planner.planners.route_aware import _compact_candidates
+
+    inst = scale_instances()["mixtral-8x7b-16dev"]()
+    cm = CostModel(inst)
+    h100 = [d.name for d in inst.devices if d.name.startswith("h100")]
+    L = inst.model.num_layers
+    copies = Plan(tuple(Pipeline((Stage(h100[2 * i], 0, L // 2), Stage(h100[2 * i + 1], L // 2, L)), micro_batch_size=4,
+                                 num_micro_batches=4, request_share=1 / 6) for i in range(6)))
+    assert validate(inst, copies) == []
+    by_hand = cm.evaluate(copies).throughput_tokens_per_s
+    assert by_hand > 2.5 * 652.5
+    compact = _compact_candidates(inst, cm)
+    assert compact and all(validate(inst, plan) == [] for _, plan in compact)
+    assert any(len(plan.pipelines[0].devices) == 2 for _, plan in compact)
+    res = route_aware(inst)
+    assert res.objective >= by_hand * (1 - 1e-9)
+    assert len(res.solution.pipelines) >= 6 and max(len(p.devices) for p in res.solution.pipelines) <= 3
+    # No kind has twins for two copies of a pipeline that holds the model (one A100, two L4, two T4).
+    cluster = load("a100-l4-t4-cluster.toml")
+    assert _compact_candidates(cluster, CostModel(cluster)) == []
