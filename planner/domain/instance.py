@@ -163,6 +163,34 @@ class GroupGateLoss:
                          for (x0, y0), (x1, y1) in zip(points, points[1:]) if x0 <= coverage <= x1)
         return every / max(num_moe_layers, 1)
 
+    def least_coverage(self, budget: float, layer: int, num_moe_layers: int) -> float:
+        """The least coverage ``c`` in [0, 1] at which gating ``layer`` alone costs at most ``budget``
+        (:meth:`layer_loss`); 1.0 when no loss is known or none below 1 fits. The loss is linear
+        between the coverages of its points (flat below the first, 0 at 1), so each piece's least
+        fitting coverage is found exactly (less 1e-12, so that it stays a lower bound)."""
+        if not self.known:
+            return 1.0
+        xs = self._marks()
+        for x0, x1 in zip(xs, xs[1:]):
+            y0, y1 = self.layer_loss(x0, layer, num_moe_layers), self.layer_loss(x1, layer, num_moe_layers)
+            if y0 <= budget:
+                return x0
+            if y1 <= budget:
+                return max(x0, x0 + (x1 - x0) * (y0 - budget) / (y0 - y1) - 1e-12)
+        return 1.0
+
+    def least_loss_up_to(self, coverage: float, layer: int, num_moe_layers: int) -> float:
+        """The least loss of gating ``layer`` alone at any coverage up to ``coverage`` (the loss being
+        linear between its points, the least of its value there and at the points below)."""
+        xs = [x for x in self._marks() if x < coverage] + [coverage]
+        return min(self.layer_loss(x, layer, num_moe_layers) for x in xs)
+
+    def _marks(self) -> list[float]:
+        """0, 1 and the coverages of the points: the ends of the loss's linear pieces (a superset
+        with a measured table, whose layers have points of their own)."""
+        marks = self.coverage or tuple(p.coverage for p in self.table.group_gate)
+        return sorted({0.0, 1.0, *(float(x) for x in marks if 0.0 < x < 1.0)})
+
 
 @dataclass(frozen=True)
 class Constraints:

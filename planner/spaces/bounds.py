@@ -16,10 +16,15 @@ cost model (:mod:`planner.cost`), solved with HiGHS (:mod:`solvers.highs_arrays`
   at the micro-batch ``b`` (:class:`~planner.cost.compute.LayerTimes`); a class's expert time is
   its least time per unit of reference work, so splitting an expert (each replica reads its
   weights) or moving it to a slower device never looks cheaper than it is.
+* Group gates (where the instance prices them) may drop a layer's other experts: a layer's
+  expert work and the experts it holds are then at least those of the cheapest subset covering the
+  least coverage the accuracy budget allows for that layer gated alone (work: a fractional
+  knapsack, cheapest work per routing mass first; count: the most popular first), the origin need
+  not send any expert away, and a pipeline holds at least the weights less what gates may drop.
 * Busy time. Per request, a class is busy for its share of prefill plus ``(output - 1) / b``
   decode steps; a class of ``n`` devices has ``n`` periods ``T`` of capacity: ``busy_k <= n_k T``,
   and throughput ``<= output / T``. Links, codecs, embedding and LM head cost nothing here (they
-  only add time), nor does the group gate (it saves round trips, not compute).
+  only add time).
 * Memory. ``sum_l f[l, k] (non-expert bytes + KV of one micro-batch) + h[l, k] expert bytes <=
   memory of the class``: a relaxation, since a device holding a layer holds all of it.
 * Latency. A request's latency is at least the sum over layers of the non-expert time where they
@@ -114,12 +119,91 @@ def _coverage_pieces(w: np.ndarray) -> list[tuple[float, float]]:
     return pieces
 
 
+def _least_coverages(cm: CostModel) -> np.ndarray | None:
+    """[L]: per MoE layer the least routing-mass coverage a group gate may keep there within the
+    accuracy budget (the layer gated alone, :meth:`planner.domain.instance.GroupGateLoss.least_coverage`),
+    1 elsewhere; None when the instance prices no group gate."""
+    inst = cm.instance
+    gate, m = inst.constraints.group_gate_loss, inst.model
+    if not gate.known or m.num_experts == 0:
+        return None
+    out = np.ones(m.num_layers)
+    for l in m.moe_layers:
+        out[l] = gate.least_coverage(inst.constraints.accuracy_loss_budget, l, m.num_moe_layers)
+    return out if (out < 1.0).any() else None
+
+
+def _least_work_share(w: np.ndarray, mass: np.ndarray, c: float) -> float:
+    """The least share of ``w``'s total that experts covering ``c`` of ``mass`` can do (a fractional
+    knapsack: cheapest work per mass first; at least one expert, which a gate keeps). A gated
+    layer's kept experts serve all its tokens, each at least its own work (time grows with tokens)."""
+    total = float(w.sum())
+    if total <= 0:
+        return 1.0
+    least = float(w.min())
+    if c > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(mass > 0, w / np.where(mass > 0, mass, 1.0), np.inf)
+        order = np.argsort(ratio, kind="stable")
+        got, work = 0.0, 0.0
+        for e in order.tolist():
+            if got >= c or not math.isfinite(ratio[e]):
+                break
+            take = min(1.0, (c - got) / mass[e])
+            got += take * mass[e]
+            work += take * w[e]
+        least = max(least, work)
+    return min(1.0, least / total)
+
+
+def _drop_loss_lines(gate, layer: int, num_moe_layers: int, mass: np.ndarray) -> list[tuple[float, float]]:
+    """(slope, intercept) of lines below the least gate loss of ``layer`` as a function of the share
+    ``D`` of its experts dropped: dropping ``j`` of them leaves at most the coverage ``1 -`` (the
+    ``j`` least popular's mass), so the loss is at least ``L_j``, the least loss up to that coverage;
+    the lines are the edges of the lower convex hull of ``(0, 0)`` and the points ``(j / E, L_j)``,
+    ``j < E`` (at least one expert is kept), so their maximum lies below every point. Remembered per
+    (gate, layer, mass) for the bound's many micro-batch intervals."""
+    key = (id(gate), layer, num_moe_layers, mass.tobytes())
+    hit = _DROP_LINES.get(key)
+    if hit is not None and hit[0] is gate:
+        return hit[1]
+    E = len(mass)
+    dropped = np.cumsum(np.sort(mass))[:-1]  # j = 1 .. E - 1 least popular
+    points = [(0.0, 0.0)] + [(j / E, gate.least_loss_up_to(max(0.0, 1.0 - float(x)), layer, num_moe_layers))
+                             for j, x in enumerate(dropped.tolist(), start=1)]
+    hull: list[tuple[float, float]] = []
+    for p in points:  # lower hull, left to right
+        while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (p[1] - hull[-2][1])
+                                  - (hull[-1][1] - hull[-2][1]) * (p[0] - hull[-2][0])) <= 0:
+            hull.pop()
+        hull.append(p)
+    lines = []
+    for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
+        slope = (y1 - y0) / (x1 - x0)
+        lines.append((slope, y0 - slope * x0))
+    if len(_DROP_LINES) >= 4096:
+        _DROP_LINES.clear()
+    _DROP_LINES[key] = (gate, lines)  # the entry keeps the gate alive: its id is not reused
+    return lines
+
+
+_DROP_LINES: dict = {}
+
+
+def _fewest_share(mass: np.ndarray, c: float) -> float:
+    """The fewest experts (a share of them) whose ``mass`` covers ``c``, at least one."""
+    covered = np.cumsum(np.sort(mass)[::-1])
+    need = int(np.searchsorted(covered, c - 1e-12)) + 1 if c > 0 else 1
+    return min(1.0, max(1, need) / len(mass))
+
+
 class _Terms:
     """The relaxation's coefficients for every micro-batch in ``[b_lo, b_hi]``, per layer and class:
     busy times at ``b_hi`` (they fall as ``b`` grows), latencies and one micro-batch's KV cache at
     ``b_lo`` (they grow with ``b``), so that they bound every ``b`` of the interval."""
 
-    def __init__(self, cm: CostModel, classes: list[_Class], b_lo: int, b_hi: int | None = None):
+    def __init__(self, cm: CostModel, classes: list[_Class], b_lo: int, b_hi: int | None = None,
+                 least_coverage: np.ndarray | None = None):
         b_hi = b_lo if b_hi is None else b_hi
         m = cm.model
         out = cm.output
@@ -152,6 +236,24 @@ class _Terms:
                 rho[:, k] = np.where(self.moe, np.min(ratio, axis=1), 0.0)
         self.W_busy = self.w_busy.sum(axis=1)
         self.W_lat = self.w_lat.sum(axis=1)
+        # Group gates (where the instance prices them) may drop a layer's other experts: its expert
+        # work and the experts held are then at least those of the cheapest subset that covers the
+        # least coverage the accuracy budget allows (:func:`_least_coverages`; 1: no gate).
+        # Jointly, the layers' gate losses share the budget: a layer that drops a share D of its
+        # experts (by count) pays at least its loss lines at D (:func:`_drop_loss_lines`) and sheds
+        # at most the work curve's share at D (the pieces below) of its expert work.
+        self.keep_busy, self.keep_lat, self.keep_held = np.ones(L), np.ones(L), np.ones(L)
+        self.drop_lines: list[list[tuple[float, float]]] = [[] for _ in range(L)]
+        self.loss_budget = float(cm.instance.constraints.accuracy_loss_budget)
+        if least_coverage is not None:
+            gate = cm.instance.constraints.group_gate_loss
+            for l in np.flatnonzero(self.moe & (least_coverage < 1.0)):
+                mass = np.asarray(cm.q[cm.moe_index[int(l)]], dtype=float) / max(m.top_k, 1)
+                c = float(least_coverage[l])
+                self.keep_busy[l] = _least_work_share(self.w_busy[l], mass, c)
+                self.keep_lat[l] = _least_work_share(self.w_lat[l], mass, c)
+                self.keep_held[l] = _fewest_share(mass, c)
+                self.drop_lines[l] = _drop_loss_lines(gate, int(l), m.num_moe_layers, mass)
         self.pieces_busy = [_coverage_pieces(self.w_busy[l]) if self.moe[l] else [] for l in range(L)]
         self.pieces_lat = [_coverage_pieces(self.w_lat[l]) if self.moe[l] else [] for l in range(L)]
         kv = m.kv_bytes_per_token_per_layer * b_lo * (cm.prompt + cm.output)  # one micro-batch's KV per layer
@@ -172,10 +274,11 @@ class _Terms:
         self.origin_class = next(k for k, c in enumerate(classes) if cm.instance.workload.origin in c.devices)
 
 
-def _origin_round_trip(cm: CostModel) -> tuple[float, float]:
+def _origin_round_trip(cm: CostModel, weights: float | None = None) -> tuple[float, float]:
     """(the least round trip (s) from the origin to another device, the least expected number of such
-    round trips per pass: 0 when the origin can hold the whole model, else 1 when a pass's every
-    remote call is charged in full (``CostModel(weighted_remote_calls=False)``), else
+    round trips per pass: 0 when the origin can hold ``weights`` (default: the whole model's; less
+    where group gates may drop experts, :func:`_least_weights`), else 1 when a pass's every remote
+    call is charged in full (``CostModel(weighted_remote_calls=False)``), else
     :func:`_least_remote_calls`)."""
     inst = cm.instance
     m = inst.model
@@ -189,7 +292,7 @@ def _origin_round_trip(cm: CostModel) -> tuple[float, float]:
             reachable += 1
         except ValueError:
             continue
-    deficit = m.total_params * m.dtype_bytes - origin.memory_bytes
+    deficit = (m.total_params * m.dtype_bytes if weights is None else weights) - origin.memory_bytes
     if deficit <= 0 or not reachable:
         least = 0.0
     else:
@@ -298,7 +401,9 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
     Z = TAU + L
     V = Z + K
     TT = V + 1
-    nv = TT + 1
+    DROP = TT + 1  # [L] share of a layer's experts its group gates drop (0 without a gate)
+    GLOSS = DROP + L  # [L] its gate loss
+    nv = GLOSS + L
     rows, cols, vals, lo, hi = [], [], [], [], []
     r = 0
 
@@ -320,9 +425,19 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
     for l in range(L):
         add([(idx(F, l, k), 1.0) for k in range(K)], 1.0, 1.0)
         if moe[l]:
-            add([(idx(G, l, k), 1.0) for k in range(K)], 1.0, 1.0)
-            add([(idx(GL, l, k), 1.0) for k in range(K)], 1.0, 1.0)
-            add([(idx(H, l, k), 1.0) for k in range(K)], 1.0, math.inf)  # every expert held somewhere
+            # All of the layer's expert work, every expert held somewhere; with a group gate at
+            # least the cheapest subset the accuracy budget allows (its work, its count).
+            add([(idx(G, l, k), 1.0) for k in range(K)], float(terms.keep_busy[l]), 1.0)
+            add([(idx(GL, l, k), 1.0) for k in range(K)], float(terms.keep_lat[l]), 1.0)
+            add([(idx(H, l, k), 1.0) for k in range(K)], float(terms.keep_held[l]), math.inf)
+            if terms.keep_held[l] < 1.0:
+                add([(idx(H, l, k), 1.0) for k in range(K)] + [(DROP + l, 1.0)], 1.0, math.inf)
+                # Dropping D sheds at most C(D) of the work: C lies below each of its pieces.
+                for base, pieces in ((G, terms.pieces_busy[l]), (GL, terms.pieces_lat[l])):
+                    for slope, icpt in pieces:
+                        add([(idx(base, l, k), 1.0) for k in range(K)] + [(DROP + l, slope)], 1.0 - icpt, math.inf)
+                for slope, icpt in terms.drop_lines[l]:
+                    add([(GLOSS + l, 1.0), (DROP + l, -slope)], icpt, math.inf)
             for k in range(K):
                 for slope, icpt in terms.pieces_busy[l]:
                     add([(idx(G, l, k), 1.0), (idx(H, l, k), -slope)], -math.inf, icpt)
@@ -333,6 +448,9 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
                 if rtt[k] > 0:
                     # Expert work on class k while the layer's home is elsewhere: a round trip per pass.
                     add([(idx(GL, l, k), 1.0), (idx(F, l, k), -1.0), (idx(U, l, k), -1.0)], -math.inf, 0.0)
+    gated = [l for l in range(L) if moe[l] and terms.keep_held[l] < 1.0]
+    if gated:  # the gates' losses within the accuracy budget
+        add([(GLOSS + l, 1.0) for l in gated], -math.inf, terms.loss_budget)
     add([(Z + k, 1.0) for k in range(K)], 1.0, 1.0)  # embedding and LM head somewhere
     o = terms.origin_class
     for k in range(K):
@@ -374,7 +492,7 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
             for col, v in busy[k]:
                 c[col] += busy_weight * classes[k].busy_power_w * v
     upper = np.concatenate([np.ones(3 * nf), np.full(nf, np.inf), np.ones(nf), np.ones(nf), np.full(L, np.inf),
-                            np.ones(K), [1.0], [np.inf]])
+                            np.ones(K), [1.0], [np.inf], 1.0 - terms.keep_held, np.full(L, np.inf)])
     lower = np.zeros(nv)
     lower[V] = least_leave
     integrality = np.zeros(nv)
@@ -400,11 +518,42 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
     return _Outcome(value, proven)
 
 
-def _max_replicas(instance: Instance) -> int:
-    """The most pipelines the fleet can run at once: each has its own devices (at least one) and
-    holds a copy of the model's weights."""
-    m = instance.model
+def _least_weights(cm: CostModel, least_coverage: np.ndarray | None) -> float:
+    """The least bytes of weights a pipeline holds: the model's, less the most experts group gates
+    may drop within the accuracy budget (per MoE layer at most all but the fewest that cover its
+    least coverage, :func:`_least_coverages`, each share dropped paying at least
+    :func:`_loss_per_drop`: the cheapest drops first)."""
+    m = cm.model
     weights = m.total_params * m.dtype_bytes
+    if least_coverage is None:
+        return weights
+    gate, budget = cm.instance.constraints.group_gate_loss, cm.instance.constraints.accuracy_loss_budget
+    pieces = []  # (loss per share dropped, share): each layer's loss lines as segments, up to its most droppable
+    for l in m.moe_layers:
+        if least_coverage[l] < 1.0:
+            mass = np.asarray(cm.q[cm.moe_index[l]], dtype=float) / max(m.top_k, 1)
+            most = 1.0 - _fewest_share(mass, float(least_coverage[l]))
+            lines = _drop_loss_lines(gate, l, m.num_moe_layers, mass)
+            ends = [(b2 - b1) / (s1 - s2) for (s1, b1), (s2, b2) in zip(lines, lines[1:])] + [math.inf]
+            start = 0.0
+            for (slope, _), end in zip(lines, ends):
+                stop = min(end, most)
+                if stop > start:
+                    pieces.append((slope, stop - start))
+                start = max(start, stop)
+    share = 0.0
+    for rate, width in sorted(pieces):  # convex lines: a layer's segments come in their own order
+        take = width if rate <= 0 else min(width, budget / rate)
+        share += take
+        budget -= take * rate
+        if budget <= 0:
+            break
+    return weights - share * m.num_experts * cm.expert_bytes
+
+
+def _max_replicas(instance: Instance, weights: float) -> int:
+    """The most pipelines the fleet can run at once: each has its own devices (at least one) and
+    holds at least ``weights`` bytes (:func:`_least_weights`)."""
     return max(1, min(len(instance.devices), int(instance.total_memory_bytes // max(weights, 1.0))))
 
 
@@ -448,7 +597,9 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
     classes = _classes(cm)
     B = instance.workload.max_batch
     out = cm.output
-    rtt, least_leave = _origin_round_trip(cm)
+    gated = _least_coverages(cm)
+    least_weights = _least_weights(cm, gated)
+    rtt, least_leave = _origin_round_trip(cm, least_weights)
     # A round trip per pass for experts away from their layer's home holds for full-price calls only:
     # weighted, a call happens with a probability that may be small (a few unpopular experts away).
     remote = _remote_round_trips(cm, classes) if not cm.weighted_remote_calls else np.zeros(len(classes))
@@ -459,7 +610,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
 
     common = dict(round_trip_s=rtt, least_leave=least_leave, tokens_out=out, remote_rtt_s=remote)
     if kind == "latency":
-        res = _lp(_Terms(cm, classes, 1), classes, latency_weight=1.0, busy_weight=0.0, period=False,
+        res = _lp(_Terms(cm, classes, 1, least_coverage=gated), classes, latency_weight=1.0, busy_weight=0.0, period=False,
                   loop_concurrency=None, single_pipeline=True, time_limit=left(), **common)
         if res.value is None:
             return None
@@ -471,7 +622,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
         best, merged = None, False
         for (lo, hi), last in _intervals_until(B, deadline):
             merged = merged or last
-            res = _lp(_Terms(cm, classes, lo, hi), classes, latency_weight=0.0, busy_weight=1.0, period=False,
+            res = _lp(_Terms(cm, classes, lo, hi, least_coverage=gated), classes, latency_weight=0.0, busy_weight=1.0, period=False,
                       loop_concurrency=None, **common)
             if res.value is not None and (best is None or res.value < best[0]):
                 best = (res.value, lo, res.proven)
@@ -479,7 +630,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
             return None
         return Bound(best[0] / out, kind, best[1], "energy", time.perf_counter() - t0,
                      {"proven": best[2], "merged_after_deadline": merged})
-    replicas = _max_replicas(instance)
+    replicas = _max_replicas(instance, least_weights)
     away = _round_trips_from_origin(cm) if replicas > 1 else []
     detail = {"replicas": replicas, "round_trip_s": rtt, "per_micro_batch": {}, "merged_after_deadline": False}
     # Per interval: its relaxation's value (LP), then the MILP where the LP could beat the best MILP so far.
@@ -487,7 +638,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
     for (lo, hi), merged in _intervals_until(B, deadline):
         detail["merged_after_deadline"] = merged
         conc = float(max(b * (B // b) for b in range(lo, hi + 1)))
-        terms = _Terms(cm, classes, lo, hi)
+        terms = _Terms(cm, classes, lo, hi, least_coverage=gated)
         busy = _lp(terms, classes, latency_weight=0.0, busy_weight=0.0, period=True,
                    loop_concurrency=conc if replicas == 1 else None, single_pipeline=replicas == 1, integral=False,
                    **common)
