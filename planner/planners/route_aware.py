@@ -53,10 +53,11 @@ Then, on the best plan so far:
   :func:`planner.cost.passes.round_trip_floor`), nor an EPLB placement that overflows a device
   before it runs (the least it can put there).
 * Step 8: the whole model on one device, one of each kind that holds it; for latency and energy
-  also ``dp``'s exact chain along the default path; for throughput, per kind with twins for two
-  copies, a pipeline over the fewest of them that hold the model (:func:`_compact_candidates`).
+  also ``dp``'s exact chain along the default path; for throughput, per kind of device, a pipeline
+  over the fewest twins that hold the model (:func:`_compact_candidates`).
 * Step 9 (throughput): the candidates copied over the devices they leave free (several pipelines
-  with request shares).
+  with request shares); then the devices still idle grouped into more pipelines
+  (:func:`_fill_leftovers`).
 * Step 10 (with a group-gate loss in the instance): the origin's layers that send experts away
   served by the group gate from its local experts instead, all at once and each alone; and (every
   instance) each codec rank at each of :func:`_codec_cuts` of a one-pipeline plan, at its batching;
@@ -626,12 +627,12 @@ _COMPACT_EXTRA = 2  # Step 8, continued: twins tried beyond the fewest whose mem
 
 def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, Plan]]:
     """Step 8, continued (throughput): per kind of device other than the origin (same hardware,
-    memory and power) with twins for at least two copies, a pipeline over the fewest of them that
-    hold the model (Step 5's DPs on that path at one batch and at as many micro-batches as twins,
-    then the whole batching grid), for Step 9 to copy over the others: Step 5's pipeline spans as
-    many devices as lower its bottleneck, and its latency loop then binds (Mixtral-8x7B over 12
-    H100: one 12-stage pipeline 652.5 tokens/s, six two-H100 copies 1922.5). Where the fewest do not
-    fit (KV cache, workspace), up to ``_COMPACT_EXTRA`` more are tried."""
+    memory and power) with twins enough to hold the model, a pipeline over the fewest of them that
+    hold it (Step 5's DPs on that path at one batch and at as many micro-batches as twins, then the
+    whole batching grid), for Step 9 to copy over the others or to fill what other copies leave:
+    Step 5's pipeline spans as many devices as lower its bottleneck, and its latency loop then binds
+    (Mixtral-8x7B over 12 H100: one 12-stage pipeline 652.5 tokens/s, six two-H100 copies 1922.5).
+    Where the fewest do not fit (KV cache, workspace), up to ``_COMPACT_EXTRA`` more are tried."""
     m = instance.model
     weights = m.total_params * m.dtype_bytes
     B = instance.workload.max_batch
@@ -640,7 +641,7 @@ def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, 
     for names in device_kinds(cm, [d.name for d in instance.devices if d.name != origin]).values():
         least = max(2, math.ceil(weights / instance.device(names[0]).memory_bytes))  # one device alone: Step 8
         found = None
-        for k in range(least, min(least + _COMPACT_EXTRA, len(names) // 2) + 1):
+        for k in range(least, min(least + _COMPACT_EXTRA, len(names)) + 1):
             for b, mb in sorted({(B, 1), (max(1, B // k), min(k, B))}, reverse=True):
                 f = _pipeline_plan(instance, cm, names[:k], b, mb)
                 if f is not None and (found is None or f[0] > found[0]):
@@ -671,6 +672,51 @@ def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[flo
         if by_device == by_value:
             break
     return best
+
+
+def _fill_leftovers(instance: Instance, cm: CostModel, plan: Plan) -> tuple[float, Plan] | None:
+    """Step 9, continued: the devices a plan of several pipelines leaves idle (but the origin),
+    largest memory first, in groups that just hold the model's weights, each group one more
+    pipeline (Step 5's DPs on the group in ``default_path`` order, then its batching grid); request
+    shares in proportion to each pipeline's requests/s alone, as Step 9's. The plan with them when
+    valid and better, else None (Mixtral-8x7B over 40 devices: H100 pairs and L40S triples leave an
+    H100 and two L40S)."""
+    m = instance.model
+    weights = m.total_params * m.dtype_bytes
+    B = instance.workload.max_batch
+    used = {d for p in plan.pipelines for d in pipeline_devices(p)}
+    order = {name: i for i, name in enumerate(default_path(instance))}
+    free = sorted((d for d in instance.devices if d.name not in used and d.name != instance.workload.origin),
+                  key=lambda d: (-d.memory_bytes, order[d.name]))
+    groups, group, held = [], [], 0.0
+    for d in free:
+        group.append(d.name)
+        held += d.memory_bytes
+        if held >= weights:
+            groups.append(sorted(group, key=order.__getitem__))
+            group, held = [], 0.0
+    extra = []
+    for path in groups:
+        found = None
+        for b, mb in sorted({(B, 1), (max(1, B // len(path)), min(len(path), B))}, reverse=True):
+            f = _pipeline_plan(instance, cm, path, b, mb)
+            if f is not None and (found is None or f[0] > found[0]):
+                found = f[:2]
+        if found is not None:
+            tuned = _tune_batching(instance, cm, found[1])
+            extra.append((tuned if tuned is not None and tuned[0] > found[0] else found)[1].pipelines[0])
+    if not extra:
+        return None
+    pipes = [replace(p, request_share=1.0) for p in plan.pipelines] + extra
+    rates = [cm.evaluate(Plan((p,), instance.name, plan.solver)).requests_per_s for p in pipes]
+    total = sum(rates)
+    if total <= 0:
+        return None
+    out = Plan(tuple(replace(p, request_share=r / total) for p, r in zip(pipes, rates)), instance.name, plan.solver)
+    ev, bad = evaluate_checked(instance, out, cm)
+    if bad or ev.objective("throughput") <= cm.evaluate(plan).objective("throughput"):
+        return None
+    return ev.objective("throughput"), out
 
 
 def _gate_variants(instance: Instance, cm: CostModel, plan: Plan) -> list[tuple[float, Plan]]:
@@ -977,6 +1023,9 @@ def route_aware(instance: Instance, *, time_limit=None, seed=0, cost_model: Cost
         replicated = _with_replicas(instance, cm, candidates)                  # Step 9
         if replicated is not None:
             candidates.append(replicated)
+            filled = _fill_leftovers(instance, cm, replicated[1])              # Step 9, continued
+            if filled is not None:
+                candidates.append(filled)
     if not candidates:
         return Result(Status.INFEASIBLE, "route-aware", sense=sense, solve_time_s=elapsed(),
                       message="infeasible: no cut between the origin and one partner, no pipeline over the fleet, no "

@@ -175,3 +175,22 @@ def test_compact_pipelines_are_copied_over_the_twins_where_one_deep_pipeline_los
     # No kind has twins for two copies of a pipeline that holds the model (one A100, two L4, two T4).
     cluster = load("a100-l4-t4-cluster.toml")
     assert _compact_candidates(cluster, CostModel(cluster)) == []
+
+
+def test_the_devices_copies_leave_idle_become_more_pipelines():
+    """Mixtral-8x7B over 40 devices: two-H100 copies and three-L40S copies leave an H100 and L40S
+    idle; grouped until they hold the weights they serve as one more pipeline of mixed kinds, and
+    what stays idle (but the origin) cannot hold the model."""
+    from planner.bench.quality import scale_instances
+    from planner.spaces.replicas import pipeline_devices
+
+    inst = scale_instances()["mixtral-8x7b-40dev"]()
+    res = route_aware(inst)
+    plan = res.solution
+    assert validate(inst, plan) == []
+    memory = {d.name: d.memory_bytes for d in inst.devices}
+    assert any(len({memory[d] for d in pipeline_devices(p)}) > 1 for p in plan.pipelines)
+    used = {d for p in plan.pipelines for d in pipeline_devices(p)}
+    idle = sum(m for name, m in memory.items() if name not in used and name != inst.workload.origin)
+    assert idle < inst.model.total_params * inst.model.dtype_bytes
+    assert abs(sum(p.request_share for p in plan.pipelines) - 1.0) < 1e-9
