@@ -629,7 +629,8 @@ def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, 
     """Step 8, continued (throughput): per kind of device other than the origin (same hardware,
     memory and power) with twins enough to hold the model, a pipeline over the fewest of them that
     hold it (Step 5's DPs on that path at one batch and at as many micro-batches as twins, then the
-    whole batching grid), for Step 9 to copy over the others or to fill what other copies leave:
+    whole batching grid), for Step 9 to copy over the others or to fill what other copies leave
+    (none when no kind has twins for two copies):
     Step 5's pipeline spans as many devices as lower its bottleneck, and its latency loop then binds
     (Mixtral-8x7B over 12 H100: one 12-stage pipeline 652.5 tokens/s, six two-H100 copies 1922.5).
     Where the fewest do not fit (KV cache, workspace), up to ``_COMPACT_EXTRA`` more are tried."""
@@ -638,8 +639,11 @@ def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, 
     B = instance.workload.max_batch
     origin = instance.workload.origin
     out = []
-    for names in device_kinds(cm, [d.name for d in instance.devices if d.name != origin]).values():
-        least = max(2, math.ceil(weights / instance.device(names[0]).memory_bytes))  # one device alone: Step 8
+    kinds = [(names, max(2, math.ceil(weights / instance.device(names[0]).memory_bytes)))  # one device alone: Step 8
+             for names in device_kinds(cm, [d.name for d in instance.devices if d.name != origin]).values()]
+    if not any(len(names) >= 2 * least for names, least in kinds):
+        return []  # no kind holds two copies: none leaves another kind's devices free for one
+    for names, least in kinds:
         found = None
         for k in range(least, min(least + _COMPACT_EXTRA, len(names)) + 1):
             for b, mb in sorted({(B, 1), (max(1, B // k), min(k, B))}, reverse=True):
@@ -674,37 +678,56 @@ def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[flo
     return best
 
 
-def _fill_leftovers(instance: Instance, cm: CostModel, plan: Plan) -> tuple[float, Plan] | None:
-    """Step 9, continued: the devices a plan of several pipelines leaves idle (but the origin),
-    largest memory first, in groups that just hold the model's weights, each group one more
-    pipeline (Step 5's DPs on the group in ``default_path`` order, then its batching grid); request
-    shares in proportion to each pipeline's requests/s alone, as Step 9's. The plan with them when
-    valid and better, else None (Mixtral-8x7B over 40 devices: H100 pairs and L40S triples leave an
-    H100 and two L40S)."""
-    m = instance.model
-    weights = m.total_params * m.dtype_bytes
+def _leftover_pipeline(instance: Instance, cm: CostModel, path: list[str]):
+    """A pipeline over ``path`` (Step 5's DPs at one batch and at as many micro-batches as devices,
+    then its batching grid), or None."""
     B = instance.workload.max_batch
+    found = None
+    for b, mb in sorted({(B, 1), (max(1, B // len(path)), min(len(path), B))}, reverse=True):
+        f = _pipeline_plan(instance, cm, path, b, mb)
+        if f is not None and (found is None or f[0] > found[0]):
+            found = f[:2]
+    if found is None:
+        return None
+    tuned = _tune_batching(instance, cm, found[1])
+    return (tuned if tuned is not None and tuned[0] > found[0] else found)[1].pipelines[0]
+
+
+def _fill_leftovers(instance: Instance, cm: CostModel, plan: Plan) -> tuple[float, Plan] | None:
+    """Step 9, continued: the devices a plan leaves idle (but the origin), largest memory first, in
+    groups that just hold the model's weights, the KV cache of ``max_batch`` sequences and a
+    workspace per device (up to ``_COMPACT_EXTRA`` devices more where its DPs find no
+    pipeline), each group one more pipeline (:func:`_leftover_pipeline`, the group in
+    ``default_path`` order); request shares in proportion to each pipeline's requests/s alone, as
+    Step 9's. The plan with them when valid and better, else None (Mixtral-8x7B over 40 devices:
+    H100 pairs and L40S triples leave an H100 and two L40S)."""
+    m, w = instance.model, instance.workload
+    weights = m.total_params * m.dtype_bytes
+    kv = m.kv_bytes_per_token_per_layer * m.num_layers * w.max_batch * (w.prompt_tokens + w.output_tokens)
     used = {d for p in plan.pipelines for d in pipeline_devices(p)}
     order = {name: i for i, name in enumerate(default_path(instance))}
-    free = sorted((d for d in instance.devices if d.name not in used and d.name != instance.workload.origin),
-                  key=lambda d: (-d.memory_bytes, order[d.name]))
-    groups, group, held = [], [], 0.0
-    for d in free:
-        group.append(d.name)
-        held += d.memory_bytes
-        if held >= weights:
-            groups.append(sorted(group, key=order.__getitem__))
-            group, held = [], 0.0
-    extra = []
-    for path in groups:
-        found = None
-        for b, mb in sorted({(B, 1), (max(1, B // len(path)), min(len(path), B))}, reverse=True):
-            f = _pipeline_plan(instance, cm, path, b, mb)
-            if f is not None and (found is None or f[0] > found[0]):
-                found = f[:2]
-        if found is not None:
-            tuned = _tune_batching(instance, cm, found[1])
-            extra.append((tuned if tuned is not None and tuned[0] > found[0] else found)[1].pipelines[0])
+    free = [d for d in sorted(instance.devices, key=lambda d: (-d.memory_bytes, order[d.name]))
+            if d.name not in used and d.name != w.origin]
+    extra, start = [], 0
+    while start < len(free):
+        held, end = 0.0, start
+        while end < len(free) and held < weights + kv + cm.workspace_bytes * (end - start):
+            held += free[end].memory_bytes
+            end += 1
+        if held < weights + kv + cm.workspace_bytes * (end - start):
+            break  # what is left cannot hold another copy
+        pipe = None
+        for more in range(_COMPACT_EXTRA + 1):
+            if end + more > len(free):
+                break
+            pipe = _leftover_pipeline(instance, cm, sorted((d.name for d in free[start:end + more]), key=order.__getitem__))
+            if pipe is not None:
+                end += more
+                break
+        if pipe is None:
+            break
+        extra.append(pipe)
+        start = end
     if not extra:
         return None
     pipes = [replace(p, request_share=1.0) for p in plan.pipelines] + extra
