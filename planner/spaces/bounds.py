@@ -19,8 +19,10 @@ cost model (:mod:`planner.cost`), solved with HiGHS (:mod:`solvers.highs_arrays`
 * Group gates (where the instance prices them) may drop a layer's other experts: a layer's
   expert work and the experts it holds are then at least those of the cheapest subset covering the
   least coverage the accuracy budget allows for that layer gated alone (work: a fractional
-  knapsack, cheapest work per routing mass first; count: the most popular first), the origin need
-  not send any expert away, and a pipeline holds at least the weights less what gates may drop.
+  knapsack, cheapest work per routing mass first; count: the most popular first); jointly, the
+  layers' drops pay at least a convex lower envelope of their least losses within the budget and
+  shed at most the work curve's share; the origin's deficit and every pipeline's weights are net
+  of the most the budget lets gates drop.
 * Busy time. Per request, a class is busy for its share of prefill plus ``(output - 1) / b``
   decode steps; a class of ``n`` devices has ``n`` periods ``T`` of capacity: ``busy_k <= n_k T``,
   and throughput ``<= output / T``. Links, codecs, embedding and LM head cost nothing here (they
@@ -521,8 +523,8 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
 def _least_weights(cm: CostModel, least_coverage: np.ndarray | None) -> float:
     """The least bytes of weights a pipeline holds: the model's, less the most experts group gates
     may drop within the accuracy budget (per MoE layer at most all but the fewest that cover its
-    least coverage, :func:`_least_coverages`, each share dropped paying at least
-    :func:`_loss_per_drop`: the cheapest drops first)."""
+    least coverage, :func:`_least_coverages`, each share dropped paying at least its layer's loss
+    lines, :func:`_drop_loss_lines`: the cheapest drops first)."""
     m = cm.model
     weights = m.total_params * m.dtype_bytes
     if least_coverage is None:
