@@ -103,7 +103,7 @@ from planner.spaces.batching import batch_grid, full_batching_sweep, throughput_
 from planner.spaces.chain import TIER_RANK, chain_problem, chain_terms, default_path, plan_from_stages, trim_path
 from planner.spaces.codec_choice import prefer_accuracy
 from planner.spaces.expert_parallel import expert_parallel_pipeline, layout_round_trip_floor
-from planner.spaces.replicas import device_kinds, fill_with_replicas, pipeline_devices
+from planner.spaces.replicas import device_kinds, fill_with_replicas, pipeline_devices, with_request_shares
 from planner.spaces.twotier import instance_value, partner_candidates, plan_from_solution, two_tier_problem
 from solvers import dp, registry
 from solvers.registry import register
@@ -636,7 +636,6 @@ def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, 
     Where the fewest do not fit (KV cache, workspace), up to ``_COMPACT_EXTRA`` more are tried."""
     m = instance.model
     weights = m.total_params * m.dtype_bytes
-    B = instance.workload.max_batch
     origin = instance.workload.origin
     out = []
     kinds = [(names, max(2, math.ceil(weights / instance.device(names[0]).memory_bytes)))  # one device alone: Step 8
@@ -644,18 +643,27 @@ def _compact_candidates(instance: Instance, cm: CostModel) -> list[tuple[float, 
     if not any(len(names) >= 2 * least for names, least in kinds):
         return []  # no kind holds two copies: none leaves another kind's devices free for one
     for names, least in kinds:
-        found = None
         for k in range(least, min(least + _COMPACT_EXTRA, len(names)) + 1):
-            for b, mb in sorted({(B, 1), (max(1, B // k), min(k, B))}, reverse=True):
-                f = _pipeline_plan(instance, cm, names[:k], b, mb)
-                if f is not None and (found is None or f[0] > found[0]):
-                    found = f[:2]
+            found = _group_pipeline(instance, cm, names[:k])
             if found is not None:
+                out.append(found)
                 break
-        if found is not None:
-            tuned = _tune_batching(instance, cm, found[1])
-            out.append(tuned if tuned is not None and tuned[0] > found[0] else found)
     return out
+
+
+def _group_pipeline(instance: Instance, cm: CostModel, path: list[str]) -> tuple[float, Plan] | None:
+    """(objective, one-pipeline plan) over ``path``, or None: Step 5's DPs at one batch and at as
+    many micro-batches as devices, the better one's batching then swept over the whole grid."""
+    B = instance.workload.max_batch
+    found = None
+    for b, mb in sorted({(B, 1), (max(1, B // len(path)), min(len(path), B))}, reverse=True):
+        f = _pipeline_plan(instance, cm, path, b, mb)
+        if f is not None and (found is None or f[0] > found[0]):
+            found = f[:2]
+    if found is None:
+        return None
+    tuned = _tune_batching(instance, cm, found[1])
+    return tuned if tuned is not None and tuned[0] > found[0] else found
 
 
 def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[float, Plan]]):
@@ -678,26 +686,11 @@ def _with_replicas(instance: Instance, cm: CostModel, candidates: list[tuple[flo
     return best
 
 
-def _leftover_pipeline(instance: Instance, cm: CostModel, path: list[str]):
-    """A pipeline over ``path`` (Step 5's DPs at one batch and at as many micro-batches as devices,
-    then its batching grid), or None."""
-    B = instance.workload.max_batch
-    found = None
-    for b, mb in sorted({(B, 1), (max(1, B // len(path)), min(len(path), B))}, reverse=True):
-        f = _pipeline_plan(instance, cm, path, b, mb)
-        if f is not None and (found is None or f[0] > found[0]):
-            found = f[:2]
-    if found is None:
-        return None
-    tuned = _tune_batching(instance, cm, found[1])
-    return (tuned if tuned is not None and tuned[0] > found[0] else found)[1].pipelines[0]
-
-
 def _fill_leftovers(instance: Instance, cm: CostModel, plan: Plan) -> tuple[float, Plan] | None:
     """Step 9, continued: the devices a plan leaves idle (but the origin), largest memory first, in
     groups that just hold the model's weights, the KV cache of ``max_batch`` sequences and a
     workspace per device (up to ``_COMPACT_EXTRA`` devices more where its DPs find no
-    pipeline), each group one more pipeline (:func:`_leftover_pipeline`, the group in
+    pipeline), each group one more pipeline (:func:`_group_pipeline`, the group in
     ``default_path`` order); request shares in proportion to each pipeline's requests/s alone, as
     Step 9's. The plan with them when valid and better, else None (Mixtral-8x7B over 40 devices:
     H100 pairs and L40S triples leave an H100 and two L40S)."""
@@ -720,8 +713,9 @@ def _fill_leftovers(instance: Instance, cm: CostModel, plan: Plan) -> tuple[floa
         for more in range(_COMPACT_EXTRA + 1):
             if end + more > len(free):
                 break
-            pipe = _leftover_pipeline(instance, cm, sorted((d.name for d in free[start:end + more]), key=order.__getitem__))
-            if pipe is not None:
+            found = _group_pipeline(instance, cm, sorted((d.name for d in free[start:end + more]), key=order.__getitem__))
+            if found is not None:
+                pipe = found[1].pipelines[0]
                 end += more
                 break
         if pipe is None:
@@ -732,10 +726,9 @@ def _fill_leftovers(instance: Instance, cm: CostModel, plan: Plan) -> tuple[floa
         return None
     pipes = [replace(p, request_share=1.0) for p in plan.pipelines] + extra
     rates = [cm.evaluate(Plan((p,), instance.name, plan.solver)).requests_per_s for p in pipes]
-    total = sum(rates)
-    if total <= 0:
+    out = with_request_shares(instance, pipes, rates, plan.solver)
+    if out is None:
         return None
-    out = Plan(tuple(replace(p, request_share=r / total) for p, r in zip(pipes, rates)), instance.name, plan.solver)
     ev, bad = evaluate_checked(instance, out, cm)
     if bad or ev.objective("throughput") <= cm.evaluate(plan).objective("throughput"):
         return None

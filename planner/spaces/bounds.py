@@ -121,18 +121,36 @@ def _coverage_pieces(w: np.ndarray) -> list[tuple[float, float]]:
     return pieces
 
 
-def _least_coverages(cm: CostModel) -> np.ndarray | None:
-    """[L]: per MoE layer the least routing-mass coverage a group gate may keep there within the
-    accuracy budget (the layer gated alone, :meth:`planner.domain.instance.GroupGateLoss.least_coverage`),
-    1 elsewhere; None when the instance prices no group gate."""
+@dataclass(frozen=True)
+class _Gates:
+    """What group gates may drop, per MoE layer ``l`` of ``layers`` (the others keep everything):
+    ``coverage[l]`` the least routing-mass coverage the accuracy budget allows that layer gated
+    alone (:meth:`planner.domain.instance.GroupGateLoss.least_coverage`), ``mass[l]`` its experts'
+    routing shares, ``held[l]`` the fewest experts (a share) covering it, ``lines[l]`` its loss
+    lines (:func:`_drop_loss_lines`)."""
+
+    layers: tuple[int, ...]
+    coverage: dict
+    mass: dict
+    held: dict
+    lines: dict
+
+
+def _gates(cm: CostModel) -> _Gates | None:
+    """:class:`_Gates` of the instance, once per bound; None when it prices no group gate or none may
+    drop an expert within the budget."""
     inst = cm.instance
     gate, m = inst.constraints.group_gate_loss, inst.model
     if not gate.known or m.num_experts == 0:
         return None
-    out = np.ones(m.num_layers)
-    for l in m.moe_layers:
-        out[l] = gate.least_coverage(inst.constraints.accuracy_loss_budget, l, m.num_moe_layers)
-    return out if (out < 1.0).any() else None
+    budget = inst.constraints.accuracy_loss_budget
+    coverage = {l: gate.least_coverage(budget, l, m.num_moe_layers) for l in m.moe_layers}
+    layers = tuple(l for l in m.moe_layers if coverage[l] < 1.0)
+    if not layers:
+        return None
+    mass = {l: np.asarray(cm.q[cm.moe_index[l]], dtype=float) / max(m.top_k, 1) for l in layers}
+    return _Gates(layers, coverage, mass, {l: _fewest_share(mass[l], coverage[l]) for l in layers},
+                  {l: _drop_loss_lines(gate, l, m.num_moe_layers, mass[l]) for l in layers})
 
 
 def _least_work_share(w: np.ndarray, mass: np.ndarray, c: float) -> float:
@@ -163,12 +181,7 @@ def _drop_loss_lines(gate, layer: int, num_moe_layers: int, mass: np.ndarray) ->
     ``D`` of its experts dropped: dropping ``j`` of them leaves at most the coverage ``1 -`` (the
     ``j`` least popular's mass), so the loss is at least ``L_j``, the least loss up to that coverage;
     the lines are the edges of the lower convex hull of ``(0, 0)`` and the points ``(j / E, L_j)``,
-    ``j < E`` (at least one expert is kept), so their maximum lies below every point. Remembered per
-    (gate, layer, mass) for the bound's many micro-batch intervals."""
-    key = (id(gate), layer, num_moe_layers, mass.tobytes())
-    hit = _DROP_LINES.get(key)
-    if hit is not None and hit[0] is gate:
-        return hit[1]
+    ``j < E`` (at least one expert is kept), so their maximum lies below every point."""
     E = len(mass)
     dropped = np.cumsum(np.sort(mass))[:-1]  # j = 1 .. E - 1 least popular
     points = [(0.0, 0.0)] + [(j / E, gate.least_loss_up_to(max(0.0, 1.0 - float(x)), layer, num_moe_layers))
@@ -183,13 +196,7 @@ def _drop_loss_lines(gate, layer: int, num_moe_layers: int, mass: np.ndarray) ->
     for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
         slope = (y1 - y0) / (x1 - x0)
         lines.append((slope, y0 - slope * x0))
-    if len(_DROP_LINES) >= 4096:
-        _DROP_LINES.clear()
-    _DROP_LINES[key] = (gate, lines)  # the entry keeps the gate alive: its id is not reused
     return lines
-
-
-_DROP_LINES: dict = {}
 
 
 def _fewest_share(mass: np.ndarray, c: float) -> float:
@@ -205,7 +212,7 @@ class _Terms:
     ``b_lo`` (they grow with ``b``), so that they bound every ``b`` of the interval."""
 
     def __init__(self, cm: CostModel, classes: list[_Class], b_lo: int, b_hi: int | None = None,
-                 least_coverage: np.ndarray | None = None):
+                 gates: _Gates | None = None):
         b_hi = b_lo if b_hi is None else b_hi
         m = cm.model
         out = cm.output
@@ -240,22 +247,19 @@ class _Terms:
         self.W_lat = self.w_lat.sum(axis=1)
         # Group gates (where the instance prices them) may drop a layer's other experts: its expert
         # work and the experts held are then at least those of the cheapest subset that covers the
-        # least coverage the accuracy budget allows (:func:`_least_coverages`; 1: no gate).
+        # least coverage the accuracy budget allows (:class:`_Gates`; 1: no gate).
         # Jointly, the layers' gate losses share the budget: a layer that drops a share D of its
         # experts (by count) pays at least its loss lines at D (:func:`_drop_loss_lines`) and sheds
         # at most the work curve's share at D (the pieces below) of its expert work.
         self.keep_busy, self.keep_lat, self.keep_held = np.ones(L), np.ones(L), np.ones(L)
         self.drop_lines: list[list[tuple[float, float]]] = [[] for _ in range(L)]
         self.loss_budget = float(cm.instance.constraints.accuracy_loss_budget)
-        if least_coverage is not None:
-            gate = cm.instance.constraints.group_gate_loss
-            for l in np.flatnonzero(self.moe & (least_coverage < 1.0)):
-                mass = np.asarray(cm.q[cm.moe_index[int(l)]], dtype=float) / max(m.top_k, 1)
-                c = float(least_coverage[l])
-                self.keep_busy[l] = _least_work_share(self.w_busy[l], mass, c)
-                self.keep_lat[l] = _least_work_share(self.w_lat[l], mass, c)
-                self.keep_held[l] = _fewest_share(mass, c)
-                self.drop_lines[l] = _drop_loss_lines(gate, int(l), m.num_moe_layers, mass)
+        for l in gates.layers if gates is not None else ():
+            mass, c = gates.mass[l], gates.coverage[l]
+            self.keep_busy[l] = _least_work_share(self.w_busy[l], mass, c)
+            self.keep_lat[l] = _least_work_share(self.w_lat[l], mass, c)
+            self.keep_held[l] = gates.held[l]
+            self.drop_lines[l] = gates.lines[l]
         self.pieces_busy = [_coverage_pieces(self.w_busy[l]) if self.moe[l] else [] for l in range(L)]
         self.pieces_lat = [_coverage_pieces(self.w_lat[l]) if self.moe[l] else [] for l in range(L)]
         kv = m.kv_bytes_per_token_per_layer * b_lo * (cm.prompt + cm.output)  # one micro-batch's KV per layer
@@ -276,8 +280,10 @@ class _Terms:
         self.origin_class = next(k for k, c in enumerate(classes) if cm.instance.workload.origin in c.devices)
 
 
-def _origin_round_trip(cm: CostModel, weights: float | None = None) -> tuple[float, float]:
-    """(the least round trip (s) from the origin to another device, the least expected number of such
+def _origin_round_trip(cm: CostModel, weights: float | None = None,
+                       away: list[float] | None = None) -> tuple[float, float]:
+    """(the least round trip (s) from the origin to another device (of ``away``,
+    :func:`_round_trips_from_origin`, computed when not given), the least expected number of such
     round trips per pass: 0 when the origin can hold ``weights`` (default: the whole model's; less
     where group gates may drop experts, :func:`_least_weights`), else 1 when a pass's every remote
     call is charged in full (``CostModel(weighted_remote_calls=False)``), else
@@ -285,21 +291,13 @@ def _origin_round_trip(cm: CostModel, weights: float | None = None) -> tuple[flo
     inst = cm.instance
     m = inst.model
     origin = inst.device(inst.workload.origin)
-    best, reachable = math.inf, 0
-    for d in inst.devices:
-        if d.name == origin.name:
-            continue
-        try:
-            best = min(best, 2.0 * cm.network.route_terms(origin.name, d.name)[0])
-            reachable += 1
-        except ValueError:
-            continue
+    away = _round_trips_from_origin(cm) if away is None else away
     deficit = (m.total_params * m.dtype_bytes if weights is None else weights) - origin.memory_bytes
-    if deficit <= 0 or not reachable:
+    if deficit <= 0 or not away:
         least = 0.0
     else:
-        least = _least_remote_calls(cm, deficit, reachable) if cm.weighted_remote_calls else 1.0
-    return (0.0 if not math.isfinite(best) else best), least
+        least = _least_remote_calls(cm, deficit, len(away)) if cm.weighted_remote_calls else 1.0
+    return min(away, default=0.0), least
 
 
 def _least_remote_calls(cm: CostModel, deficit: float, others: int) -> float:
@@ -520,29 +518,25 @@ def _lp(terms: _Terms, classes: list[_Class], *, latency_weight: float, busy_wei
     return _Outcome(value, proven)
 
 
-def _least_weights(cm: CostModel, least_coverage: np.ndarray | None) -> float:
+def _least_weights(cm: CostModel, gates: _Gates | None) -> float:
     """The least bytes of weights a pipeline holds: the model's, less the most experts group gates
-    may drop within the accuracy budget (per MoE layer at most all but the fewest that cover its
-    least coverage, :func:`_least_coverages`, each share dropped paying at least its layer's loss
-    lines, :func:`_drop_loss_lines`: the cheapest drops first)."""
+    may drop within the accuracy budget (per layer at most all but the fewest that cover its least
+    coverage, each share dropped paying at least its layer's loss lines: the cheapest drops first)."""
     m = cm.model
     weights = m.total_params * m.dtype_bytes
-    if least_coverage is None:
+    if gates is None:
         return weights
-    gate, budget = cm.instance.constraints.group_gate_loss, cm.instance.constraints.accuracy_loss_budget
+    budget = cm.instance.constraints.accuracy_loss_budget
     pieces = []  # (loss per share dropped, share): each layer's loss lines as segments, up to its most droppable
-    for l in m.moe_layers:
-        if least_coverage[l] < 1.0:
-            mass = np.asarray(cm.q[cm.moe_index[l]], dtype=float) / max(m.top_k, 1)
-            most = 1.0 - _fewest_share(mass, float(least_coverage[l]))
-            lines = _drop_loss_lines(gate, l, m.num_moe_layers, mass)
-            ends = [(b2 - b1) / (s1 - s2) for (s1, b1), (s2, b2) in zip(lines, lines[1:])] + [math.inf]
-            start = 0.0
-            for (slope, _), end in zip(lines, ends):
-                stop = min(end, most)
-                if stop > start:
-                    pieces.append((slope, stop - start))
-                start = max(start, stop)
+    for l in gates.layers:
+        most, lines = 1.0 - gates.held[l], gates.lines[l]
+        ends = [(b2 - b1) / (s1 - s2) for (s1, b1), (s2, b2) in zip(lines, lines[1:])] + [math.inf]
+        start = 0.0
+        for (slope, _), end in zip(lines, ends):
+            stop = min(end, most)
+            if stop > start:
+                pieces.append((slope, stop - start))
+            start = max(start, stop)
     share = 0.0
     for rate, width in sorted(pieces):  # convex lines: a layer's segments come in their own order
         take = width if rate <= 0 else min(width, budget / rate)
@@ -599,9 +593,10 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
     classes = _classes(cm)
     B = instance.workload.max_batch
     out = cm.output
-    gated = _least_coverages(cm)
+    gated = _gates(cm)
     least_weights = _least_weights(cm, gated)
-    rtt, least_leave = _origin_round_trip(cm, least_weights)
+    away = _round_trips_from_origin(cm)
+    rtt, least_leave = _origin_round_trip(cm, least_weights, away)
     # A round trip per pass for experts away from their layer's home holds for full-price calls only:
     # weighted, a call happens with a probability that may be small (a few unpopular experts away).
     remote = _remote_round_trips(cm, classes) if not cm.weighted_remote_calls else np.zeros(len(classes))
@@ -612,7 +607,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
 
     common = dict(round_trip_s=rtt, least_leave=least_leave, tokens_out=out, remote_rtt_s=remote)
     if kind == "latency":
-        res = _lp(_Terms(cm, classes, 1, least_coverage=gated), classes, latency_weight=1.0, busy_weight=0.0, period=False,
+        res = _lp(_Terms(cm, classes, 1, gates=gated), classes, latency_weight=1.0, busy_weight=0.0, period=False,
                   loop_concurrency=None, single_pipeline=True, time_limit=left(), **common)
         if res.value is None:
             return None
@@ -624,7 +619,7 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
         best, merged = None, False
         for (lo, hi), last in _intervals_until(B, deadline):
             merged = merged or last
-            res = _lp(_Terms(cm, classes, lo, hi, least_coverage=gated), classes, latency_weight=0.0, busy_weight=1.0, period=False,
+            res = _lp(_Terms(cm, classes, lo, hi, gates=gated), classes, latency_weight=0.0, busy_weight=1.0, period=False,
                       loop_concurrency=None, **common)
             if res.value is not None and (best is None or res.value < best[0]):
                 best = (res.value, lo, res.proven)
@@ -633,14 +628,13 @@ def plan_space_bound(instance: Instance, cost_model: CostModel | None = None, *,
         return Bound(best[0] / out, kind, best[1], "energy", time.perf_counter() - t0,
                      {"proven": best[2], "merged_after_deadline": merged})
     replicas = _max_replicas(instance, least_weights)
-    away = _round_trips_from_origin(cm) if replicas > 1 else []
     detail = {"replicas": replicas, "round_trip_s": rtt, "per_micro_batch": {}, "merged_after_deadline": False}
     # Per interval: its relaxation's value (LP), then the MILP where the LP could beat the best MILP so far.
     candidates = []
     for (lo, hi), merged in _intervals_until(B, deadline):
         detail["merged_after_deadline"] = merged
         conc = float(max(b * (B // b) for b in range(lo, hi + 1)))
-        terms = _Terms(cm, classes, lo, hi, least_coverage=gated)
+        terms = _Terms(cm, classes, lo, hi, gates=gated)
         busy = _lp(terms, classes, latency_weight=0.0, busy_weight=0.0, period=True,
                    loop_concurrency=conc if replicas == 1 else None, single_pipeline=replicas == 1, integral=False,
                    **common)

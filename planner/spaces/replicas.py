@@ -105,11 +105,20 @@ def fill_with_replicas(instance: Instance, cm: CostModel, plans: list[Plan], *, 
             break
     if len(pipes) < 2:
         return None
-    total = sum(rates)
-    shares = [r / total for r in rates]
-    out = Plan(tuple(replace(p, request_share=s) for p, s in zip(pipes, shares)), instance.name, plans[0].solver)
+    out = with_request_shares(instance, pipes, rates, plans[0].solver)
+    if out is None:
+        return None
     ev, bad = evaluate_checked(instance, out, cm)
     return None if bad else out
+
+
+def with_request_shares(instance: Instance, pipes: list[Pipeline], rates: list[float], solver: str) -> Plan | None:
+    """The plan of ``pipes`` with request shares in proportion to ``rates`` (what each serves alone,
+    requests/s), or None when they serve nothing."""
+    total = sum(rates)
+    if total <= 0:
+        return None
+    return Plan(tuple(replace(p, request_share=r / total) for p, r in zip(pipes, rates, strict=True)), instance.name, solver)
 
 
 def better_of(instance: Instance, cm: CostModel, a: Plan | None, b: Plan | None) -> Plan | None:
